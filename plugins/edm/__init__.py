@@ -1,0 +1,1 @@
+"""EDM networks (SongUNet, DhariwalUNet) with safe checkpoint loading (entry point ``edm``)."""
