@@ -30,12 +30,12 @@ __all__ = [
 
 def get_solver(name: str, **options: Any) -> Solver:
     """A registered solver, e.g. ``get_solver("ipndm", max_order=4)``."""
-    return get_registry().create("solver", name, **options)  # type: ignore[no-any-return]
+    return get_registry().create("solver", name, **options)
 
 
 def get_schedule(name: str, **options: Any) -> Schedule:
     """A registered time schedule, e.g. ``get_schedule("polynomial", rho=7)``."""
-    return get_registry().create("schedule", name, **options)  # type: ignore[no-any-return]
+    return get_registry().create("schedule", name, **options)
 
 
 def get_metric(name: str, **options: Any) -> Any:
@@ -66,7 +66,7 @@ def get_model(name: str | os.PathLike[str], **options: Any) -> Denoiser:
     registry = get_registry()
     text = os.fspath(name)
     try:
-        return registry.create("model", text, **options)  # type: ignore[no-any-return]
+        return registry.create("model", text, **options)
     except UnknownComponentError:
         path = Path(text)
         if not path.exists():
@@ -77,7 +77,7 @@ def get_model(name: str | os.PathLike[str], **options: Any) -> Denoiser:
     if len(loaders) > 1:
         names = ", ".join(c.qualified_name for c in loaders)
         raise ModelLoadError(f"several model plugins can load {text!r}: {names}; pick one by name")
-    return loaders[0].create(path=text, **options)  # type: ignore[no-any-return]
+    return loaders[0].create(path=text, **options)
 
 
 def list_components(kind: Kind | None = None) -> list[dict[str, str]]:

@@ -119,9 +119,9 @@ def describe_options(cls: type | None) -> list[OptionInfo]:
     out = []
     for f in _fields(cls):
         required = f.default is attrs.NOTHING
-        default = None if required else f.default
+        default: Any = None if required else f.default
         if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
-            default = default.factory()  # type: ignore[attr-defined]
+            default = default.factory()
         out.append(
             OptionInfo(
                 name=f.name,

@@ -127,6 +127,8 @@ class ODESolver:
     paper: ClassVar[str] = ""
     evals_per_step: ClassVar[int] = 1
     order: int = 1
+    #: The registered schedule (and its options) the method's paper or the seed pairs it with.
+    recommended_schedule: ClassVar[tuple[str, dict[str, Any]]] = ("polynomial", {"rho": 7.0})
 
     def __init__(self, **options: Any) -> None:
         owner = f"solver {type(self).__name__}"

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 import numpy as np
-
 from diffsampler import in_range, option, positive
 
 if TYPE_CHECKING:
@@ -126,7 +125,10 @@ class GaussianMixture:
         logits = logw[None, :] - 0.5 * sq / var - 0.5 * dim * torch.log(var)
         gamma = torch.softmax(logits, dim=1)
         keep = gamma * var0[None, :] / var  # weight of x in each component's posterior mean
-        denoised = (gamma * s2 / var) @ mu + keep.sum(1, keepdim=True) * flat
+        # An elementwise sum rather than a matmul: BLAS kernels change with the batch size, and
+        # a sample must depend on its seed only, bit for bit.
+        pulled = ((gamma * s2 / var)[:, :, None] * mu[None, :, :]).sum(1)
+        denoised = pulled + keep.sum(1, keepdim=True) * flat
         return denoised.reshape(x.shape)
 
     # -- exact facts about the data ----------------------------------------------------------

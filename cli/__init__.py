@@ -1,0 +1,66 @@
+"""The ``diffsampler`` command line (Typer + rich).
+
+User errors (:class:`diffsampler.DiffSamplerError`) print one line and exit with status 2,
+never a traceback. Plugins add commands through the ``register_commands(app)`` hook.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from diffsampler import __version__
+from diffsampler.errors import DiffSamplerError
+from diffsampler.registry import get_registry
+
+from ._common import err_console
+from .info_cmd import info
+from .list_cmd import list_components
+from .sample_cmd import sample
+
+__all__ = ["app", "build_app", "main"]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"diffsampler {__version__}")
+        raise typer.Exit()
+
+
+def build_app() -> typer.Typer:
+    """The Typer app with the built-in commands and every plugin's commands."""
+    app = typer.Typer(
+        name="diffsampler",
+        help="Fast sampling of diffusion models: solvers, schedules, learned methods, metrics.",
+        no_args_is_help=True,
+        pretty_exceptions_enable=False,
+        add_completion=False,
+    )
+
+    @app.callback()
+    def _root(
+        version: Annotated[
+            bool,
+            typer.Option("--version", callback=_version, is_eager=True, help="print the version"),
+        ] = False,
+    ) -> None:
+        """diffsampler: fast sampling of diffusion models."""
+
+    app.command("list")(list_components)
+    app.command("info")(info)
+    app.command("sample")(sample)
+    get_registry().register_commands(app)
+    return app
+
+
+def main() -> None:
+    """Entry point of the ``diffsampler`` script."""
+    try:
+        app = build_app()
+        app()
+    except DiffSamplerError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        err_console.print("[bold red]interrupted[/]")
+        raise SystemExit(130) from None

@@ -1,0 +1,28 @@
+"""Shared CLI helpers: consoles, ``key=value`` parsing, and JSON output."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from diffsampler.errors import OptionError
+from rich.console import Console
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def parse_pairs(pairs: list[str] | None, flag: str) -> dict[str, str]:
+    """``["a=1", "b=x"]`` from repeated ``--opt`` flags into a dict of strings."""
+    out: dict[str, str] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise OptionError(f"{flag} expects key=value, got {pair!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")

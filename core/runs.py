@@ -1,0 +1,183 @@
+"""A sampling run: its configuration, its plan (components, sigmas, batches), its execution.
+
+Planning and executing are kept apart: :func:`plan_run` resolves every component and splits the
+seeds into batches without sampling anything; :func:`execute` samples the batches it is given
+and hands each finished one to a callback, so callers decide what is kept (and a failure in
+batch 7 loses nothing of batches 0-6).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from ._version import __version__
+from .api import get_model, get_schedule, get_solver, resolve_num_steps
+from .errors import OptionError
+from .options import options_as_dict
+from .protocols import Denoiser, Solver
+from .schedule import SigmaList
+from .seeds import Batch, plan_batches, seed_noise
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+__all__ = ["RunConfig", "RunPlan", "execute", "plan_run"]
+
+_DTYPES = ("float32", "float64", "float16", "bfloat16")
+
+
+def _frozen_dict(value: Mapping[str, Any] | None) -> dict[str, Any]:
+    return dict(value or {})
+
+
+def _check_dtype(_instance: Any, _attribute: Any, value: str) -> None:
+    if value not in _DTYPES:
+        raise OptionError(f"dtype must be one of {', '.join(_DTYPES)}, got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class RunConfig:
+    """Everything that determines a run's samples; saved beside its outputs as JSON."""
+
+    model: str = "gmm"
+    model_options: dict[str, Any] = attrs.field(factory=dict, converter=_frozen_dict)
+    solver: str = "euler"
+    solver_options: dict[str, Any] = attrs.field(factory=dict, converter=_frozen_dict)
+    schedule: str | None = None
+    schedule_options: dict[str, Any] = attrs.field(factory=dict, converter=_frozen_dict)
+    num_steps: int | None = None
+    nfe: int | None = None
+    sigmas: tuple[float, ...] | None = attrs.field(
+        default=None, converter=lambda v: None if v is None else tuple(float(s) for s in v)
+    )
+    afs: bool = False
+    denoise_to_zero: bool = False
+    seeds: tuple[int, ...] = attrs.field(default=tuple(range(64)), converter=tuple)
+    batch: int = 64
+    dtype: str = attrs.field(default="float32", validator=_check_dtype)
+    device: str = "cpu"
+
+    def to_dict(self) -> dict[str, Any]:
+        data = attrs.asdict(self)
+        data["seeds"] = list(self.seeds)
+        data["sigmas"] = None if self.sigmas is None else list(self.sigmas)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RunConfig:
+        names = {f.name for f in attrs.fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise OptionError(f"run configuration has unknown keys: {', '.join(sorted(unknown))}")
+        return cls(**data)
+
+
+@attrs.frozen(kw_only=True)
+class RunPlan:
+    """A resolved run: components built, sigmas fixed, seeds split into batches."""
+
+    config: RunConfig
+    model: Denoiser = attrs.field(eq=False)
+    solver: Solver = attrs.field(eq=False)
+    schedule: str
+    schedule_options: dict[str, Any]
+    sigmas: Any  # float64 CPU tensor
+    nfe: int
+    batches: list[Batch]
+
+    def record(self) -> dict[str, Any]:
+        """The resolved configuration (every option made explicit), for ``config.json``."""
+        import torch
+
+        resolved = attrs.evolve(
+            self.config,
+            solver_options=options_as_dict(getattr(self.solver, "options", None))
+            or self.config.solver_options,
+            model_options=dict(getattr(self.model, "spec", None) or self.config.model_options),
+            schedule=self.schedule,
+            schedule_options=self.schedule_options,
+            num_steps=None if self.config.sigmas is not None else len(self.sigmas),
+            nfe=None,  # resolved into num_steps; the NFE spent is recorded beside the config
+        )
+        return {
+            "diffsampler": __version__,
+            "torch": torch.__version__,
+            "config": resolved.to_dict(),
+            "nfe": self.nfe,
+            "sigmas": [float(s) for s in self.sigmas],
+            "model_shape": list(self.model.shape),
+        }
+
+
+def plan_run(config: RunConfig) -> RunPlan:
+    """Resolve the components, the sigmas and the batches of ``config`` (samples nothing)."""
+    model = get_model(config.model, **config.model_options)
+    solver = get_solver(config.solver, **config.solver_options)
+    schedule_options: dict[str, Any]
+    if config.sigmas is not None:
+        if config.num_steps is not None or config.nfe is not None:
+            raise OptionError("give either explicit sigmas or steps/NFE, not both")
+        sigmas = SigmaList(config.sigmas).sigmas(len(config.sigmas))
+        schedule_name, schedule_options = "list", {"sigmas": list(config.sigmas)}
+    else:
+        if config.schedule is None:
+            schedule_name, recommended = getattr(
+                solver, "recommended_schedule", ("polynomial", {"rho": 7.0})
+            )
+            schedule_options = {**recommended, **config.schedule_options}
+        else:
+            schedule_name, schedule_options = config.schedule, dict(config.schedule_options)
+        schedule = get_schedule(schedule_name, **schedule_options)
+        schedule_options = options_as_dict(getattr(schedule, "options", None)) or schedule_options
+        steps = resolve_num_steps(
+            solver,
+            num_steps=config.num_steps,
+            nfe=config.nfe,
+            afs=config.afs,
+            denoise_to_zero=config.denoise_to_zero,
+        )
+        sigmas = schedule.sigmas(steps, model.sigma_min, model.sigma_max, denoiser=model)
+    nfe = solver.nfe(len(sigmas), afs=config.afs, denoise_to_zero=config.denoise_to_zero)
+    return RunPlan(
+        config=config, model=model, solver=solver, schedule=schedule_name,
+        schedule_options=schedule_options, sigmas=sigmas, nfe=nfe,
+        batches=plan_batches(config.seeds, config.batch),
+    )
+
+
+def execute(
+    plan: RunPlan,
+    *,
+    batches: Iterable[Batch] | None = None,
+    on_batch: Callable[[Batch, Tensor], None],
+) -> None:
+    """Sample ``batches`` (default: all of the plan) and pass each finished one to ``on_batch``.
+
+    The samples handed over are in the model's output space (decoded for latent models), on
+    the CPU, in float32.
+    """
+    import torch
+
+    from .protocols import Decodable
+
+    dtype = getattr(torch, plan.config.dtype)
+    device = torch.device(plan.config.device)
+    first = float(plan.sigmas[0])
+    for batch in plan.batches if batches is None else batches:
+        noise = seed_noise(batch.seeds, plan.model.shape, dtype=dtype, device=device)
+        result = plan.solver.sample(
+            plan.model, noise * first, plan.sigmas,
+            afs=plan.config.afs, denoise_to_zero=plan.config.denoise_to_zero,
+        )
+        x = result.x
+        if isinstance(plan.model, Decodable):
+            x = plan.model.decode(x)
+        on_batch(batch, x.detach().to("cpu", torch.float32))
+
+
+def dumps(data: Mapping[str, Any]) -> str:
+    return json.dumps(data, indent=2, sort_keys=False)

@@ -1,0 +1,136 @@
+"""The command line, run as a user runs it (a subprocess), errors included."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import diffsampler as ds
+import numpy as np
+import pytest
+
+
+def cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None):
+    return subprocess.run(
+        [sys.executable, "-m", "diffsampler", *args],
+        capture_output=True, text=True, env={**os.environ, **(env or {})}, cwd=cwd,
+    )
+
+
+def _one_clear_line(proc) -> str:
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: ")
+    return lines[0]
+
+
+def test_version():
+    proc = cli("--version")
+    assert proc.returncode == 0 and proc.stdout.strip() == f"diffsampler {ds.__version__}"
+
+
+def test_list_json_shows_builtins_with_origin():
+    proc = cli("list", "--json")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    rows = {(c["kind"], c["name"]): c for c in data["components"]}
+    assert rows["solver", "euler"]["plugin"] == "solvers"
+    assert rows["model", "gmm"]["distribution"] == "diffsampler"
+    assert rows["schedule", "polynomial"]["version"] == ds.__version__
+
+
+def test_list_reports_a_broken_plugin_and_still_works(tmp_path):
+    # A real installed distribution whose entry point cannot be imported.
+    dist = tmp_path / "broken_plugin-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-plugin\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[diffsampler]\nbroken = broken_plugin_missing\n")
+    env = {"PYTHONPATH": str(tmp_path)}
+    proc = cli("list", "--json", env=env)
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    (failure,) = [f for f in data["failures"] if f["plugin"] == "broken"]
+    assert failure["stage"] == "import" and failure["distribution"] == "broken-plugin"
+    assert any(c["name"] == "euler" for c in data["components"])
+    table = cli("list", env=env)
+    assert table.returncode == 0 and "failed to load" in table.stdout and "broken" in table.stdout
+    assert cli("sample", "--seeds", "0", "--nfe", "2", "--out", str(tmp_path / "o"), env=env).returncode == 0
+
+
+def test_info_shows_options_origin_and_paper():
+    proc = cli("info", "gmm", "--json")
+    assert proc.returncode == 0, proc.stderr
+    (gmm,) = json.loads(proc.stdout)
+    assert gmm["plugin"] == "models" and "paper" in gmm
+    assert {o["name"] for o in gmm["options"]} >= {"shape", "components", "seed"}
+    euler = json.loads(cli("info", "euler", "--json").stdout)[0]
+    assert euler["NFE per step"] == 1 and euler["order (default options)"] == 1
+
+
+def test_sample_writes_grid_npz_and_config_and_is_reproducible(tmp_path):
+    out = tmp_path / "run"
+    proc = cli("sample", "--seeds", "0-5,9", "--batch", "3", "--nfe", "5", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert {p.name for p in out.iterdir()} == {"grid.png", "samples.npz", "config.json"}
+    record = json.loads((out / "config.json").read_text())
+    assert record["nfe"] == 5 and record["complete"] is True
+    assert record["config"]["seeds"] == [0, 1, 2, 3, 4, 5, 9]
+    first = np.load(out / "samples.npz")
+    assert first["samples"].shape == (7, 3, 32, 32) and first["seeds"].tolist() == [0, 1, 2, 3, 4, 5, 9]
+
+    # The saved configuration alone reproduces the samples (and batch size does not matter).
+    from diffsampler.runs import RunConfig, execute, plan_run
+
+    config = RunConfig.from_dict({**record["config"], "batch": 7})
+    got = {}
+    execute(plan_run(config), on_batch=lambda b, x: got.update(zip(b.seeds, x.numpy(), strict=True)))
+    again = np.stack([got[s] for s in record["config"]["seeds"]])
+    assert np.array_equal(again, first["samples"])
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (("--solver", "eulr"), "unknown solver 'eulr'; did you mean 'euler'"),
+        (("--opt", "max_order=3"), "has no option 'max_order'"),
+        (("--model-opt", "components=zero"), "components expects int"),
+        (("--seeds", "7-3"), "bad seed range '7-3'"),
+        (("--seeds", "x"), "bad seed range 'x'"),
+        (("--nfe", "0"), "nfe must be a positive integer"),
+        (("--steps", "1"), "num_steps must be an integer >= 2"),
+        (("--sigmas", "1,2,3"), "strictly decreasing"),
+        (("--schedule", "nope"), "unknown schedule 'nope'"),
+        (("--batch", "0"), "batch size must be a positive integer"),
+        (("--dtype", "float8"), "dtype must be one of"),
+    ],
+)
+def test_sample_user_errors_give_one_clear_line(tmp_path, args, expected):
+    line = _one_clear_line(cli("sample", *args, "--out", str(tmp_path / "o")))
+    assert expected in line
+
+
+def test_unwritable_output_directory(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    line = _one_clear_line(cli("sample", "--seeds", "0", "--out", str(blocker / "sub")))
+    assert "cannot write to output directory" in line
+
+
+def test_explicit_sigmas(tmp_path):
+    proc = cli("sample", "--seeds", "0-1", "--sigmas", "80,10,1,0.1,0.002", "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    record = json.loads((tmp_path / "config.json").read_text())
+    assert record["sigmas"] == [80, 10, 1, 0.1, 0.002] and record["nfe"] == 4
+
+
+def test_unknown_list_kind_is_a_clear_error():
+    assert "unknown kind 'solverz'" in _one_clear_line(cli("list", "solverz"))
+
+
+def test_info_unknown_name():
+    assert "no component named 'eulerr'; did you mean 'euler'" in _one_clear_line(cli("info", "eulerr"))
