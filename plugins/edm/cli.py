@@ -1,0 +1,64 @@
+"""The ``edm`` plugin's CLI commands (added through the ``register_commands`` hook).
+
+``diffsampler train-denoiser``: train a small EDM denoiser on scikit-learn's digits (the
+embedded ``digits`` model is made with it). Torch is imported when the command runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+__all__ = ["add_commands", "train_denoiser"]
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(t) for t in text.replace(" ", "").split(",") if t)
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated integers, got {text!r}") from None
+
+
+def train_denoiser(
+    out: Annotated[Path, typer.Option(help="output path without suffix (.safetensors and .json are written)")] = Path("digits"),
+    steps: Annotated[int, typer.Option(min=1, help="optimiser steps")] = 4000,
+    minutes: Annotated[float | None, typer.Option(help="stop after this wall time (minutes)")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="images per step")] = 128,
+    lr: Annotated[float, typer.Option(help="peak Adam learning rate")] = 2e-3,
+    resolution: Annotated[int, typer.Option(help="image size: 8 (native) or upsampled, e.g. 16")] = 8,
+    model_channels: Annotated[int, typer.Option(help="SongUNet base channels")] = 32,
+    channel_mult: Annotated[str, typer.Option(help="per-resolution channel multipliers")] = "1,2",
+    num_blocks: Annotated[int, typer.Option(help="residual blocks per resolution")] = 1,
+    attn_resolutions: Annotated[str, typer.Option(help="resolutions with self-attention")] = "",
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    threads: Annotated[int, typer.Option(help="torch CPU threads (0: torch's default)")] = 1,
+    device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
+) -> None:
+    """Train a small EDM denoiser on scikit-learn's digits (EDM loss, EMA weights)."""
+    from diffsampler.errors import DiffSamplerError
+
+    from .train import TrainConfig, train
+
+    try:
+        cfg = TrainConfig(
+            steps=steps, minutes=minutes, batch_size=batch_size, lr=lr, resolution=resolution,
+            model_channels=model_channels, channel_mult=_ints(channel_mult), num_blocks=num_blocks,
+            attn_resolutions=_ints(attn_resolutions), seed=seed, threads=threads, device=device,
+        )
+
+        def report(step: int, total: int, loss: float) -> None:
+            if step % 500 == 0:
+                typer.echo(f"step {step}/{total}  loss {loss:.4f}")
+
+        path = train(cfg, out, progress=report)
+    except DiffSamplerError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"wrote {path} and {path.with_suffix('.safetensors')}")
+
+
+def add_commands(app: typer.Typer) -> None:
+    """Add this plugin's commands to the ``diffsampler`` app."""
+    app.command("train-denoiser")(train_denoiser)
