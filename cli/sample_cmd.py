@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
-import numpy as np
 import typer
+from diffsampler.distributed import barrier, device_for_rank, shard
 from diffsampler.errors import OptionError
-from diffsampler.images import is_image_shape, make_grid, to_uint8, write_png
 from diffsampler.seeds import parse_seeds
 from diffsampler.sigmas import parse_sigma_list
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -23,16 +20,6 @@ _SOLVER_FLAGS = ("max_order", "predict_x0", "lower_order_final", "variant", "dei
                  "thresholding")
 
 Opt = Optional
-
-
-def _prepare_out_dir(out: Path) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise OptionError(f"cannot write to output directory {str(out)!r}: {exc.strerror}") from None
 
 
 def _device(name: str) -> str:
@@ -82,11 +69,20 @@ def sample(
     ] = None,
     dtype: Annotated[str, typer.Option(help="float32 or float64")] = "float32",
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1 or auto")] = "auto",
-    grid: Annotated[bool, typer.Option(help="write grid.png")] = True,
+    fmt: Annotated[
+        str, typer.Option("--format", help="npz, png (EDM folder layout), zip, or grid")
+    ] = "npz",
+    grid: Annotated[bool, typer.Option("--grid", help="write only a grid image")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print the run summary as JSON")] = False,
 ) -> None:
-    """Sample SEEDS with a model, a solver and a schedule; write grid.png, samples.npz, config.json."""
-    from diffsampler.runs import RunConfig, execute, plan_run
+    """Sample SEEDS with a model, a solver and a schedule; resumable, torchrun-aware.
+
+    Writes config.json, the samples in --format (npz, png, zip, grid) and a preview grid.png.
+    Rerunning the same command completes an interrupted run; under torchrun the batches are
+    shared among the processes and the result is the same as in one process.
+    """
+    from diffsampler.distributed import setup, teardown
+    from diffsampler.runs import RunConfig
 
     typed = dict(max_order=max_order, predict_x0=predict_x0, lower_order_final=lower_order_final,
                  variant=variant, deis_mode=deis_mode, r=r, thresholding=thresholding)
@@ -107,62 +103,64 @@ def sample(
         afs=afs, denoise_to_zero=denoise_to_zero, seeds=parse_seeds(seeds), batch=batch,
         dtype=dtype, device=_device(device),
     )
+    dist = setup(config.device)
+    try:
+        _run(config, out, "grid" if grid else fmt, dist, as_json=as_json, requested_nfe=nfe)
+    finally:
+        teardown()
+
+
+def _run(config: Any, out: Path, fmt: str, dist: Any, *, as_json: bool,
+         requested_nfe: int | None) -> None:
+    from diffsampler.outputs import RunDirectory
+    from diffsampler.runs import execute, plan_run
+
     plan = plan_run(config)
-    if nfe is not None and plan.nfe != nfe:  # cannot happen: resolve_num_steps is exact
-        raise OptionError(f"NFE {nfe} requested, the plan spends {plan.nfe}")
-    _prepare_out_dir(out)
+    if requested_nfe is not None and plan.nfe != requested_nfe:  # resolve_num_steps is exact
+        raise OptionError(f"NFE {requested_nfe} requested, the plan spends {plan.nfe}")
+    rundir = RunDirectory(out, fmt, plan.model.shape)
     record = plan.record()
-    err_console.print(
-        f"[bold]{plan.config.solver}[/] on [bold]{plan.config.model}[/], schedule "
-        f"{plan.schedule}, {len(plan.sigmas) - 1} steps, NFE {plan.nfe}, "
-        f"{len(config.seeds)} seeds -> {out}"
-    )
-
-    done: list[tuple[tuple[int, ...], np.ndarray]] = []
+    if dist.is_main:
+        resuming = rundir.prepare(record, main=True)
+        rundir.remove_stale_temporaries()
+    barrier()
+    if not dist.is_main:
+        resuming = rundir.prepare(record, main=False)
+    if rundir.complete():
+        if dist.is_main:
+            err_console.print(f"nothing to do: {out} already holds this run, complete")
+        return
+    # Shard all batches first, then skip the finished ones: every rank sees the same shards
+    # whatever the others have written meanwhile.
+    mine = rundir.pending(shard(plan.batches, dist))
+    if dist.is_main:
+        skipped = len(shard(plan.batches, dist)) - len(mine)
+        err_console.print(
+            f"[bold]{config.solver}[/] on [bold]{config.model}[/], schedule {plan.schedule}, "
+            f"{len(plan.sigmas) - 1} steps, NFE {plan.nfe}, {len(config.seeds)} seeds, "
+            f"{dist.world_size} process(es) -> {out}"
+            + (f" (resuming: {skipped} of this rank's batches already done)" if resuming else "")
+        )
     started = time.perf_counter()
-
-    def keep(batch_: Any, x: Any) -> None:
-        done.append((batch_.seeds, x.numpy()))
-        progress.advance(task)
-
     progress = Progress(TextColumn("sampling"), BarColumn(), MofNCompleteColumn(),
-                        TimeElapsedColumn(), console=err_console, transient=True)
-    failure: BaseException | None = None
+                        TimeElapsedColumn(), console=err_console, transient=True,
+                        disable=not dist.is_main)
     with progress:
-        task = progress.add_task("batches", total=len(plan.batches))
-        try:
-            execute(plan, on_batch=keep)
-        except BaseException as exc:  # keep what finished, then report
-            failure = exc
+        task = progress.add_task("batches", total=len(mine))
+
+        def keep(batch: Any, x: Any) -> None:
+            rundir.write(batch, x.numpy())
+            progress.advance(task)
+
+        execute(plan, batches=mine, on_batch=keep, device=device_for_rank(config.device, dist))
     elapsed = time.perf_counter() - started
-    record["seconds"] = round(elapsed, 3)
-    record["complete"] = failure is None
-    written = _write_outputs(out, done, record, grid=grid)
-    if failure is not None:
-        if done:
-            err_console.print(f"kept {sum(len(s) for s, _ in done)} finished samples in {out}")
-        raise failure
-    summary = {"out": str(out), "files": written, "nfe": plan.nfe, "seconds": record["seconds"],
-               "samples": len(config.seeds)}
+    barrier()
+    if not dist.is_main:
+        return
+    written = rundir.finish(plan.batches, {"seconds": round(elapsed, 3)})
+    summary = {"out": str(out), "files": written, "nfe": plan.nfe, "seconds": round(elapsed, 3),
+               "samples": len(config.seeds), "processes": dist.world_size}
     if as_json:
         print_json(summary)
     else:
         err_console.print(f"wrote {', '.join(written)} in {elapsed:.2f} s")
-
-
-def _write_outputs(out: Path, done: list[tuple[tuple[int, ...], np.ndarray]],
-                   record: dict[str, Any], *, grid: bool) -> list[str]:
-    written = []
-    if done:
-        seeds = np.array([s for batch, _ in done for s in batch], dtype=np.int64)
-        x = np.concatenate([arr for _, arr in done])
-        tmp = out / "samples.tmp.npz"
-        np.savez(tmp, samples=x, seeds=seeds)
-        os.replace(tmp, out / "samples.npz")
-        written.append("samples.npz")
-        if grid and is_image_shape(tuple(x.shape[1:])):
-            write_png(out / "grid.png", make_grid(to_uint8(x)))
-            written.append("grid.png")
-    (out / "config.json").write_text(json.dumps(record, indent=2) + "\n")
-    written.append("config.json")
-    return written

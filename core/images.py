@@ -13,7 +13,7 @@ import numpy as np
 if TYPE_CHECKING:
     from torch import Tensor
 
-__all__ = ["is_image_shape", "make_grid", "to_uint8", "write_png"]
+__all__ = ["is_image_shape", "make_grid", "png_bytes", "read_png", "to_uint8", "write_png"]
 
 
 def is_image_shape(shape: tuple[int, ...]) -> bool:
@@ -47,6 +47,11 @@ def _chunk(tag: bytes, data: bytes) -> bytes:
 
 def write_png(path: str | Path, image: np.ndarray) -> None:
     """Write an ``[H, W, C]`` (C in 1, 3, 4) or ``[H, W]`` uint8 array as an 8-bit PNG."""
+    Path(path).write_bytes(png_bytes(image))
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """Encode an ``[H, W, C]`` (C in 1, 3, 4) or ``[H, W]`` uint8 array as an 8-bit PNG."""
     arr = np.asarray(image)
     if arr.ndim == 2:
         arr = arr[:, :, None]
@@ -55,10 +60,68 @@ def write_png(path: str | Path, image: np.ndarray) -> None:
     h, w, c = arr.shape
     colour = {1: 0, 3: 2, 4: 6}[c]
     raw = b"".join(b"\x00" + arr[y].tobytes() for y in range(h))  # filter type 0 per row
-    data = (
+    return (
         b"\x89PNG\r\n\x1a\n"
         + _chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, colour, 0, 0, 0))
         + _chunk(b"IDAT", zlib.compress(raw, 6))
         + _chunk(b"IEND", b"")
     )
-    Path(path).write_bytes(data)
+
+
+def _unfilter(raw: np.ndarray, height: int, stride: int, bpp: int) -> np.ndarray:
+    """Undo PNG's per-row filters (None, Sub, Up, Average, Paeth), ``[H, stride]`` bytes out."""
+    out = np.zeros((height, stride), dtype=np.uint8)
+    prev = np.zeros(stride, dtype=np.int32)
+    for y in range(height):
+        kind, line = raw[y, 0], raw[y, 1:].astype(np.int32)
+        if kind == 0:
+            cur = line
+        elif kind == 2:
+            cur = (line + prev) & 0xFF
+        else:
+            cur = np.zeros(stride, dtype=np.int32)
+            for x in range(stride):  # Sub, Average and Paeth depend on the pixel to the left
+                left = cur[x - bpp] if x >= bpp else 0
+                up = prev[x]
+                if kind == 1:
+                    pred = left
+                elif kind == 3:
+                    pred = (left + up) // 2
+                elif kind == 4:
+                    upleft = prev[x - bpp] if x >= bpp else 0
+                    p = left + up - upleft
+                    pa, pb, pc = abs(p - left), abs(p - up), abs(p - upleft)
+                    pred = left if pa <= pb and pa <= pc else (up if pb <= pc else upleft)
+                else:
+                    raise ValueError(f"bad PNG filter type {kind}")
+                cur[x] = (line[x] + pred) & 0xFF
+        out[y] = cur
+        prev = cur
+    return out
+
+
+def read_png(data: bytes) -> np.ndarray:
+    """Decode an 8-bit, non-interlaced greyscale/RGB/RGBA PNG into ``[H, W, C]`` uint8."""
+    if data[:8] != b"\x89PNG\r\n\x1a\n":
+        raise ValueError("not a PNG file")
+    pos, idat, header = 8, [], None
+    while pos + 8 <= len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        tag, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]
+        if tag == b"IHDR":
+            header = struct.unpack(">IIBBBBB", body)
+        elif tag == b"IDAT":
+            idat.append(body)
+        elif tag == b"IEND":
+            break
+        pos += 12 + length
+    if header is None:
+        raise ValueError("PNG without IHDR")
+    width, height, depth, colour, _, _, interlace = header
+    channels = {0: 1, 2: 3, 4: 2, 6: 4}.get(colour)
+    if depth != 8 or channels is None or interlace:
+        raise ValueError(f"unsupported PNG (bit depth {depth}, colour type {colour}, interlace {interlace})")
+    raw = np.frombuffer(zlib.decompress(b"".join(idat)), dtype=np.uint8)
+    raw = raw.reshape(height, 1 + width * channels)
+    pixels = _unfilter(raw, height, width * channels, channels)
+    return pixels.reshape(height, width, channels)

@@ -154,18 +154,19 @@ def execute(
     *,
     batches: Iterable[Batch] | None = None,
     on_batch: Callable[[Batch, Tensor], None],
+    device: str | None = None,
 ) -> None:
     """Sample ``batches`` (default: all of the plan) and pass each finished one to ``on_batch``.
 
     The samples handed over are in the model's output space (decoded for latent models), on
-    the CPU, in float32.
+    the CPU, in float32. ``device`` overrides the configured one (a rank's own GPU).
     """
     import torch
 
     from .protocols import Decodable
 
     dtype = getattr(torch, plan.config.dtype)
-    device = torch.device(plan.config.device)
+    device = torch.device(device or plan.config.device)
     first = float(plan.sigmas[0])
     for batch in plan.batches if batches is None else batches:
         noise = seed_noise(batch.seeds, plan.model.shape, dtype=dtype, device=device)

@@ -1,0 +1,200 @@
+"""Runs at scale: output formats, resume after interruption, torchrun sharding."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import zlib
+
+import numpy as np
+import pytest
+from diffsampler.errors import OptionError
+from diffsampler.images import png_bytes, read_png, to_uint8
+from diffsampler.imagesets import count_images, iter_images
+from diffsampler.outputs import RunDirectory, png_name
+from diffsampler.runs import RunConfig, execute, plan_run
+
+
+def cli(*args: str, **kw) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "diffsampler", *args], capture_output=True, text=True, **kw)
+
+
+def _reference(seeds, nfe=4) -> np.ndarray:
+    plan = plan_run(RunConfig(seeds=tuple(seeds), batch=len(seeds), nfe=nfe))
+    got = []
+    execute(plan, on_batch=lambda b, x: got.append(x.numpy()))
+    return got[0]
+
+
+@pytest.mark.parametrize("fmt", ["npz", "png", "zip"])
+def test_formats_round_trip_into_the_image_loader(tmp_path, fmt):
+    seeds = [0, 1, 2, 1500, 7]
+    proc = cli("sample", "--seeds", ",".join(map(str, seeds)), "--batch", "2", "--nfe", "4",
+               "--format", fmt, "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    expected = to_uint8(_reference(seeds))
+    name = {"npz": "samples.npz", "png": "", "zip": "images.zip"}[fmt]
+    source = tmp_path / name if name else tmp_path
+    assert count_images(source) == len(seeds)
+    loaded = np.concatenate(list(iter_images(source, batch=2)))
+    if fmt == "npz":
+        assert np.array_equal(loaded, expected)  # npz keeps the seed order
+    else:  # folders and zips are read in sorted file-name order (EDM's layout)
+        order = np.argsort([png_name(s) for s in seeds])
+        assert np.array_equal(loaded, expected[order])
+    if fmt == "png":
+        assert (tmp_path / "001000" / "001500.png").exists()
+
+
+def test_png_reader_handles_every_filter_type():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, size=(5, 4, 3), dtype=np.uint8)
+    stride, bpp = 12, 3
+    rows = image.reshape(5, stride).astype(np.int32)
+    encoded = []
+    prev = np.zeros(stride, dtype=np.int32)
+    for y, kind in enumerate([0, 1, 2, 3, 4]):  # one row per filter, encoded independently
+        cur = rows[y]
+        left = np.concatenate([np.zeros(bpp, np.int32), cur[:-bpp]])
+        upleft = np.concatenate([np.zeros(bpp, np.int32), prev[:-bpp]])
+        if kind == 0:
+            pred = np.zeros(stride, np.int32)
+        elif kind == 1:
+            pred = left
+        elif kind == 2:
+            pred = prev
+        elif kind == 3:
+            pred = (left + prev) // 2
+        else:
+            p = left + prev - upleft
+            pa, pb, pc = abs(p - left), abs(p - prev), abs(p - upleft)
+            pred = np.where((pa <= pb) & (pa <= pc), left, np.where(pb <= pc, prev, upleft))
+        encoded.append(bytes([kind]) + ((cur - pred) & 0xFF).astype(np.uint8).tobytes())
+        prev = cur
+    reference = png_bytes(image)
+    # Replace the IDAT of a valid file with the multi-filter stream.
+    head = reference[: reference.index(b"IDAT") - 4]
+    body = zlib.compress(b"".join(encoded))
+    import struct
+
+    chunk = struct.pack(">I", len(body)) + b"IDAT" + body + struct.pack(">I", zlib.crc32(b"IDAT" + body))
+    data = head + chunk + reference[reference.index(b"IEND") - 4 :]
+    assert np.array_equal(read_png(data), image)
+
+
+def test_interrupted_run_resumes_to_identical_samples(tmp_path):
+    seeds = tuple(range(30))
+    config = RunConfig(seeds=seeds, batch=4, nfe=4)
+    plan = plan_run(config)
+    rundir = RunDirectory(tmp_path, "png", plan.model.shape)
+    rundir.prepare(plan.record())
+
+    class Crash(Exception):
+        pass
+
+    def crash_after_three(batch, x):
+        if batch.index == 3:
+            raise Crash
+        rundir.write(batch, x.numpy())
+
+    with pytest.raises(Crash):
+        execute(plan, on_batch=crash_after_three)
+    assert len(rundir.pending(plan.batches)) == len(plan.batches) - 3
+    assert not list(tmp_path.rglob(".*.tmp-*"))
+
+    # Rerun (as the CLI would): only the missing batches are sampled.
+    sampled = []
+    again = RunDirectory(tmp_path, "png", plan.model.shape)
+    assert again.prepare(plan_run(config).record()) is True
+    execute(plan, batches=again.pending(plan.batches),
+            on_batch=lambda b, x: (sampled.append(b.index), again.write(b, x.numpy())))
+    assert sampled == list(range(3, len(plan.batches)))
+    again.finish(plan.batches, {})
+    loaded = np.concatenate(list(iter_images(tmp_path)))
+    assert np.array_equal(loaded, to_uint8(_reference(seeds)))
+
+
+@pytest.mark.slow
+def test_sigterm_mid_run_then_rerun_completes_identically(tmp_path):
+    out = tmp_path / "run"
+    args = ("sample", "--seeds", "0-399", "--batch", "2", "--nfe", "40", "--format", "zip", "--out", str(out))
+    proc = subprocess.Popen([sys.executable, "-m", "diffsampler", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 60
+    while time.time() < deadline and len(list((out / ".parts").glob("batch-*.npz"))) < 5:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=30)
+    parts = list((out / ".parts").glob("batch-*.npz"))
+    assert 5 <= len(parts) < 200, "the run was not interrupted mid-way"
+    for part in parts:  # every part on disk is complete
+        with np.load(part) as data:
+            assert data["samples"].shape == (2, 3, 32, 32)
+    assert not (out / "images.zip").exists()
+
+    done = cli(*args)
+    assert done.returncode == 0, done.stderr
+    assert "resuming" in done.stderr
+    assert not list(out.rglob(".*.tmp-*")) and not (out / ".parts").exists()
+    assert json.loads((out / "config.json").read_text())["complete"] is True
+    whole = tmp_path / "whole"
+    assert cli(*args[:-1], str(whole)).returncode == 0
+    a = np.concatenate(list(iter_images(out / "images.zip")))
+    b = np.concatenate(list(iter_images(whole / "images.zip")))
+    assert a.shape[0] == 400 and np.array_equal(a, b)
+
+
+def test_configuration_mismatch_on_resume_is_refused(tmp_path):
+    assert cli("sample", "--seeds", "0-3", "--nfe", "4", "--out", str(tmp_path)).returncode == 0
+    proc = cli("sample", "--seeds", "0-3", "--nfe", "5", "--out", str(tmp_path))
+    assert proc.returncode == 2
+    assert "holds a different run (num_steps: 5 on disk, 6 now)" in proc.stderr
+    proc = cli("sample", "--seeds", "0-3", "--nfe", "4", "--format", "png", "--out", str(tmp_path))
+    assert proc.returncode == 2 and "format: 'npz' on disk, 'png' now" in proc.stderr
+    again = cli("sample", "--seeds", "0-3", "--nfe", "4", "--out", str(tmp_path))
+    assert again.returncode == 0 and "nothing to do" in again.stderr
+
+
+def test_image_formats_refuse_non_image_models(tmp_path):
+    with pytest.raises(OptionError, match="needs image-shaped samples"):
+        RunDirectory(tmp_path, "png", (2,))
+    with pytest.raises(OptionError, match="unknown output format"):
+        RunDirectory(tmp_path, "tiff", (3, 8, 8))
+
+
+def test_loader_errors(tmp_path):
+    with pytest.raises(OptionError, match="no such image set"):
+        list(iter_images(tmp_path / "missing"))
+    with pytest.raises(OptionError, match="holds no PNG images"):
+        list(iter_images(tmp_path))
+    (tmp_path / "a.png").write_bytes(png_bytes(np.zeros((4, 4, 3), np.uint8)))
+    (tmp_path / "b.png").write_bytes(png_bytes(np.zeros((5, 4, 3), np.uint8)))
+    with pytest.raises(OptionError, match="image of shape"):
+        list(iter_images(tmp_path))
+
+
+@pytest.mark.slow
+def test_two_process_gloo_run_equals_one_process_run(tmp_path):
+    args = ["sample", "--seeds", "0-22", "--batch", "3", "--nfe", "5", "--device", "cpu"]
+    one = cli(*args, "--out", str(tmp_path / "one"))
+    assert one.returncode == 0, one.stderr
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with socket.socket() as s:  # a free port for the rendezvous
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    two = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+         "--master_addr=127.0.0.1", f"--master_port={port}",
+         "-m", "diffsampler", *args, "--out", str(tmp_path / "two")],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "2 process(es)" in two.stderr
+    a, b = np.load(tmp_path / "one" / "samples.npz"), np.load(tmp_path / "two" / "samples.npz")
+    assert np.array_equal(a["seeds"], b["seeds"])
+    assert np.array_equal(a["samples"], b["samples"])
