@@ -61,7 +61,9 @@ def test_variable_step_solvers_use_exact_adams_weights(name, max_order):
     solver = (ds.get_solver("deis", deis_mode="rhoab", max_order=max_order) if name == "deis-rhoab"
               else ds.get_solver(name, max_order=max_order))
     sigmas = nonuniform_sigmas()
-    for i, weights in enumerate(solver.prepare(sigmas)):
+    for i, step in enumerate(solver.prepare(sigmas)):
+        weights = step.weights
+        assert step.residual_weights == pytest.approx([w / sigmas[i - j] for j, w in enumerate(weights)], rel=1e-15)
         k = min(max_order, i + 1)
         assert len(weights) == k
         nodes = [sigmas[i - j] for j in range(k)]
@@ -78,10 +80,10 @@ def test_ipndm_and_ipndm_v_agree_on_a_uniform_grid_and_differ_otherwise():
     fixed = ds.get_solver("ipndm").prepare(uniform)
     exact = ds.get_solver("ipndm_v").prepare(uniform)
     for f, e in zip(fixed, exact, strict=True):
-        assert np.allclose(f, e, rtol=1e-13, atol=1e-14)
+        assert np.allclose(f.weights, e.weights, rtol=1e-13, atol=1e-14)
     fixed = ds.get_solver("ipndm").prepare(nonuniform_sigmas())
     exact = ds.get_solver("ipndm_v").prepare(nonuniform_sigmas())
-    assert not np.allclose(fixed[5], exact[5], rtol=1e-3)
+    assert not np.allclose(fixed[5].weights, exact[5].weights, rtol=1e-3)
 
 
 # -- DEIS tAB ------------------------------------------------------------------------------
@@ -132,7 +134,7 @@ SCHEDULES = [
 @pytest.mark.parametrize(("schedule", "options", "n", "sigma_min", "sigma_max"), SCHEDULES)
 def test_deis_tab_coefficients_match_adaptive_quadrature(schedule, options, n, sigma_min, sigma_max):
     sigmas = tuple(ds.get_schedule(schedule, **options).sigmas(n, sigma_min, sigma_max).tolist())
-    coefficients = ds.get_solver("deis", max_order=4).prepare(sigmas)
+    coefficients = [step.weights for step in ds.get_solver("deis", max_order=4).prepare(sigmas)]
     for i, ours in enumerate(coefficients):
         k = min(4, i + 1)
         if k == 1:

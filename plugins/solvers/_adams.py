@@ -14,8 +14,10 @@ fixed weights (``3/2, -1/2``; ``23/12, -16/12, 5/12``; ``55/24, -59/24, 37/24, -
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import cache
 from typing import TYPE_CHECKING, Any
 
+import attrs
 import numpy as np
 from diffsampler import ODESolver, Run
 
@@ -24,7 +26,14 @@ from ._linear import combine
 if TYPE_CHECKING:
     from torch import Tensor
 
-__all__ = ["AdamsBashforthSolver", "adams_bashforth_weights", "lagrange_basis"]
+__all__ = ["AdamsBashforthSolver", "adams_bashforth_weights", "gauss_legendre", "lagrange_basis"]
+
+
+@cache
+def gauss_legendre(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Gauss–Legendre nodes and weights on ``[0, 1]`` (exact for degree ``2n - 1``)."""
+    u, w = np.polynomial.legendre.leggauss(n)
+    return 0.5 * (u + 1.0), 0.5 * w
 
 
 def lagrange_basis(nodes: np.ndarray, points: np.ndarray) -> np.ndarray:
@@ -45,9 +54,18 @@ def adams_bashforth_weights(nodes: Sequence[float], start: float, end: float) ->
     """
     span = end - start
     scaled = (np.asarray(nodes, dtype=np.float64) - start) / span
-    u, w = np.polynomial.legendre.leggauss(len(scaled) // 2 + 1)
-    u, w = 0.5 * (u + 1.0), 0.5 * w  # from [-1, 1] to [0, 1]
+    u, w = gauss_legendre(len(scaled) // 2 + 1)
     return tuple(float(v) for v in span * (lagrange_basis(scaled, u) @ w))
+
+
+@attrs.frozen
+class AdamsStep:
+    """Step ``i``: ``weights`` on ``d_i, d_{i-1}, ...`` and the same divided by ``sigma_{i-j}``,
+    the weights on the residuals ``r_j = x_j - D(x_j; sigma_j) = sigma_j d_j`` that are stored
+    (one elementwise pass fewer per step than forming ``d`` first)."""
+
+    weights: tuple[float, ...]
+    residual_weights: tuple[float, ...]
 
 
 class AdamsBashforthSolver(ODESolver):
@@ -65,16 +83,22 @@ class AdamsBashforthSolver(ODESolver):
         """The weights of ``d_i, d_{i-1}, ...`` (``order`` of them) for step ``i``."""
         raise NotImplementedError
 
-    def prepare(self, sigmas: tuple[float, ...]) -> list[tuple[float, ...]]:
-        max_order = self.options.max_order
-        return [self.step_weights(sigmas, i, min(max_order, i + 1)) for i in range(len(sigmas) - 1)]
+    def prepare(self, sigmas: tuple[float, ...]) -> list[AdamsStep]:
+        out = []
+        for i in range(len(sigmas) - 1):
+            weights = self.step_weights(sigmas, i, min(self.options.max_order, i + 1))
+            scaled = tuple(w / sigmas[i - j] for j, w in enumerate(weights))
+            out.append(AdamsStep(weights, scaled))
+        return out
 
     def step(self, run: Run, x: Tensor, i: int) -> Tensor:
-        weights: tuple[float, ...] = run.coefficients[i]
-        d = run.derivative(x, run.sigmas[i])  # d_i = (x_i - D(x_i; sigma_i)) / sigma_i
+        c: AdamsStep = run.coefficients[i]
+        # r_i = x_i - D(x_i; sigma_i) = sigma_i d_i (AFS: D = x - sigma x / sqrt(1 + sigma^2))
+        residual = x - run.denoise(x, run.sigmas[i])
         history: list[Any] = run.history
-        history.append(d)
+        history.append(residual)
         if len(history) > self.options.max_order:
             del history[0]
-        # x_{i+1} = x_i + sum_j w_j d_{i-j}, the newest derivative first
-        return combine([(1.0, x), *zip(weights, reversed(history[-len(weights):]), strict=True)])
+        # x_{i+1} = x_i + sum_j w_j d_{i-j} = x_i + sum_j (w_j / sigma_{i-j}) r_{i-j}
+        newest_first = reversed(history[-len(c.residual_weights):])
+        return combine([(1.0, x), *zip(c.residual_weights, newest_first, strict=True)])

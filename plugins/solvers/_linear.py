@@ -17,9 +17,12 @@ def combine(terms: Sequence[tuple[float, Tensor]]) -> Tensor:
     The coefficients are Python floats; torch rounds them to the tensors' dtype, so a run in
     float32 stays in float32 and nothing is synchronised with the device.
     """
-    (c0, t0), *rest = terms
-    out = t0 * c0 if c0 != 1.0 else t0.clone()
+    (c0, t0), *rest = [(c, t) for c, t in terms if c != 0.0] or [(0.0, terms[0][1])]
+    if c0 == 1.0 and rest:  # x + c1 t1 in one pass, without scaling x
+        (c1, t1), *rest = rest
+        out = t0.add(t1, alpha=c1)
+    else:
+        out = t0 * c0
     for c, t in rest:
-        if c != 0.0:
-            out.add_(t, alpha=c)
+        out.add_(t, alpha=c)
     return out

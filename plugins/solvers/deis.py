@@ -9,7 +9,7 @@ import numpy as np
 from diffsampler import choice, option
 from diffsampler.plugins.schedules.time_uniform import VPFit
 
-from ._adams import AdamsBashforthSolver, adams_bashforth_weights, lagrange_basis
+from ._adams import AdamsBashforthSolver, adams_bashforth_weights, gauss_legendre, lagrange_basis
 from ._options import integer_in_range
 
 # tAB's time variable: EDM's VP fit to the seed's fixed range, whatever the model's range.
@@ -27,12 +27,11 @@ def tab_weights(nodes_t: np.ndarray, sigma_start: float, sigma_end: float) -> tu
     """
     v_start, v_end = math.log(sigma_start), math.log(sigma_end)
     panels = max(1, math.ceil(abs(v_end - v_start) / _PANEL_WIDTH))
-    u, w = np.polynomial.legendre.leggauss(_PANEL_NODES)
+    u, w = gauss_legendre(_PANEL_NODES)
     edges = np.linspace(v_start, v_end, panels + 1)
-    half = 0.5 * np.diff(edges)
-    v = ((edges[:-1] + edges[1:]) / 2)[:, None] + half[:, None] * u[None, :]
-    weights = (half[:, None] * w[None, :]).ravel()
-    v = v.ravel()
+    width = np.diff(edges)
+    v = (edges[:-1, None] + width[:, None] * u[None, :]).ravel()
+    weights = (width[:, None] * w[None, :]).ravel()
     integrand = lagrange_basis(nodes_t, DEIS_VP.t(np.exp(v))) * np.exp(v)
     return tuple(float(c) for c in integrand @ weights)
 

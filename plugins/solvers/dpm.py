@@ -29,10 +29,12 @@ class DPMOptions:
 
 @attrs.frozen
 class _Step:
+    """Weights on the residuals ``r = x - D = sigma d`` (the division by sigma folded in)."""
+
     sigma_mid: float
-    to_mid: float  # sigma_mid - sigma_i
-    weight_start: float  # h (1 - 1/(2r)), on d_i
-    weight_mid: float  # h / (2r), on d_mid
+    to_mid: float  # (sigma_mid - sigma_i) / sigma_i, on r_i
+    weight_start: float  # h (1 - 1/(2r)) / sigma_i, on r_i
+    weight_mid: float  # h / (2r) / sigma_mid, on r_mid
 
 
 class DPM2(ODESolver):
@@ -58,14 +60,18 @@ class DPM2(ODESolver):
         for sigma, sigma_next in itertools.pairwise(sigmas):
             sigma_mid = sigma_next**r * sigma ** (1.0 - r)
             h = sigma_next - sigma
-            out.append(_Step(sigma_mid, sigma_mid - sigma, h * (1.0 - 0.5 / r), h * 0.5 / r))
+            out.append(_Step(
+                sigma_mid, (sigma_mid - sigma) / sigma, h * (1.0 - 0.5 / r) / sigma,
+                h * 0.5 / r / sigma_mid,
+            ))
         return out
 
     def step(self, run: Run, x: Tensor, i: int) -> Tensor:
         c: _Step = run.coefficients[i]
-        d = run.derivative(x, run.sigmas[i])  # d_i = (x_i - D(x_i; sigma_i)) / sigma_i
-        x_mid = x.add(d, alpha=c.to_mid)  # Euler step to sigma_mid
-        d_mid = run.derivative(x_mid, c.sigma_mid)
+        # d_i = (x_i - D(x_i; sigma_i)) / sigma_i, kept as the residual r_i = sigma_i d_i
+        r = x - run.denoise(x, run.sigmas[i])
+        x_mid = x.add(r, alpha=c.to_mid)  # Euler step to sigma_mid
+        r_mid = x_mid - run.denoise(x_mid, c.sigma_mid)  # sigma_mid d_mid
         # x_{i+1} = x_i + h ((1 - 1/(2r)) d_i + 1/(2r) d_mid); the first weight is 0 for r = 1/2
-        out = x.add(d_mid, alpha=c.weight_mid)
-        return out.add_(d, alpha=c.weight_start) if c.weight_start != 0.0 else out
+        out = x.add(r_mid, alpha=c.weight_mid)
+        return out.add_(r, alpha=c.weight_start) if c.weight_start != 0.0 else out

@@ -46,7 +46,7 @@ def multistep_coefficients(
     ``m`` is the data prediction (``predict_x0``) or the noise prediction. The finite
     differences ``D1_0 = (m_i - m_{i-1}) / r0`` etc. are expanded into weights on the ``m``.
     """
-    lam = [-math.log(s) for s in sigmas]
+    lam = {j: -math.log(sigmas[j]) for j in range(i - order + 1, i + 2)}  # lambda = -log sigma
     t = sigmas[i + 1]
     h = lam[i + 1] - lam[i]
     e = np.eye(order)  # basis: m_i, m_{i-1}, m_{i-2}

@@ -51,7 +51,7 @@ def unipc_coefficients(
 ) -> UniPCStep:
     """UniP-p and UniC-p of Zhao et al. 2023 (Alg. 2-3; ``rho`` from Eq. 8, ``p = 2`` simplified
     to ``rho = 1/2`` as in the official code), expanded into weights on the model outputs."""
-    lam = [-math.log(s) for s in sigmas]
+    lam = {j: -math.log(sigmas[j]) for j in range(i - order + 1, i + 2)}  # lambda = -log sigma
     t = sigmas[i + 1]
     h = lam[i + 1] - lam[i]
     hh = -h if predict_x0 else h
@@ -132,6 +132,7 @@ class UniPC(ODESolver):
         history.append(m_next)
         if len(history) > self.options.max_order:
             del history[0]
-        # UniC: the same update with the new model output in the interpolation
-        terms = [(c.a, x), *zip(c.corrector, newest_first, strict=True), (c.corrector_new, m_next)]
-        return combine(terms)
+        # UniC: the same update with m_next in the interpolation, written as a correction of
+        # x_pred (x_{i+1} = x_pred + sum_j (corrector_j - predictor_j) m_{i-j} + c_new m_next)
+        change = [c - p for c, p in zip(c.corrector, c.predictor, strict=True)]
+        return combine([(1.0, x_pred), *zip(change, newest_first, strict=True), (c.corrector_new, m_next)])
