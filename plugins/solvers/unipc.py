@@ -58,7 +58,7 @@ def unipc_coefficients(
     h_phi_1 = math.expm1(hh)
     b_h = hh if variant == "bh1" else math.expm1(hh)
     rks = np.array([(lam[i - k] - lam[i]) / h for k in range(1, order)] + [1.0])
-    # b_k = k! phi_{k+1}(hh) / B(h) from phi_{k+1} = (phi_k - 1/k!) / hh, with phi_1 = expm1/hh
+    # b_k = hh k! phi_{k+1}(hh) / B(h): h_phi_k = hh phi_{k+1}(hh), phi_{k+1} = (phi_k - 1/k!) / hh
     b, h_phi_k, factorial = [], h_phi_1 / hh - 1.0, 1.0
     for k in range(1, order + 1):
         b.append(h_phi_k * factorial / b_h)
