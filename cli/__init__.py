@@ -12,8 +12,10 @@ import typer
 from diffsampler import __version__
 from diffsampler.errors import DiffSamplerError
 from diffsampler.registry import get_registry
+from rich.markup import escape
 
 from ._common import err_console
+from .compare_cmd import compare
 from .info_cmd import info
 from .list_cmd import list_components
 from .sample_cmd import sample
@@ -49,6 +51,7 @@ def build_app() -> typer.Typer:
     app.command("list")(list_components)
     app.command("info")(info)
     app.command("sample")(sample)
+    app.command("compare")(compare)
     get_registry().register_commands(app)
     return app
 
@@ -59,7 +62,7 @@ def main() -> None:
         app = build_app()
         app()
     except DiffSamplerError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise SystemExit(2) from None
     except KeyboardInterrupt:
         err_console.print("[bold red]interrupted[/]")

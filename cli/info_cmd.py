@@ -8,6 +8,7 @@ import typer
 from diffsampler.errors import DiffSamplerError, UnknownComponentError
 from diffsampler.options import describe_options
 from diffsampler.registry import KINDS, Component, get_registry
+from rich.markup import escape
 from rich.table import Table
 
 from ._common import console, print_json
@@ -93,14 +94,15 @@ def info(
         facts.add_column(style="cyan")
         facts.add_column(overflow="fold")
         for key, value in _describe(component).items():
-            facts.add_row(str(key), str(value))
+            facts.add_row(escape(str(key)), escape(str(value)))
         console.print(facts)
         options = describe_options(component.options)
         table = Table(title="options", title_justify="left")
         for column in ("name", "type", "default", "help"):
             table.add_column(column, overflow="fold")
         for o in options:
-            table.add_row(o.name, o.type, "(required)" if o.required else repr(o.default), o.help)
+            default = "(required)" if o.required else repr(o.default)
+            table.add_row(*(escape(v) for v in (o.name, o.type, default, o.help)))
         if options:
             console.print(table)
         else:

@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 import typer
 from diffsampler.errors import OptionError
 from diffsampler.registry import KINDS, get_registry
+from rich.markup import escape
 from rich.table import Table
 
 from ._common import console, print_json
@@ -55,13 +56,15 @@ def list_components(
         table.add_column(column, overflow="fold")
     for c in components:
         ambiguous = len([o for o in components if o.kind == c.kind and o.name == c.name]) > 1
-        name = f"{c.name} [yellow](use {c.qualified_name})[/]" if ambiguous else c.name
-        table.add_row(c.kind, name, c.plugin, c.distribution, c.version, c.summary)
+        name = escape(c.name)
+        if ambiguous:
+            name += f" [yellow](use {escape(c.qualified_name)})[/]"
+        table.add_row(c.kind, name, *(escape(v) for v in (c.plugin, c.distribution, c.version, c.summary)))
     console.print(table)
     if registry.failures:
         broken = Table(title="plugins that failed to load", title_justify="left", style="red")
         for column in ("plugin", "distribution", "stage", "error"):
             broken.add_column(column, overflow="fold")
         for f in registry.failures:
-            broken.add_row(f.plugin, f"{f.distribution} {f.version}", f.stage, f.error)
+            broken.add_row(*(escape(v) for v in (f.plugin, f"{f.distribution} {f.version}", f.stage, f.error)))
         console.print(broken)

@@ -37,6 +37,7 @@ from .errors import (
 from .hookspecs import hookimpl, hookspec
 from .options import build_options, choice, describe_options, in_range, option, positive
 from .protocols import (
+    Analytic,
     Artifact,
     Decodable,
     Denoiser,
@@ -55,6 +56,7 @@ from .seeds import parse_seeds, plan_batches, seed_noise
 from .solver import ODESolver, Run, steps_for_nfe
 
 __all__ = [
+    "Analytic",
     "Artifact",
     "Decodable",
     "Denoiser",

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from torch import Tensor
 
 __all__ = [
+    "Analytic",
     "Artifact",
     "Decodable",
     "Denoiser",
@@ -93,6 +94,22 @@ class HasBottleneck(Protocol):
     def denoise_with_features(
         self, x: Tensor, sigma: Tensor, cond: Any = None
     ) -> tuple[Tensor, Tensor]: ...
+
+
+@runtime_checkable
+class Analytic(Protocol):
+    """A model whose data distribution is known exactly (Gaussian mixtures, finite data sets).
+
+    ``spec`` identifies the problem (it keys ground-truth caches and is saved with results);
+    ``mean`` and ``covariance`` are the data's exact moments, flattened, float64 numpy.
+    """
+
+    @property
+    def spec(self) -> dict[str, Any]: ...
+
+    def mean(self) -> Any: ...
+
+    def covariance(self) -> Any: ...
 
 
 @runtime_checkable

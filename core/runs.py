@@ -97,7 +97,6 @@ class RunPlan:
             self.config,
             solver_options=options_as_dict(getattr(self.solver, "options", None))
             or self.config.solver_options,
-            model_options=dict(getattr(self.model, "spec", None) or self.config.model_options),
             schedule=self.schedule,
             schedule_options=self.schedule_options,
             num_steps=None if self.config.sigmas is not None else len(self.sigmas),
@@ -110,6 +109,7 @@ class RunPlan:
             "nfe": self.nfe,
             "sigmas": [float(s) for s in self.sigmas],
             "model_shape": list(self.model.shape),
+            "model_spec": getattr(self.model, "spec", None),
         }
 
 

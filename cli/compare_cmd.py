@@ -1,0 +1,184 @@
+"""``diffsampler compare``: the seed's quality-per-NFE table, exact on analytic models."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from diffsampler.errors import MissingExtraError, OptionError
+from diffsampler.outputs import atomic_write_bytes
+from diffsampler.seeds import parse_seeds
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from ._common import console, err_console, parse_pairs, print_json
+
+Opt = Optional
+
+
+def compare(
+    model: Annotated[str, typer.Option(help="registered model or model file")] = "gmm",
+    solver: Annotated[
+        Opt[list[str]],
+        typer.Option(help="row spec NAME[key=value,...][@SCHEDULE[key=value]] (repeatable; "
+                          "default: the seed's eight solvers)"),
+    ] = None,
+    schedule: Annotated[
+        Opt[list[str]], typer.Option(help="run every solver with each of these schedules")
+    ] = None,
+    nfe: Annotated[str, typer.Option(help="NFEs, e.g. 3-10 or 4,6,8")] = "3-10",
+    seeds: Annotated[str, typer.Option(help="seeds, e.g. 0-63")] = "0-63",
+    metric: Annotated[
+        Opt[list[str]], typer.Option(help="registered metric (default: l2-exact, fd-exact)")
+    ] = None,
+    model_opt: Annotated[Opt[list[str]], typer.Option("--model-opt", help="model option key=value")] = None,
+    afs: Annotated[bool, typer.Option(help="analytical first step in every run")] = False,
+    dtype: Annotated[str, typer.Option(help="float64 (default) or float32")] = "float64",
+    batch: Annotated[int, typer.Option(help="samples per batch")] = 64,
+    out: Annotated[Path, typer.Option(help="directory for results.json/.csv, plot.png")] = Path("compare"),
+    config: Annotated[
+        Opt[Path], typer.Option(help="rerun the comparison saved in a results.json or config.json")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the results as JSON")] = False,
+) -> None:
+    """Compare solvers (rows) over NFEs (columns) on one model and one set of seeds.
+
+    On analytic models the cells are the mean RMS error to the exact ODE endpoint and the Frechet
+    distance to the true data moments; the best per column is marked.
+    """
+    from diffsampler.compare import CompareConfig, parse_nfes, run_compare
+
+    if config is not None:
+        try:
+            data = json.loads(config.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise OptionError(f"cannot read comparison configuration {str(config)!r}: {exc}") from None
+        cfg = CompareConfig.from_dict(data.get("config", data))
+    else:
+        kwargs: dict[str, Any] = {}
+        if solver:
+            kwargs["solvers"] = solver
+        cfg = CompareConfig(
+            model=model, model_options=parse_pairs(model_opt, "--model-opt"),
+            schedules=tuple(schedule or ()), nfes=parse_nfes(nfe), seeds=parse_seeds(seeds),
+            metrics=tuple(metric or ()), afs=afs, dtype=dtype, batch=batch, **kwargs,
+        )
+    _prepare(out)
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), console=err_console, transient=True)
+    with progress:
+        task = progress.add_task("ground truth and cells", total=None)
+        result = run_compare(
+            cfg,
+            on_start=lambda n: progress.update(task, total=n, description="cells"),
+            on_cell=lambda cell: progress.advance(task),
+        )
+    files = _write(out, result)
+    if as_json:
+        print_json(result.to_dict())
+        return
+    for key in result.keys():
+        console.print(_table(result, key), width=max(console.size.width, 150))
+    if result.ground_truth_accuracy is not None:
+        console.print(
+            f"exact endpoints: DOP853 rtol 1e-10 (agrees with rtol 1e-8 to "
+            f"{result.ground_truth_accuracy:.1e}); {len(cfg.seeds)} seeds; "
+            f"'exact' row = the metric of the exact endpoints themselves"
+        )
+    err_console.print(f"{result.seconds:.1f} s; wrote {', '.join(files)} in {out}")
+
+
+def _prepare(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OptionError(f"cannot write to output directory {str(out)!r}: {exc.strerror}") from None
+
+
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if value != 0 and (abs(value) >= 1e4 or abs(value) < 1e-3):
+        return f"{value:.2e}"
+    return f"{value:.4f}" if abs(value) < 1 else f"{value:.2f}"
+
+
+def _table(result: Any, key: str) -> Table:
+    nfes = result.config.nfes
+    table = Table(title=f"{key} (lower is better) on {result.config.model}; * best per NFE",
+                  title_justify="left")
+    table.add_column("solver @ schedule")
+    for n in nfes:
+        table.add_column(f"NFE {n}", justify="right")
+    best = {}
+    for n in nfes:
+        values = [v for row in result.rows if (v := result.value(row, n, key)) is not None]
+        best[n] = min(values) if values else None
+    for row in result.rows:
+        cells = []
+        for n in nfes:
+            v = result.value(row, n, key)
+            text = _fmt(v)
+            cells.append(f"[bold green]{text}*[/]" if v is not None and v == best[n] else text)
+        table.add_row(escape(row), *cells)
+    if result.reference and key in result.reference:
+        table.add_row("[dim]exact[/]", *[f"[dim]{_fmt(result.reference[key])}[/]"] * len(nfes))
+    return table
+
+
+def _write(out: Path, result: Any) -> list[str]:
+    data = result.to_dict()
+    atomic_write_bytes(out / "results.json", (json.dumps(data, indent=2) + "\n").encode())
+    buf = io.StringIO()
+    keys = result.keys()
+    writer = csv.writer(buf)
+    writer.writerow(["row", "nfe", "num_steps", *keys, "seconds"])
+    for cell in result.cells:
+        values = cell.values or {}
+        writer.writerow([cell.row, cell.nfe, cell.num_steps if cell.num_steps else "",
+                         *[values.get(k, "") for k in keys], f"{cell.seconds:.4f}"])
+    atomic_write_bytes(out / "results.csv", buf.getvalue().encode())
+    files = ["results.json", "results.csv"]
+    try:
+        _plot(out / "plot.png", result)
+        files.append("plot.png")
+    except MissingExtraError as exc:
+        err_console.print(f"[yellow]no plot:[/] {exc}")
+    return files
+
+
+def _plot(path: Path, result: Any) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise MissingExtraError("matplotlib", "plot", "the comparison plot") from exc
+    keys = result.keys()
+    fig, axes = plt.subplots(1, len(keys), figsize=(6 * len(keys), 4.5), squeeze=False)
+    for ax, key in zip(axes[0], keys, strict=True):
+        for row in result.rows:
+            points = [(n, v) for n in result.config.nfes
+                      if (v := result.value(row, n, key)) is not None and math.isfinite(v) and v > 0]
+            if points:
+                ax.plot(*zip(*points, strict=True), marker="o", label=row)
+        if result.reference and result.reference.get(key):
+            ax.axhline(result.reference[key], color="k", ls=":", label="exact endpoints")
+        ax.set_yscale("log")
+        ax.set_xlabel("NFE")
+        ax.set_ylabel(key)
+        ax.set_title(f"{key} on {result.config.model}")
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)

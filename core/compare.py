@@ -1,0 +1,301 @@
+"""Compare solvers side by side: a grid of solver (x schedule) x NFE, one quality number per cell.
+
+The seed's central table ("FID per NFE for every solver"), made exact where it can be: on
+analytic models (``gmm``, ``empirical``) the default metrics are the error to the exact ODE
+endpoint and the Frechet distance to the data's true moments; on any model, any registered metric
+can be named. :func:`run_compare` is deterministic: the same configuration gives the same numbers,
+bit for bit, on the same machine.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import attrs
+
+from .api import get_metric, get_model, get_schedule, get_solver
+from .errors import OptionError
+from .options import options_as_dict
+from .protocols import Analytic
+from .seeds import plan_batches, seed_noise
+from .solver import steps_for_nfe
+
+__all__ = [
+    "DEFAULT_SOLVERS",
+    "Cell",
+    "CompareConfig",
+    "CompareResult",
+    "SolverSpec",
+    "parse_nfes",
+    "run_compare",
+]
+
+_SPEC = re.compile(r"^\s*(?P<name>[^\[\]@\s]+)\s*(\[(?P<opts>[^\]]*)\])?\s*(@(?P<sched>[^\[\]\s]+)(\[(?P<sopts>[^\]]*)\])?)?\s*$")
+
+
+def _pairs(text: str | None, where: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for part in (text or "").split(","):
+        if not part.strip():
+            continue
+        key, sep, value = part.partition("=")
+        if not sep:
+            raise OptionError(f"{where}: expected key=value, got {part.strip()!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+@attrs.frozen(kw_only=True)
+class SolverSpec:
+    """One row of the table: a solver with options, and optionally its schedule."""
+
+    solver: str
+    options: dict[str, Any] = attrs.field(factory=dict, converter=dict)
+    schedule: str | None = None
+    schedule_options: dict[str, Any] = attrs.field(factory=dict, converter=dict)
+
+    @classmethod
+    def parse(cls, text: str) -> SolverSpec:
+        """``ipndm``, ``ipndm[max_order=3]``, ``dpmpp[max_order=2]@logsnr``, ``deis@time_uniform[rho=2]``."""
+        match = _SPEC.match(text)
+        if not match:
+            raise OptionError(
+                f"bad solver spec {text!r}: expected NAME, NAME[key=value,...] or "
+                "NAME[...]@SCHEDULE[key=value,...]"
+            )
+        return cls(
+            solver=match["name"], options=_pairs(match["opts"], text),
+            schedule=match["sched"], schedule_options=_pairs(match["sopts"], text),
+        )
+
+    @property
+    def label(self) -> str:
+        opts = ",".join(f"{k}={v}" for k, v in self.options.items())
+        text = f"{self.solver}[{opts}]" if opts else self.solver
+        if self.schedule:
+            sopts = ",".join(f"{k}={v}" for k, v in self.schedule_options.items())
+            text += f"@{self.schedule}" + (f"[{sopts}]" if sopts else "")
+        return text
+
+
+# The seed README's table: each solver with the options and schedule it reports.
+DEFAULT_SOLVERS: tuple[SolverSpec, ...] = (
+    SolverSpec(solver="euler"),
+    SolverSpec(solver="heun"),
+    SolverSpec(solver="dpm"),
+    SolverSpec(solver="dpmpp", options={"max_order": 3}),
+    SolverSpec(solver="unipc", options={"max_order": 3}),
+    SolverSpec(solver="deis", options={"max_order": 3}),
+    SolverSpec(solver="ipndm", options={"max_order": 4}),
+    SolverSpec(solver="ipndm_v", options={"max_order": 4}),
+)
+
+
+def parse_nfes(text: str) -> tuple[int, ...]:
+    """``"3-10"`` or ``"3,5,8"`` (or both) into a sorted tuple of distinct NFEs."""
+    out: set[int] = set()
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        lo, sep, hi = part.partition("-")
+        try:
+            values = range(int(lo), int(hi) + 1) if sep else [int(lo)]
+        except ValueError:
+            raise OptionError(f"bad NFE list {text!r}: expected e.g. 3-10 or 4,6,8") from None
+        out.update(values)
+    if not out or min(out) < 1:
+        raise OptionError(f"bad NFE list {text!r}: NFEs are positive integers")
+    return tuple(sorted(out))
+
+
+def _specs(value: Sequence[SolverSpec | Mapping[str, Any] | str]) -> tuple[SolverSpec, ...]:
+    out = []
+    for v in value:
+        if isinstance(v, SolverSpec):
+            out.append(v)
+        elif isinstance(v, str):
+            out.append(SolverSpec.parse(v))
+        else:
+            out.append(SolverSpec(**v))
+    return tuple(out)
+
+
+@attrs.frozen(kw_only=True)
+class CompareConfig:
+    """Everything that determines a comparison; saved with its results."""
+
+    model: str = "gmm"
+    model_options: dict[str, Any] = attrs.field(factory=dict, converter=dict)
+    solvers: tuple[SolverSpec, ...] = attrs.field(default=DEFAULT_SOLVERS, converter=_specs)
+    schedules: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    nfes: tuple[int, ...] = attrs.field(default=tuple(range(3, 11)), converter=tuple)
+    seeds: tuple[int, ...] = attrs.field(default=tuple(range(64)), converter=tuple)
+    metrics: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    afs: bool = False
+    dtype: str = "float64"
+    batch: int = 64
+
+    def to_dict(self) -> dict[str, Any]:
+        data = attrs.asdict(self, recurse=True)
+        for key in ("schedules", "nfes", "seeds", "metrics"):
+            data[key] = list(data[key])
+        data["solvers"] = [attrs.asdict(s) for s in self.solvers]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CompareConfig:
+        names = {f.name for f in attrs.fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise OptionError(f"compare configuration has unknown keys: {', '.join(sorted(unknown))}")
+        return cls(**data)
+
+
+@attrs.frozen(kw_only=True)
+class Cell:
+    """One cell: a row (solver spec, schedule) at one NFE; ``values`` is None when unreachable."""
+
+    row: str
+    nfe: int
+    num_steps: int | None
+    values: dict[str, float] | None
+    seconds: float
+
+
+@attrs.frozen(kw_only=True)
+class CompareResult:
+    config: CompareConfig
+    rows: tuple[str, ...]
+    cells: tuple[Cell, ...]
+    reference: dict[str, float] | None  # metrics of the exact endpoints (analytic models)
+    ground_truth_accuracy: float | None
+    seconds: float
+
+    def value(self, row: str, nfe: int, key: str) -> float | None:
+        for cell in self.cells:
+            if cell.row == row and cell.nfe == nfe:
+                return None if cell.values is None else cell.values.get(key)
+        return None
+
+    def keys(self) -> list[str]:
+        seen: list[str] = []
+        for cell in self.cells:
+            for key in cell.values or {}:
+                if key not in seen:
+                    seen.append(key)
+        return seen
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "config": self.config.to_dict(),
+            "rows": list(self.rows),
+            "cells": [attrs.asdict(c) for c in self.cells],
+            "reference": self.reference,
+            "ground_truth_accuracy": self.ground_truth_accuracy,
+            "seconds": self.seconds,
+        }
+
+
+def _rows(config: CompareConfig) -> list[SolverSpec]:
+    if not config.schedules:
+        return list(config.solvers)
+    return [
+        attrs.evolve(spec, schedule=name, schedule_options={})
+        for spec in config.solvers
+        for name in config.schedules
+    ]
+
+
+def run_compare(
+    config: CompareConfig,
+    *,
+    on_cell: Callable[[Cell], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
+) -> CompareResult:
+    """Evaluate every (row, NFE) cell of ``config``; ``on_cell`` reports progress."""
+    import torch
+
+    started = time.perf_counter()
+    model = get_model(config.model, **config.model_options)
+    analytic = isinstance(model, Analytic)
+    metric_names = config.metrics or (("l2-exact", "fd-exact") if analytic else ())
+    if not metric_names:
+        raise OptionError(
+            f"model {config.model!r} is not analytic: name a metric with --metric (see: diffsampler list metrics)"
+        )
+    metrics = [get_metric(name) for name in metric_names]
+    if config.dtype not in ("float32", "float64"):
+        raise OptionError(f"dtype must be float32 or float64, got {config.dtype!r}")
+    dtype = getattr(torch, config.dtype)
+
+    rows = _rows(config)
+    plans: list[tuple[str, Any, Any, list[int | None]]] = []
+    for spec in rows:
+        solver = get_solver(spec.solver, **spec.options)
+        name, recommended = getattr(solver, "recommended_schedule", ("polynomial", {"rho": 7.0}))
+        if spec.schedule is not None:
+            name, recommended = spec.schedule, spec.schedule_options
+        schedule = get_schedule(name, **recommended)
+        steps: list[int | None] = []
+        for nfe in config.nfes:
+            try:
+                steps.append(steps_for_nfe(solver, nfe, afs=config.afs))
+            except OptionError:
+                steps.append(None)
+        plans.append((_row_label(spec, name, schedule), solver, schedule, steps))
+    for k, nfe in enumerate(config.nfes):
+        if all(p[3][k] is None for p in plans):
+            raise OptionError(f"NFE {nfe} is not reachable by any solver in the comparison")
+    if on_start is not None:
+        on_start(sum(1 for p in plans for s in p[3] if s is not None))
+
+    batches = plan_batches(config.seeds, config.batch)
+    noise = [seed_noise(b.seeds, model.shape, dtype=dtype) for b in batches]
+
+    def measure(samples: list[Any]) -> dict[str, float]:
+        values: dict[str, float] = {}
+        for metric in metrics:
+            values.update(metric.compute(samples, model=model, seeds=config.seeds))
+        return values
+
+    reference, accuracy = None, None
+    if analytic:
+        from diffsampler.plugins.models.ground_truth import exact_endpoints
+
+        truth = exact_endpoints(model, config.seeds)
+        accuracy = truth.accuracy
+        reference = measure([torch.from_numpy(truth.endpoints)])
+
+    cells: list[Cell] = []
+    for row, solver, schedule, steps in plans:
+        for nfe, num_steps in zip(config.nfes, steps, strict=True):
+            if num_steps is None:
+                cells.append(Cell(row=row, nfe=nfe, num_steps=None, values=None, seconds=0.0))
+                continue
+            t0 = time.perf_counter()
+            sigmas = schedule.sigmas(num_steps, model.sigma_min, model.sigma_max, denoiser=model)
+            first = float(sigmas[0])
+            samples = [
+                solver.sample(model, z * first, sigmas, afs=config.afs).x for z in noise
+            ]
+            cell = Cell(row=row, nfe=nfe, num_steps=num_steps, values=measure(samples),
+                        seconds=time.perf_counter() - t0)
+            cells.append(cell)
+            if on_cell is not None:
+                on_cell(cell)
+    return CompareResult(
+        config=config, rows=tuple(dict.fromkeys(c.row for c in cells)), cells=tuple(cells),
+        reference=reference, ground_truth_accuracy=accuracy,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _row_label(spec: SolverSpec, schedule_name: str, schedule: Any) -> str:
+    opts = options_as_dict(getattr(schedule, "options", None))
+    shown = ",".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in opts.items())
+    solver = SolverSpec(solver=spec.solver, options=spec.options).label
+    return f"{solver} @ {schedule_name}" + (f"[{shown}]" if shown else "")
