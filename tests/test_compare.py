@@ -1,0 +1,170 @@
+"""Exact testbeds and `diffsampler compare`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import diffsampler as ds
+from diffsampler.compare import CompareConfig, SolverSpec, parse_nfes, run_compare
+from diffsampler.images import png_bytes
+from diffsampler.plugins.metrics.analytic import frechet_to_moments, top_directions
+from diffsampler.plugins.models.empirical import EmpiricalDenoiser
+from diffsampler.plugins.models.ground_truth import exact_endpoints
+from diffsampler.plugins.models.gmm import GaussianMixture, gmm
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("DIFFSAMPLER_CACHE", str(tmp_path / "cache"))
+
+
+def cli(*args: str):
+    return subprocess.run([sys.executable, "-m", "diffsampler", *args], capture_output=True,
+                          text=True, env=dict(os.environ))
+
+
+def test_empirical_denoiser_equals_brute_force_posterior_mean():
+    rng = np.random.default_rng(0)
+    data = rng.uniform(-1, 1, size=(300, 2, 3))
+    model = EmpiricalDenoiser(data, chunk=64)  # several chunks: exercises the running softmax
+    x = torch.from_numpy(rng.normal(size=(5, 2, 3)))
+    for sigma in (0.01, 0.3, 5.0):
+        flat, pts = x.reshape(5, -1).numpy(), data.reshape(300, -1)
+        logits = -((flat[:, None, :] - pts[None]) ** 2).sum(-1) / (2 * sigma**2)
+        w = np.exp(logits - logits.max(1, keepdims=True))
+        expected = (w / w.sum(1, keepdims=True)) @ pts
+        got = model(x, torch.full((5,), sigma, dtype=torch.float64)).reshape(5, -1).numpy()
+        np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_empirical_digits_default_and_data_errors(tmp_path):
+    model = ds.get_model("empirical")
+    assert model.shape == (1, 8, 8) and len(model.points) == 1797
+    assert model.points.min() == -1 and model.points.max() == 1
+    with pytest.raises(ds.OptionError, match="no such file"):
+        ds.get_model("empirical", data=str(tmp_path / "missing"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ds.OptionError, match="holds no PNG images"):
+        ds.get_model("empirical", data=str(empty))
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    (mixed / "a.png").write_bytes(png_bytes(np.zeros((8, 8, 3), np.uint8)))
+    (mixed / "b.png").write_bytes(png_bytes(np.zeros((9, 8, 3), np.uint8)))
+    with pytest.raises(ds.OptionError, match="image of shape"):
+        ds.get_model("empirical", data=str(mixed))
+    folder = tmp_path / "ok"
+    folder.mkdir()
+    for k in range(3):
+        (folder / f"{k}.png").write_bytes(png_bytes(np.full((4, 4, 3), 60 * k, np.uint8)))
+    from_folder = ds.get_model("empirical", data=str(folder))
+    assert from_folder.shape == (3, 4, 4)
+    np.testing.assert_allclose(from_folder.points[1], 60 / 127.5 - 1)
+
+
+def test_ground_truth_matches_the_closed_form_single_gaussian_flow():
+    """One Gaussian N(mu, s^2 I): the ODE solution is x(sigma) = mu + (x - mu) r(sigma)."""
+    mu, s = np.array([0.3, -0.2, 0.5]), 0.4
+    model = GaussianMixture(mu[None], np.array([s]), np.array([1.0]), sigma_min=0.01, sigma_max=20.0,
+                            spec={"test": "single-gaussian"})
+    truth = exact_endpoints(model, [0, 1, 2])
+    x0 = ds.seed_noise([0, 1, 2], (3,), dtype=torch.float64).numpy() * 20.0
+    exact = mu + (x0 - mu) * np.sqrt(s**2 + 0.01**2) / np.sqrt(s**2 + 20.0**2)
+    np.testing.assert_allclose(truth.endpoints, exact, atol=1e-8)
+    assert truth.accuracy < 1e-6
+
+
+def test_ground_truth_is_cached_per_seed_and_independent_of_the_other_seeds(tmp_path):
+    model = gmm(shape=(4,), components=3, spread=0.3, seed=2)
+    both = exact_endpoints(model, [3, 7])
+    assert len(list((tmp_path / "cache" / "ground-truth").rglob("seed-*.npz"))) == 2
+    alone = exact_endpoints(model, [7], cache=False)
+    assert np.array_equal(both.endpoints[1], alone.endpoints[0])
+    other = gmm(shape=(4,), components=3, spread=0.3, seed=3)  # another spec, another key
+    exact_endpoints(other, [3])
+    assert len(list((tmp_path / "cache" / "ground-truth").iterdir())) == 2
+
+
+def test_frechet_distance_low_rank_formula_matches_scipy_sqrtm():
+    from scipy import linalg
+
+    rng = np.random.default_rng(1)
+    d = 12
+    a = rng.normal(size=(d, d))
+    cov = a @ a.T / d
+    mean = rng.normal(size=d)
+    for n in (5, 40):  # rank-deficient and full-rank sample covariances
+        x = rng.normal(size=(n, d))
+        s1 = np.cov(x.T)
+        root = linalg.sqrtm(s1 @ cov).real
+        expected = ((x.mean(0) - mean) ** 2).sum() + np.trace(s1) + np.trace(cov) - 2 * np.trace(root)
+        assert frechet_to_moments(x, mean, cov) == pytest.approx(expected, rel=1e-7, abs=1e-8)
+
+
+def test_top_directions_span_the_leading_eigenspace():
+    rng = np.random.default_rng(2)
+    q, _ = np.linalg.qr(rng.normal(size=(30, 30)))
+    values = np.concatenate([[50, 40, 30], np.ones(27) * 0.1])
+    cov = (q * values) @ q.T
+    basis = top_directions(cov, 3)
+    np.testing.assert_allclose(np.sort(np.diag(basis.T @ cov @ basis)), [30, 40, 50], rtol=1e-8)
+
+
+def test_errors_fall_with_nfe_for_high_order_solvers():
+    config = CompareConfig(
+        model="gmm", model_options={"shape": (6,), "components": 4, "spread": 0.3, "seed": 5},
+        solvers=[SolverSpec(solver="ipndm"), SolverSpec(solver="dpmpp"), SolverSpec(solver="unipc")],
+        nfes=(10, 20, 40, 80), seeds=range(6), metrics=("l2-exact",),
+    )
+    result = run_compare(config)
+    for row in result.rows:
+        errors = [result.value(row, n, "l2") for n in config.nfes]
+        assert all(b < a for a, b in zip(errors, errors[1:], strict=False)), (row, errors)
+        # past the first doublings the error falls at least like NFE^-2 (these are order >= 2)
+        assert errors[-1] < errors[1] / 16, (row, errors)
+
+
+def test_the_same_cell_twice_gives_the_same_number():
+    config = CompareConfig(model_options={"shape": (3, 8, 8)}, solvers=["euler", "heun"],
+                           nfes=(3, 4), seeds=range(4))
+    a, b = run_compare(config), run_compare(config)
+    assert [c.values for c in a.cells] == [c.values for c in b.cells]
+    assert a.value("heun @ polynomial[rho=7]", 3, "l2") is None  # 2 NFE per step: unreachable
+    assert a.reference["l2"] == 0.0 and a.reference["fd"] > 0
+
+
+def test_compare_input_errors():
+    with pytest.raises(ds.OptionError, match="NFE 3 is not reachable by any solver"):
+        run_compare(CompareConfig(solvers=["heun"], nfes=(3,), seeds=(0,)))
+    with pytest.raises(ds.UnknownComponentError, match="unknown solver 'ipnd'"):
+        run_compare(CompareConfig(solvers=["ipnd"], nfes=(3,), seeds=(0,)))
+    with pytest.raises(ds.UnknownComponentError, match="unknown metric"):
+        run_compare(CompareConfig(metrics=("fid-nope",), nfes=(3,), seeds=(0,)))
+    with pytest.raises(ds.OptionError, match="bad solver spec"):
+        SolverSpec.parse("ipndm[max_order=3")
+    assert SolverSpec.parse("dpmpp[max_order=2]@logsnr").label == "dpmpp[max_order=2]@logsnr"
+    assert parse_nfes("3-5,8") == (3, 4, 5, 8)
+
+
+def test_compare_cli_writes_tables_and_reproduces_from_its_config(tmp_path):
+    out = tmp_path / "cmp"
+    args = ("compare", "--model-opt", "shape=3x8x8", "--solver", "euler", "--solver", "ipndm[max_order=2]",
+            "--nfe", "3-5", "--seeds", "0-5")
+    proc = cli(*args, "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "ipndm[max_order=2] @ polynomial[rho=7]" in proc.stdout and "NFE 5" in proc.stdout
+    assert {p.name for p in out.iterdir()} >= {"results.json", "results.csv", "plot.png"}
+    first = json.loads((out / "results.json").read_text())
+    again = cli("compare", "--config", str(out / "results.json"), "--out", str(tmp_path / "again"), "--json")
+    assert again.returncode == 0, again.stderr
+    second = json.loads(again.stdout)
+    assert [c["values"] for c in first["cells"]] == [c["values"] for c in second["cells"]]
+    bad = cli("compare", "--solver", "heun", "--nfe", "3", "--out", str(tmp_path / "bad"))
+    assert bad.returncode == 2 and "NFE 3 is not reachable by any solver" in bad.stderr
