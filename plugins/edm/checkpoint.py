@@ -156,7 +156,8 @@ def load_pickle(path: str | os.PathLike[str], *, key: str | None = None) -> tupl
         chosen = keys[0]
         record = obj[chosen]
     if isinstance(record, ContainerRecord) or not isinstance(record, PersistentRecord):
-        raise ModelLoadError(f"{source} does not contain an EDM network record")
+        what = f"entry {chosen!r} of {source}" if chosen else source
+        raise ModelLoadError(f"{what} is not an EDM network record (found {type(record).__name__})")
     net = build_from_record(record, source=source)
     info = {
         "format": "edm-pickle",

@@ -23,7 +23,7 @@ def _ints(text: str) -> tuple[int, ...]:
 
 def train_denoiser(
     out: Annotated[Path, typer.Option(help="output path without suffix (.safetensors and .json are written)")] = Path("digits"),
-    steps: Annotated[int, typer.Option(min=1, help="optimiser steps")] = 4000,
+    steps: Annotated[int, typer.Option(min=1, help="optimiser steps")] = 3200,
     minutes: Annotated[float | None, typer.Option(help="stop after this wall time (minutes)")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="images per step")] = 128,
     lr: Annotated[float, typer.Option(help="peak Adam learning rate")] = 2e-3,

@@ -39,7 +39,7 @@ __all__ = ["TrainConfig", "digits_dataset", "edm_loss", "main", "train"]
 class TrainConfig:
     """Everything that determines a training run (saved into the model's JSON)."""
 
-    steps: int = 4000
+    steps: int = 3200
     minutes: float | None = None
     batch_size: int = 128
     lr: float = 2e-3
