@@ -194,7 +194,10 @@ def build_options(cls: type | None, values: Mapping[str, Any], *, owner: str) ->
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise OptionError(f"{owner} has no option {key!r}{hint}; its options: {known}")
         if isinstance(value, str) and fields[name].type is not str:
-            value = _parse(value, fields[name].type, name)
+            try:
+                value = _parse(value, fields[name].type, name)
+            except OptionError as exc:
+                raise OptionError(f"{owner}: {exc}") from None
         kwargs[name] = value
     if cls is None:
         return None

@@ -122,7 +122,7 @@ def test_interrupted_run_resumes_to_identical_samples(tmp_path):
 @pytest.mark.slow
 def test_sigterm_mid_run_then_rerun_completes_identically(tmp_path):
     out = tmp_path / "run"
-    args = ("sample", "--seeds", "0-399", "--batch", "2", "--nfe", "40", "--format", "zip", "--out", str(out))
+    args = ("sample", "--seeds", "0-159", "--batch", "2", "--nfe", "30", "--format", "zip", "--out", str(out))
     proc = subprocess.Popen([sys.executable, "-m", "diffsampler", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 60
@@ -131,7 +131,7 @@ def test_sigterm_mid_run_then_rerun_completes_identically(tmp_path):
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=30)
     parts = list((out / ".parts").glob("batch-*.npz"))
-    assert 5 <= len(parts) < 200, "the run was not interrupted mid-way"
+    assert 5 <= len(parts) < 80, "the run was not interrupted mid-way"
     for part in parts:  # every part on disk is complete
         with np.load(part) as data:
             assert data["samples"].shape == (2, 3, 32, 32)
@@ -146,7 +146,7 @@ def test_sigterm_mid_run_then_rerun_completes_identically(tmp_path):
     assert cli(*args[:-1], str(whole)).returncode == 0
     a = np.concatenate(list(iter_images(out / "images.zip")))
     b = np.concatenate(list(iter_images(whole / "images.zip")))
-    assert a.shape[0] == 400 and np.array_equal(a, b)
+    assert a.shape[0] == 160 and np.array_equal(a, b)
 
 
 def test_configuration_mismatch_on_resume_is_refused(tmp_path):

@@ -61,6 +61,7 @@ class DEIS(AdamsBashforthSolver):
       ``C_ij`` are the exact variable-step Adams–Bashforth weights, the method of ``ipndm_v``.
     """
 
+    recommended_schedule = ("time_uniform", {"rho": 2.0})  # the seed README: DEIS, time_uniform rho=2
     Options = DEISOptions
     paper = (
         "Zhang & Chen 2023, Fast Sampling of Diffusion Models with Exponential Integrator, "

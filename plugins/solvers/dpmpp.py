@@ -84,6 +84,7 @@ class DPMSolverPP(ODESolver):
     """
 
     Options = DPMPPOptions
+    recommended_schedule = ("logsnr", {})  # the seed README pairs DPM-Solver++ with logSNR
     paper = (
         "Lu et al. 2022, DPM-Solver++: Fast Solver for Guided Sampling of Diffusion Probabilistic "
         "Models, arXiv:2211.01095, Algorithm 2 (multistep)"

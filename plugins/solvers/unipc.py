@@ -99,6 +99,7 @@ class UniPC(ODESolver):
     """
 
     Options = UniPCOptions
+    recommended_schedule = ("logsnr", {})  # the seed README pairs UniPC with logSNR
     paper = (
         "Zhao et al. 2023, UniPC: A Unified Predictor-Corrector Framework for Fast Sampling of "
         "Diffusion Models, arXiv:2302.04867, Algorithms 2-3"
