@@ -13,6 +13,7 @@ import typer
 from diffsampler.errors import MissingExtraError, OptionError
 from diffsampler.outputs import atomic_write_bytes
 from diffsampler.seeds import parse_seeds
+from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -83,8 +84,9 @@ def compare(
     if as_json:
         print_json(result.to_dict())
         return
+    wide = console if console.is_terminal else Console(width=200)  # a pipe or file: no wrapping
     for key in result.keys():
-        console.print(_table(result, key), width=max(console.size.width, 150))
+        wide.print(_table(result, key))
     if result.ground_truth_accuracy is not None:
         console.print(
             f"exact endpoints: DOP853 rtol 1e-10 (agrees with rtol 1e-8 to "

@@ -1,0 +1,1 @@
+"""Trajectory analysis: the seed's diff-analyzer as functions and plots (entry point ``analysis``)."""

@@ -1,0 +1,1 @@
+"""GITS: geometry-inspired time scheduling (entry point ``gits``)."""
