@@ -15,6 +15,7 @@ from diffsampler.registry import get_registry
 from rich.markup import escape
 
 from ._common import err_console
+from .bench_cmd import bench
 from .compare_cmd import compare
 from .info_cmd import info
 from .list_cmd import list_components
@@ -52,6 +53,7 @@ def build_app() -> typer.Typer:
     app.command("info")(info)
     app.command("sample")(sample)
     app.command("compare")(compare)
+    app.command("bench")(bench)
     get_registry().register_commands(app)
     return app
 

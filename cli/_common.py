@@ -26,3 +26,8 @@ def parse_pairs(pairs: list[str] | None, flag: str) -> dict[str, str]:
 
 def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def table_console() -> Console:
+    """The stdout console, or a wide one when stdout is a pipe or file (no wrapped tables)."""
+    return console if console.is_terminal else Console(width=200)

@@ -13,12 +13,11 @@ import typer
 from diffsampler.errors import MissingExtraError, OptionError
 from diffsampler.outputs import atomic_write_bytes
 from diffsampler.seeds import parse_seeds
-from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ._common import console, err_console, parse_pairs, print_json
+from ._common import console, err_console, parse_pairs, print_json, table_console
 
 Opt = Optional
 
@@ -84,7 +83,7 @@ def compare(
     if as_json:
         print_json(result.to_dict())
         return
-    wide = console if console.is_terminal else Console(width=200)  # a pipe or file: no wrapping
+    wide = table_console()
     for key in result.keys():
         wide.print(_table(result, key))
     if result.ground_truth_accuracy is not None:

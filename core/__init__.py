@@ -39,6 +39,7 @@ from .options import build_options, choice, describe_options, in_range, option, 
 from .protocols import (
     Analytic,
     Artifact,
+    Compilable,
     Decodable,
     Denoiser,
     Distiller,
@@ -58,6 +59,7 @@ from .solver import ODESolver, Run, steps_for_nfe
 __all__ = [
     "Analytic",
     "Artifact",
+    "Compilable",
     "Decodable",
     "Denoiser",
     "DiffSamplerError",

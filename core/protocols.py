@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Analytic",
     "Artifact",
+    "Compilable",
     "Decodable",
     "Denoiser",
     "Distiller",
@@ -94,6 +95,13 @@ class HasBottleneck(Protocol):
     def denoise_with_features(
         self, x: Tensor, sigma: Tensor, cond: Any = None
     ) -> tuple[Tensor, Tensor]: ...
+
+
+@runtime_checkable
+class Compilable(Protocol):
+    """A neural model that can return a ``torch.compile``-d copy of itself (same outputs)."""
+
+    def compiled(self, mode: str = "default") -> Denoiser: ...
 
 
 @runtime_checkable

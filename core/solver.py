@@ -168,8 +168,13 @@ class ODESolver:
         denoise_to_zero: bool = False,
         return_trajectory: bool = False,
         callback: StepCallback | None = None,
+        check_finite: bool = True,
     ) -> SampleResult:
-        """Solve the probability-flow ODE from ``x`` at ``sigmas[0]`` down to ``sigmas[-1]``."""
+        """Solve the probability-flow ODE from ``x`` at ``sigmas[0]`` down to ``sigmas[-1]``.
+
+        ``check_finite=False`` skips the (sync-free) per-evaluation finiteness flags and the one
+        host synchronisation after the loop; CUDA-graph capture needs that.
+        """
         import torch
 
         levels = sigma_tuple(sigmas)
@@ -178,7 +183,8 @@ class ODESolver:
             raise SamplingError(
                 f"x has sample shape {tuple(x.shape[1:])} but the model expects {tuple(shape)}"
             )
-        run = Run(denoiser, levels, cond=cond, afs=afs, coefficients=self.prepare(levels))
+        run = Run(denoiser, levels, cond=cond, afs=afs, coefficients=self.prepare(levels),
+                  check_finite=check_finite)
         points = [x] if return_trajectory else []
         total = len(levels) - 1
         with torch.no_grad():
