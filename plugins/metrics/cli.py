@@ -1,0 +1,171 @@
+"""The ``metrics`` plugin's commands (added through ``register_commands``).
+
+``diffsampler fid ref``   reference statistics (``mu``, ``sigma``, ``count``) of an image set;
+``diffsampler fid calc``  FID of an image set against reference statistics;
+``diffsampler prdc``      precision, recall, density, coverage of two image sets;
+``diffsampler clip-score`` CLIP score of images against prompts.
+
+Image sets are folders of PNGs, ``.zip`` archives or ``.npz`` files (``arr_0``); torch is
+imported when a command runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+
+__all__ = ["add_commands"]
+
+Weights = Annotated[str | None, typer.Option(help="Inception weights .pth (else $DIFFSAMPLER_FID_WEIGHTS, cache, download)")]
+Device = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N")]
+Batch = Annotated[int, typer.Option(min=1, help="images per forward pass")]
+
+
+def _console() -> Any:
+    from diffsampler.cli._common import console
+
+    return console
+
+
+def _warn(message: str) -> None:
+    from diffsampler.cli._common import err_console
+    from rich.markup import escape
+
+    err_console.print(f"[bold yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+def _embedded(path: Path, *, weights: str | None, device: str, batch: int, what: str) -> Iterator[np.ndarray]:
+    """Inception features of the image set at ``path``, batch by batch, with a progress bar."""
+    from diffsampler.imagesets import count_images, iter_images
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .fid import image_features, load_inception
+
+    total = count_images(path)
+    net = load_inception(weights, device=device)
+    _console().print(f"{what}: {total} images from {path}", highlight=False)
+    progress = Progress(TextColumn(what), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        console=_console(), transient=True)
+    with progress:
+        task = progress.add_task(what, total=total)
+        yield from image_features(net, iter_images(path, batch), batch=batch,
+                                  on_batch=lambda n: progress.advance(task, n))
+
+
+def fid_ref(
+    data: Annotated[Path, typer.Option(help="image set: folder of PNGs, .zip or .npz (arr_0)")],
+    out: Annotated[Path, typer.Option(help="statistics file to write (.npz: mu, sigma, count)")],
+    features: Annotated[bool, typer.Option(help="also store the features (for prdc --real)")] = False,
+    weights: Weights = None,
+    device: Device = "auto",
+    batch: Batch = 250,
+) -> None:
+    """Reference statistics of an image set (EDM's .npz format, plus the image count)."""
+    from .fid import STANDARD_COUNT, FeatureMoments, save_stats
+
+    moments, kept = FeatureMoments(), []
+    for chunk in _embedded(data, weights=weights, device=device, batch=batch, what="reference"):
+        moments.add(chunk)
+        if features:
+            kept.append(chunk.astype(np.float32))
+    stats = moments.stats()
+    if not features:
+        save_stats(out, stats)
+    else:
+        with open(out, "wb") as f:
+            np.savez(f, mu=stats.mu, sigma=stats.sigma, count=np.int64(stats.count or 0),
+                     features=np.concatenate(kept))
+    if (stats.count or 0) < STANDARD_COUNT:
+        _warn(f"reference of {stats.count} images; published FIDs use {STANDARD_COUNT}-image references")
+    _console().print(f"wrote {out} ({stats.count} images)", highlight=False)
+
+
+def fid_calc(
+    images: Annotated[Path, typer.Option(help="image set: folder of PNGs, .zip or .npz (arr_0)")],
+    ref: Annotated[Path, typer.Option(help="reference statistics .npz (mu, sigma)")],
+    weights: Weights = None,
+    device: Device = "auto",
+    batch: Batch = 250,
+    json_out: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """FID of an image set against reference statistics; prints the sample counts."""
+    from .fid import FeatureMoments, count_warnings, frechet_distance, load_stats
+
+    reference = load_stats(ref)
+    moments = FeatureMoments()
+    for chunk in _embedded(images, weights=weights, device=device, batch=batch, what="samples"):
+        moments.add(chunk)
+    stats = moments.stats()
+    for message in count_warnings(stats.count or 0, reference.count):
+        _warn(message)
+    value = frechet_distance(stats.mu, stats.sigma, reference.mu, reference.sigma)
+    if json_out:
+        from diffsampler.cli._common import print_json
+
+        print_json({"fid": value, "count": stats.count, "ref_count": reference.count})
+        return
+    ref_n = "unknown" if reference.count is None else str(reference.count)
+    _console().print(f"FID {value:.4f}  ({stats.count} samples, reference of {ref_n} images)", highlight=False)
+
+
+def prdc_cmd(
+    real: Annotated[Path, typer.Option(help="real images (folder, .zip, .npz) or features .npz from 'fid ref --features'")],
+    fake: Annotated[Path, typer.Option(help="generated images (folder, .zip, .npz)")],
+    k: Annotated[int, typer.Option(min=1, help="nearest neighbour k")] = 5,
+    chunk: Annotated[int, typer.Option(min=1, help="rows per distance block")] = 4096,
+    weights: Weights = None,
+    device: Device = "auto",
+    batch: Batch = 250,
+    json_out: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """Precision, recall, density and coverage (Naeem et al. 2020) in Inception feature space."""
+    from .fid import _device
+    from .prdc import prdc
+
+    def features(path: Path, what: str) -> np.ndarray:
+        if path.suffix == ".npz":
+            with np.load(path) as data:
+                if "features" in data:
+                    return np.asarray(data["features"])
+        return np.concatenate(list(_embedded(path, weights=weights, device=device, batch=batch, what=what)))
+
+    values = prdc(features(real, "real"), features(fake, "fake"), k=k, chunk=chunk, device=_device(device))
+    if json_out:
+        from diffsampler.cli._common import print_json
+
+        print_json(values)
+        return
+    _console().print("  ".join(f"{name} {v:.4f}" for name, v in values.items()), highlight=False)
+
+
+def clip_score_cmd(
+    images: Annotated[Path, typer.Option(help="image set: folder of PNGs, .zip or .npz (arr_0)")],
+    prompts: Annotated[Path, typer.Option(help="CSV with a 'text' column, or a text file: prompt i for image i")],
+    model: Annotated[str, typer.Option(help="transformers CLIP directory or hub id")] = "laion/CLIP-ViT-g-14-laion2B-s34B-b88K",
+    device: Device = "auto",
+    batch: Batch = 64,
+) -> None:
+    """CLIP score: 100 x mean cosine similarity between each image and its prompt (the seed's)."""
+    from diffsampler.imagesets import iter_images
+
+    from .clip_score import CLIPEncoder, clip_score, load_prompts
+    from .fid import _device
+
+    encoder = CLIPEncoder.load(model, device=_device(device))
+    score, count = clip_score(encoder, iter_images(images, batch), load_prompts(prompts))
+    _console().print(f"CLIP score {score:.4f}  ({count} images)", highlight=False)
+
+
+def add_commands(app: typer.Typer) -> None:
+    """Add this plugin's commands to the ``diffsampler`` app."""
+    fid_app = typer.Typer(help="Frechet Inception Distance (FID's Inception-v3, pytorch-fid conventions).",
+                          no_args_is_help=True)
+    fid_app.command("ref")(fid_ref)
+    fid_app.command("calc")(fid_calc)
+    app.add_typer(fid_app, name="fid")
+    app.command("prdc")(prdc_cmd)
+    app.command("clip-score")(clip_score_cmd)

@@ -1,0 +1,172 @@
+"""Precision, recall, density and coverage (Naeem et al. 2020, arXiv:2002.09797, eqs. 1-4).
+
+With ``NND_k(x)`` the distance from ``x`` to its k-th nearest neighbour in its own set (the point
+itself counts as its 0-th neighbour) and ``B(x, r)`` the open ball:
+
+* precision = fraction of fake points inside some real ball ``B(X_i, NND_k(X_i))``;
+* recall    = fraction of real points inside some fake ball ``B(Y_j, NND_k(Y_j))``;
+* density   = ``1 / (k M) * sum_j #{i : Y_j in B(X_i, NND_k(X_i))}``;
+* coverage  = fraction of real points whose own ball contains some fake point.
+
+Euclidean distances are computed in blocks of ``chunk x chunk`` (memory bounded: 50k x 50k never
+forms the full matrix), in float64 by default, as the reference implementation's scikit-learn
+distances.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import numpy as np
+from diffsampler.errors import OptionError
+from diffsampler.options import choice, in_range, option
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
+
+__all__ = ["PRDC", "PRDCOptions", "knn_radii", "prdc"]
+
+
+def _blocks(n: int, chunk: int) -> Iterator[slice]:
+    for start in range(0, n, chunk):
+        yield slice(start, min(start + chunk, n))
+
+
+def _distances(a: Tensor, b: Tensor, a2: Tensor, b2: Tensor) -> Tensor:
+    """Euclidean distances ``[len(a), len(b)]`` from squared norms and one product."""
+    sq = a2[:, None] + b2[None, :] - 2 * (a @ b.T)
+    return sq.clamp_min_(0).sqrt_()
+
+
+def knn_radii(x: Tensor, k: int, *, chunk: int = 4096) -> Tensor:
+    """``NND_k`` of every row of ``x``: the (k+1)-th smallest distance to the set, self included."""
+    n = len(x)
+    if n <= k:
+        raise OptionError(f"PRDC with k={k} needs more than {k} points per set, got {n}")
+    import torch
+
+    norms = (x * x).sum(1)
+    radii = torch.empty(n, dtype=x.dtype, device=x.device)
+    for rows in _blocks(n, chunk):
+        best = None
+        for cols in _blocks(n, chunk):
+            d = _distances(x[rows], x[cols], norms[rows], norms[cols])
+            best = d if best is None else torch.cat([best, d], 1)
+            best = best.topk(min(k + 1, best.shape[1]), dim=1, largest=False).values
+        radii[rows] = best.max(1).values  # type: ignore[union-attr]
+    return radii
+
+
+def prdc(
+    real: np.ndarray | Tensor,
+    fake: np.ndarray | Tensor,
+    *,
+    k: int = 5,
+    chunk: int = 4096,
+    dtype: str = "float64",
+    device: str = "cpu",
+) -> dict[str, float]:
+    """Precision, recall, density, coverage of ``fake`` ``[M, D]`` against ``real`` ``[N, D]``."""
+    import torch
+
+    def tensor(a: Any) -> torch.Tensor:
+        t = a if isinstance(a, torch.Tensor) else torch.from_numpy(np.asarray(a))
+        return t.to(device=device, dtype=getattr(torch, dtype)).reshape(len(t), -1)
+
+    x, y = tensor(real), tensor(fake)
+    if x.shape[1] != y.shape[1]:
+        raise OptionError(f"real features of dimension {x.shape[1]}, fake of {y.shape[1]}")
+    r_real, r_fake = knn_radii(x, k, chunk=chunk), knn_radii(y, k, chunk=chunk)
+    x2, y2 = (x * x).sum(1), (y * y).sum(1)
+    in_real_balls = torch.zeros(len(y), dtype=torch.int64, device=x.device)  # per fake point
+    recalled = torch.zeros(len(x), dtype=torch.bool, device=x.device)  # per real point
+    nearest_fake = torch.full((len(x),), float("inf"), dtype=x.dtype, device=x.device)
+    for rows in _blocks(len(x), chunk):
+        for cols in _blocks(len(y), chunk):
+            d = _distances(x[rows], y[cols], x2[rows], y2[cols])
+            in_real_balls[cols] += (d < r_real[rows, None]).sum(0)
+            recalled[rows] |= (d < r_fake[None, cols]).any(1)
+            nearest_fake[rows] = torch.minimum(nearest_fake[rows], d.min(1).values)
+    return {
+        "precision": float((in_real_balls > 0).double().mean()),
+        "recall": float(recalled.double().mean()),
+        "density": float(in_real_balls.double().mean() / k),
+        "coverage": float((nearest_fake < r_real).double().mean()),
+    }
+
+
+@attrs.frozen(kw_only=True)
+class PRDCOptions:
+    ref: str = option(
+        help="real features: an .npz with 'features' [N, D] (diffsampler fid ref --features), "
+        "or an image set (folder, .zip, .npz) to embed"
+    )
+    k: int = option(5, help="nearest neighbour k", validator=in_range(1))
+    chunk: int = option(4096, help="rows per distance block (memory ~ 8 chunk^2 bytes)", validator=in_range(1))
+    dtype: str = option("float64", help="distance precision", validator=choice("float64", "float32"))
+    weights: str | None = option(None, help="Inception weights file (see the fid metric)")
+    device: str = option("auto", help="device: auto, cpu, cuda, cuda:N")
+    batch: int = option(250, help="images per Inception forward pass", validator=in_range(1))
+
+
+def load_features(path: str, net_factory: Any, *, batch: int = 250) -> np.ndarray:
+    """Features from an ``.npz`` with ``features``, else embed the image set at ``path``."""
+    from pathlib import Path
+
+    from diffsampler.imagesets import iter_images
+
+    from .fid import image_features
+
+    p = Path(path)
+    if p.suffix == ".npz" and p.is_file():
+        with np.load(p) as data:
+            if "features" in data:
+                return np.asarray(data["features"])
+    return np.concatenate(list(image_features(net_factory(), iter_images(p, batch), batch=batch)))
+
+
+class PRDC:
+    """Precision, recall, density and coverage in Inception feature space (Naeem et al. 2020)."""
+
+    paper = "Naeem et al. 2020, arXiv:2002.09797 (density and coverage); Kynkaanniemi et al. 2019"
+    higher_is_better = True
+
+    def __init__(self, *, ref: str, k: int = 5, chunk: int = 4096, dtype: str = "float64",
+                 weights: str | None = None, device: str = "auto", batch: int = 250) -> None:
+        self.ref_path, self.k, self.chunk, self.dtype = ref, k, chunk, dtype
+        self.weights, self.device, self.batch = weights, device, batch
+        self._net: Any = None
+        self._real: np.ndarray | None = None
+
+    def _inception(self) -> Any:
+        if self._net is None:
+            from .fid import load_inception
+
+            self._net = load_inception(self.weights, device=self.device)
+        return self._net
+
+    def compute(
+        self,
+        batches: Iterable[Tensor],
+        *,
+        model: Any = None,
+        seeds: Sequence[int] | None = None,
+    ) -> dict[str, float]:
+        from .fid import _device, image_features
+
+        if self._real is None:
+            self._real = load_features(self.ref_path, self._inception, batch=self.batch)
+        fake = np.concatenate(list(image_features(self._inception(), batches, batch=self.batch)))
+        return prdc(self._real, fake, k=self.k, chunk=self.chunk, dtype=self.dtype,
+                    device=_device(self.device))
+
+
+def prdc_metric(**options: Any) -> PRDC:
+    """Precision, recall, density, coverage against real Inception features (k-NN balls)."""
+    return PRDC(**options)
+
+
+prdc_metric.paper = PRDC.paper  # type: ignore[attr-defined]
