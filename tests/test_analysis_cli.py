@@ -1,0 +1,160 @@
+"""``diffsampler analyze``: the analyses registry, the files it writes, errors, other models."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import diffsampler as ds
+import numpy as np
+import pytest
+import torch
+from diffsampler.plugins.analysis import geometry as g
+from diffsampler.plugins.analysis.collect import collect
+from diffsampler.plugins.analysis.registry import (
+    ANALYSES,
+    AnalysisResult,
+    analysis_names,
+    get_analysis,
+    register_analysis,
+)
+from diffsampler.plugins.analysis.run import analyze, write_result
+
+torch.set_num_threads(1)
+
+SMALL = ("--model", "gmm", "--model-opt", "shape=3,4,4", "--model-opt", "components=3",
+         "--steps", "7", "--seeds", "0-5")
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "diffsampler", *args], capture_output=True,
+                          text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_registry_names_the_four_analyses_and_refuses_unknown_and_duplicate_names():
+    assert {"deviation", "denoising", "pca", "curvature"} <= set(analysis_names())
+    with pytest.raises(ds.OptionError, match="unknown analysis 'nope'; known: deviation"):
+        get_analysis("nope")
+
+    class Impostor:
+        name = "pca"
+
+    with pytest.raises(ValueError, match="registered twice"):
+        register_analysis(Impostor)
+    assert ANALYSES["pca"] is not Impostor
+
+
+@pytest.mark.parametrize("kind", ["deviation", "denoising", "pca", "curvature"])
+def test_cli_writes_plots_and_numbers(kind, tmp_path):
+    extra = ("--param", "substeps=2") if kind == "curvature" else ()
+    proc = cli("analyze", kind, *SMALL, *extra, "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    for suffix in ("png", "pdf", "csv", "json"):
+        path = tmp_path / f"{kind}.{suffix}"
+        assert path.stat().st_size > 0
+    assert (tmp_path / f"{kind}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / f"{kind}.pdf").read_bytes()[:5] == b"%PDF-"
+    rows = list(csv.DictReader((tmp_path / f"{kind}.csv").open()))
+    data = json.loads((tmp_path / f"{kind}.json").read_text())
+    assert data["analysis"] == kind and data["config"]["num_steps"] == 7
+    assert data["config"]["seeds"] == list(range(6))
+    expected_rows = {"deviation": 7, "denoising": 7, "pca": 3, "curvature": 6}[kind]
+    assert len(rows) == expected_rows
+    assert set(rows[0]) == set(data["table"])
+    assert f"wrote {kind}.csv" in proc.stdout
+
+
+def test_deviation_numbers_match_a_trajectory_sampled_independently(tmp_path):
+    proc = cli("analyze", "deviation", *SMALL, "--solver", "heun", "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads((tmp_path / "deviation.json").read_text())
+    model = ds.get_model("gmm", shape=(3, 4, 4), components=3)
+    noise = ds.seed_noise(range(6), model.shape, dtype=torch.float64)
+    result = ds.sample(noise, model=model, solver="heun", num_steps=7, return_trajectory=True)
+    expected = g.deviation(result.trajectory, relative=True)
+    np.testing.assert_allclose(data["per_seed"]["relative_deviation"], expected, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(data["config"]["sigmas"], result.sigmas.numpy())
+    assert data["summary"]["max_relative_deviation_mean"] == pytest.approx(expected.mean(1).max())
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    proc = cli("analyze", "pca", *SMALL, "--param", "nope=1", "--out", str(tmp_path))
+    assert proc.returncode == 2
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "nope" in lines[0]
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "pca.json").exists()
+
+
+def test_missing_matplotlib_names_the_plot_extra(monkeypatch):
+    from diffsampler.plugins.analysis.plotting import pyplot
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(ds.MissingExtraError, match=r"diffsampler\[plot\]") as info:
+        pyplot()
+    assert info.value.package == "matplotlib" and info.value.extra == "plot"
+
+
+def test_numbers_are_written_without_plots(tmp_path):
+    setup = collect(model="gmm", model_options={"shape": (2, 3)}, num_steps=5, seeds=[0, 1])
+    result, options = analyze("deviation", setup, {"denoising": "false"})
+    files = write_result(tmp_path, result, config=setup.config, options=options, plot=False)
+    assert sorted(p.name for p in files) == ["deviation.csv", "deviation.json"]
+    assert "denoising_relative_deviation_mean" not in result.table
+
+
+def test_the_neural_digits_model():
+    setup = collect(model="digits", num_steps=6, seeds=range(3))
+    assert setup.trajectory.dtype == torch.float32 and setup.trajectory.shape == (6, 3, 1, 8, 8)
+    result, _ = analyze("pca", setup)
+    explained = result.arrays["explained"]
+    np.testing.assert_allclose(explained.sum(1), 1.0, atol=1e-9)
+    assert (result.table["cumulative_share_mean"] > 0.99).all()
+    den, _ = analyze("denoising", setup, {"images": 1})
+    assert den.arrays["_images_denoising"].shape == (6, 1, 1, 8, 8)
+
+
+class _Latent:
+    """A latent model: analyses must stay in its own space and never decode."""
+
+    def __init__(self) -> None:
+        self.inner = ds.get_model("gmm", shape=(2, 3), components=2)
+        self.shape, self.sigma_min, self.sigma_max = (2, 3), 0.002, 80.0
+
+    def __call__(self, x, sigma, cond=None):
+        return self.inner(x, sigma, cond)
+
+    def decode(self, latent):  # pragma: no cover - must not be called
+        raise AssertionError("the analysis decoded the latent")
+
+
+def test_latent_models_are_analysed_in_their_own_space():
+    setup = collect(model=_Latent(), num_steps=5, seeds=[0, 1], dtype="float64")
+    assert setup.trajectory.shape == (5, 2, 2, 3)
+    result, _ = analyze("curvature", setup, {"substeps": 1})
+    assert isinstance(result, AnalysisResult) and result.table["angle_deg_mean"].shape == (4,)
+
+
+def test_registering_the_commands_imports_no_torch():
+    code = (
+        "import sys, typer\n"
+        "import diffsampler.plugins.analysis as p\n"
+        "app = typer.Typer()\n"
+        "p.register_commands(app)\n"
+        "import diffsampler.plugins.analysis.kinds, diffsampler.plugins.analysis.run\n"
+        "assert 'torch' not in sys.modules, 'torch imported'\n"
+        "assert 'matplotlib' not in sys.modules, 'matplotlib imported'\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_help_lists_the_analyses(tmp_path: Path):
+    proc = cli("analyze", "--help")
+    assert proc.returncode == 0
+    for kind in ("deviation", "denoising", "pca", "curvature"):
+        assert kind in proc.stdout
