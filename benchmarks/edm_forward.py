@@ -3,7 +3,7 @@
 Denoiser (what a solver calls once per NFE).
 
     python benchmarks/edm_forward.py [--batch 128] [--repeat 3] [--device cpu|cuda]
-        [--precision fp32|fp16|bf16] [--channels-last] [--threads N] [--json]
+        [--precision fp32|tf32|fp16|bf16] [--channels-last] [--threads N] [--json]
 
 Numbers are per forward pass of one batch (median over ``--repeat`` after ``--warmup``).
 Never a timed assert: this only prints.
@@ -32,7 +32,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "fp16", "bf16"])
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     parser.add_argument("--json", action="store_true")

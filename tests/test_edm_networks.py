@@ -169,3 +169,18 @@ def test_precision_channels_last_and_dtype() -> None:
         assert (out - exact).abs().max() < 0.1 * exact.abs().max()
     with pytest.raises(ds.OptionError):
         EDMDenoiser(net, precision="fp8")
+
+
+def test_fp32_switches_tf32_off_for_cuda_and_restores_the_flags() -> None:
+    from diffsampler.plugins.edm.denoiser import _cuda_fp32
+
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    before = (cudnn.allow_tf32, matmul.allow_tf32)
+    with _cuda_fp32(False):
+        assert (cudnn.allow_tf32, matmul.allow_tf32) == (False, False)
+    with _cuda_fp32(True):
+        assert (cudnn.allow_tf32, matmul.allow_tf32) == (True, True)
+    assert (cudnn.allow_tf32, matmul.allow_tf32) == before
+    net = EDMPrecond(img_resolution=8, img_channels=1, model_type="SongUNet", **SMALL)
+    x, sigma = torch.randn(2, 1, 8, 8), torch.tensor([0.5, 5.0])
+    assert torch.equal(EDMDenoiser(net, precision="tf32")(x, sigma), EDMDenoiser(net)(x, sigma))  # CPU

@@ -67,7 +67,7 @@ PRETRAINED: dict[str, Pretrained] = {
     )
 }
 
-_PRECISION_HELP = "arithmetic: fp32 (exact, default), fp16 or bf16 (torch.autocast)"
+_PRECISION_HELP = "arithmetic: fp32 (exact, default), tf32 (CUDA tensor cores), fp16 or bf16 (autocast)"
 _SIGMA_MIN_HELP = "lowest noise level sampled (EDM's default 0.002)"
 _SIGMA_MAX_HELP = "highest noise level sampled (EDM's default 80)"
 _LABEL_HELP = "class used when no cond is given (conditional networks; none: EDM's zero label)"
@@ -92,7 +92,7 @@ def _optional_path(value: object) -> str | None:
 
 @attrs.frozen(kw_only=True)
 class _Inference:
-    precision: str = option("fp32", help=_PRECISION_HELP, validator=choice("fp32", "fp16", "bf16"))
+    precision: str = option("fp32", help=_PRECISION_HELP, validator=choice("fp32", "tf32", "fp16", "bf16"))
     channels_last: bool = option(False, help="run the network in channels-last memory format")
     sigma_min: float = option(0.002, help=_SIGMA_MIN_HELP, validator=positive)
     sigma_max: float = option(80.0, help=_SIGMA_MAX_HELP, validator=positive)

@@ -10,7 +10,8 @@ inference options, following the input's device, and the bottleneck features tha
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+import copy
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -21,7 +22,31 @@ from .precond import Precond
 
 __all__ = ["PRECISIONS", "EDMDenoiser"]
 
-PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+PRECISIONS: dict[str, torch.dtype | None] = {
+    "fp32": None,
+    "tf32": None,
+    "fp16": torch.float16,
+    "bf16": torch.bfloat16,
+}
+
+
+@contextlib.contextmanager
+def _cuda_fp32(allow_tf32: bool) -> Iterator[None]:
+    """Within the block, CUDA float32 convolutions and matmuls are exact float32
+    (``allow_tf32=False``) or may use TensorFloat-32 tensor cores. PyTorch's default lets cuDNN
+    use TF32 for convolutions, which is not exact float32. Uses the ``allow_tf32`` flags; where
+    the user configured TF32 through torch's newer per-operator API, their choice is kept."""
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    try:
+        old = (cudnn.allow_tf32, matmul.allow_tf32)
+    except RuntimeError:  # per-operator fp32_precision settings: leave them alone
+        yield
+        return
+    cudnn.allow_tf32 = matmul.allow_tf32 = allow_tf32
+    try:
+        yield
+    finally:
+        cudnn.allow_tf32, matmul.allow_tf32 = old
 
 
 class EDMDenoiser:
@@ -30,7 +55,9 @@ class EDMDenoiser:
     ``cond``: ``None`` (unconditional; for a class-conditional network ``class_label`` if set,
     else EDM's all-zero label vector), an ``int`` for the whole batch, a sequence or integer
     tensor of ``batch`` class indices, or a float tensor of one-hot rows ``[batch, label_dim]``.
-    ``precision``: ``fp32`` (exact, default), ``fp16`` or ``bf16`` (``torch.autocast``).
+    ``precision``: ``fp32`` (exact IEEE float32, default; TF32 is switched off for the call on
+    CUDA), ``tf32`` (float32 with TensorFloat-32 tensor cores on CUDA; plain fp32 elsewhere),
+    ``fp16`` or ``bf16`` (``torch.autocast``).
     The network moves to the device of the input it is called with.
     """
 
@@ -111,6 +138,18 @@ class EDMDenoiser:
         self.net = self.net.to(device)
         return self
 
+    def compiled(self, mode: str = "default") -> EDMDenoiser:
+        """A copy whose network runs through ``torch.compile`` (:class:`~diffsampler.Compilable`).
+
+        ``default`` (Inductor kernels, no CUDA graphs of its own) is the mode ``bench`` uses: the
+        whole sampling loop is captured in one graph by :class:`diffsampler.graphs.GraphedSampler`,
+        which ``reduce-overhead``'s per-forward graphs would only duplicate, and
+        ``max-autotune`` compiles for minutes for a few percent.
+        """
+        twin = copy.copy(self)
+        twin.net = torch.compile(self.net, mode=mode)  # type: ignore[assignment]
+        return twin
+
     def class_labels(self, cond: Any, batch: int, device: torch.device) -> Tensor | None:
         """One-hot labels ``[batch or 1, label_dim]`` for ``cond`` (``None`` when unconditional)."""
         if cond is None:
@@ -153,11 +192,13 @@ class EDMDenoiser:
         if self.channels_last:
             inp = inp.contiguous(memory_format=torch.channels_last)
         dtype = PRECISIONS[self.precision]
-        ctx = (
-            torch.autocast(device_type=x.device.type, dtype=dtype)
-            if dtype is not None
-            else contextlib.nullcontext()
-        )
+        ctx: contextlib.AbstractContextManager[Any]
+        if dtype is not None:
+            ctx = torch.autocast(device_type=x.device.type, dtype=dtype)
+        elif x.device.type == "cuda":
+            ctx = _cuda_fp32(self.precision == "tf32")
+        else:
+            ctx = contextlib.nullcontext()
         with ctx:
             out = self.net(inp, sigma, labels, return_features=features)
         if features:
