@@ -1,0 +1,134 @@
+"""The GITS artefact: a searched schedule saved as JSON, and the ``gits`` schedule that loads it.
+
+A file holds the sigmas, the indices into the teacher's grid they were chosen from, every
+setting that produced them, the model's identity and the search's costs. ``--schedule gits
+--schedule-opt file=FILE`` (or ``ipndm@gits[file=FILE]`` in ``compare``) samples with it, with
+any solver; the number of sigmas asked for must equal the file's.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import attrs
+import numpy as np
+from diffsampler import Denoiser, ScheduleBase
+from diffsampler.errors import OptionError
+from diffsampler.sigmas import sigma_tuple
+
+from .options import GITSScheduleOptions
+
+__all__ = ["FORMAT", "GITSSchedule", "GITSScheduleFile", "load_schedule"]
+
+FORMAT = "diffsampler.gits/1"
+PAPER = (
+    "Chen et al. 2024, On the Trajectory Regularity of ODE-based Diffusion Sampling, "
+    "ICML 2024, arXiv:2405.11326"
+)
+_RANGE_RTOL = 1e-6
+
+
+@attrs.frozen(kw_only=True)
+class GITSSchedule:
+    """A searched schedule (the artefact of the ``gits`` distiller); it saves itself as JSON."""
+
+    sigmas: tuple[float, ...] = attrs.field(converter=sigma_tuple)
+    indices: tuple[int, ...] = attrs.field(converter=tuple)
+    afs: bool
+    settings: dict[str, Any]
+    model: dict[str, Any]
+    costs: dict[str, Any] = attrs.field(factory=dict)
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.sigmas)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "method": PAPER,
+            "num_steps": self.num_steps,
+            "sigmas": list(self.sigmas),
+            "indices": list(self.indices),
+            "afs": self.afs,
+            "settings": self.settings,
+            "model": self.model,
+            "costs": self.costs,
+        }
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the JSON file atomically (a temporary file, then a rename)."""
+        target = Path(path)
+        if target.parent and not target.parent.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        os.replace(tmp, target)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, where: str = "GITS data") -> GITSSchedule:
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise OptionError(f"{where} is not a GITS schedule file (format {FORMAT!r} expected)")
+        try:
+            out = cls(
+                sigmas=data["sigmas"], indices=data.get("indices", ()), afs=bool(data.get("afs", False)),
+                settings=dict(data.get("settings", {})), model=dict(data.get("model", {})),
+                costs=dict(data.get("costs", {})),
+            )
+        except KeyError as exc:
+            raise OptionError(f"{where} lacks the field {exc.args[0]!r}") from None
+        except Exception as exc:  # bad sigmas: one clear line
+            raise OptionError(f"{where}: {exc}") from None
+        if "num_steps" in data and data["num_steps"] != out.num_steps:
+            raise OptionError(
+                f"{where} says num_steps={data['num_steps']} but holds {out.num_steps} sigmas"
+            )
+        return out
+
+
+def load_schedule(path: str | os.PathLike[str]) -> GITSSchedule:
+    """Read a GITS schedule file; every problem is one :class:`OptionError` line."""
+    p = Path(path)
+    if not p.is_file():
+        raise OptionError(f"GITS schedule file {str(p)!r} does not exist")
+    try:
+        data = json.loads(p.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise OptionError(f"cannot read GITS schedule file {str(p)!r}: {exc}") from None
+    return GITSSchedule.from_dict(data, where=f"GITS schedule file {str(p)!r}")
+
+
+def _close(a: float, b: float) -> bool:
+    return math.isclose(a, b, rel_tol=_RANGE_RTOL, abs_tol=0.0)
+
+
+class GITSScheduleFile(ScheduleBase):
+    """A schedule searched by GITS, read from its file (``--schedule-opt file=FILE``)."""
+
+    Options = GITSScheduleOptions
+    paper = PAPER
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.schedule = load_schedule(self.options.file)
+
+    def compute(
+        self, num_steps: int, sigma_min: float, sigma_max: float, denoiser: Denoiser | None
+    ) -> np.ndarray:
+        s = self.schedule
+        if num_steps != s.num_steps:
+            afs = " searched with AFS: sample with --afs" if s.afs else ""
+            raise OptionError(
+                f"the GITS file {self.options.file!r} has {s.num_steps} sigmas "
+                f"({s.num_steps - 1} steps; --steps {s.num_steps}{afs}), but {num_steps} were asked for"
+            )
+        if not (_close(s.sigmas[0], sigma_max) and _close(s.sigmas[-1], sigma_min)):
+            raise OptionError(
+                f"the GITS file {self.options.file!r} spans sigma {s.sigmas[-1]:g}..{s.sigmas[0]:g}, "
+                f"but the run asks for {sigma_min:g}..{sigma_max:g} (search again for this range)"
+            )
+        return np.asarray(s.sigmas, dtype=np.float64)

@@ -1,0 +1,194 @@
+"""``diffsampler gits search``: search a GITS schedule and write it (added by ``register_commands``).
+
+Torch and the search are imported when the command runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+__all__ = ["add_commands", "search"]
+
+Opt = Optional
+
+
+def _coeffs(text: str) -> list[float]:
+    from diffsampler.errors import OptionError
+
+    try:
+        values = [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise OptionError(f"--coeff expects numbers like 1.15 or 1.1,1.15,1.2, got {text!r}") from None
+    if not values or any(not v > 0 for v in values):
+        raise OptionError(f"--coeff expects positive numbers, got {text!r}")
+    return values
+
+
+def out_paths(out: Path, coeffs: list[float]) -> list[Path]:
+    """One file per coefficient: ``FILE`` for one, ``STEM-coeff1.15.json``-style for several."""
+    if len(coeffs) == 1:
+        return [out]
+    return [out.with_name(f"{out.stem}-coeff{c:g}{out.suffix or '.json'}") for c in coeffs]
+
+
+def search(
+    out: Annotated[Path, typer.Option(help="schedule file to write (JSON)")] = Path("gits.json"),
+    model: Annotated[str, typer.Option(help="registered model name or model file")] = "gmm",
+    model_opt: Annotated[Opt[list[str]], typer.Option("--model-opt", help="model option key=value")] = None,
+    solver: Annotated[str, typer.Option(help="student solver (sets --nfe's steps and the AFS search)")] = "ipndm",
+    opt: Annotated[Opt[list[str]], typer.Option("--opt", help="student solver option key=value")] = None,
+    steps: Annotated[Opt[int], typer.Option(help="sigmas of the schedule (steps + 1), without the AFS point")] = None,
+    nfe: Annotated[Opt[int], typer.Option(help="NFE of the student solver with the schedule")] = None,
+    afs: Annotated[bool, typer.Option(help="search a free first step (sample with --afs)")] = False,
+    teacher: Annotated[str, typer.Option(help="teacher solver")] = "ipndm",
+    teacher_opt: Annotated[Opt[list[str]], typer.Option("--teacher-opt", help="teacher solver option key=value")] = None,
+    teacher_steps: Annotated[int, typer.Option(help="teacher time points (seed README: 61)")] = 61,
+    teacher_schedule: Annotated[str, typer.Option(help="teacher grid schedule")] = "polynomial",
+    teacher_rho: Annotated[float, typer.Option(help="teacher grid rho")] = 7.0,
+    metric: Annotated[str, typer.Option(help="cost: dev, l1 or l2")] = "dev",
+    coeff: Annotated[str, typer.Option(help="DP coefficient(s), e.g. 1.15 or 1.1,1.15,1.2 (one file each)")] = "1.15",
+    num_warmup: Annotated[int, typer.Option(help="teacher trajectories")] = 256,
+    batch: Annotated[int, typer.Option(help="trajectories per batch (memory bound)")] = 64,
+    seed: Annotated[Opt[int], typer.Option(help="first warm-up seed")] = None,
+    dtype: Annotated[str, typer.Option(help="float32 or float64")] = "float32",
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto")] = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
+) -> None:
+    """Search a GITS time schedule for a model (Chen et al. ICML 2024) and write it as JSON.
+
+    Use it with any solver: diffsampler sample --schedule gits --schedule-opt file=FILE --steps N.
+    Runs under torchrun: the trajectories are shared among the processes.
+    """
+    import diffsampler as ds
+    from diffsampler.cli._common import parse_pairs
+    from diffsampler.distributed import setup, teardown
+    from diffsampler.errors import OptionError
+
+    if (steps is None) == (nfe is None):
+        if steps is None and nfe is None:
+            nfe = 5
+        else:
+            raise OptionError("give --steps or --nfe, not both")
+    coeffs = _coeffs(coeff)
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    solver_options = parse_pairs(opt, "--opt")
+    student = ds.get_solver(solver, **solver_options)
+    if nfe is not None:
+        # with AFS the DP chooses one point fewer; the free first step restores the count
+        steps = ds.resolve_num_steps(student, nfe=nfe, afs=afs) - int(afs)
+    assert steps is not None
+    model_options = parse_pairs(model_opt, "--model-opt")
+    options: dict[str, Any] = dict(
+        num_steps=steps, coeff=coeffs[0], metric=metric, num_warmup=num_warmup, teacher=teacher,
+        teacher_options=",".join(f"{k}={v}" for k, v in parse_pairs(teacher_opt, "--teacher-opt").items()),
+        teacher_steps=teacher_steps, teacher_schedule=teacher_schedule, teacher_rho=teacher_rho,
+        afs=afs, solver=solver, solver_options=",".join(f"{k}={v}" for k, v in solver_options.items()),
+        batch=batch, dtype=dtype, device=device,
+    )
+    if seed is not None:
+        options["seed"] = seed
+    distiller = ds.get_distiller("gits", **options)
+    setup(device)
+    try:
+        _search(distiller, model, model_options, coeffs, out, student, as_json=as_json)
+    finally:
+        teardown()
+
+
+def _search(distiller: Any, model_name: str, model_options: dict[str, Any], coeffs: list[float],
+            out: Path, student: Any, *, as_json: bool) -> None:
+    import time
+
+    import diffsampler as ds
+    from diffsampler.cli._common import console, print_json
+    from diffsampler.distributed import current
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    from .search import STAGES
+
+    main = current().is_main
+    model = ds.get_model(model_name, **model_options)
+    info = {"name": model_name, "options": model_options}
+    o = distiller.options
+    labels = {"teacher": "teacher trajectories", "cost": "cost matrix", "dp": "dynamic programming",
+              "afs": "AFS step"}
+    progress = Progress(TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), disable=not main or as_json, transient=False)
+    tasks: dict[int, Any] = {}
+
+    def report(event: Any) -> None:
+        stage = int(event["stage"])
+        if stage not in tasks:
+            tasks[stage] = progress.add_task(labels[STAGES[stage]], total=event["total"])
+        progress.update(tasks[stage], completed=event["done"], total=event["total"])
+
+    t0 = time.perf_counter()
+    with progress:
+        result = distiller.search(model, progress=report, model_info=info)
+        schedules = [distiller.schedule(result, teacher=model, coeff=c, progress=report) for c in coeffs]
+    seconds = time.perf_counter() - t0
+    paths = out_paths(out, coeffs)
+    if main:
+        for sched, path in zip(schedules, paths, strict=True):
+            sched.save(path)
+    sample_nfe = student.nfe(len(schedules[0].sigmas), afs=o.afs)
+    summary = {
+        "files": [str(p) for p in paths],
+        "num_steps": len(schedules[0].sigmas),
+        "nfe": sample_nfe,
+        "afs": o.afs,
+        "schedules": [
+            {"coeff": s.settings["coeff"], "sigmas": list(s.sigmas), "indices": list(s.indices),
+             "dp_objective": s.costs["dp_objective"]}
+            for s in schedules
+        ],
+        "seconds": {
+            "teacher": result.seconds["teacher"], "cost_matrix": result.seconds["cost"],
+            "dp": sum(s.costs["dp_seconds"] for s in schedules),
+            "afs": sum(s.costs.get("afs_seconds", 0.0) for s in schedules),
+            "total": seconds,
+        },
+        "teacher_nfe": result.teacher_nfe * o.num_warmup,
+    }
+    if not main:
+        return
+    if as_json:
+        print_json(summary)
+        return
+    table = Table(title=f"GITS schedule(s) for {model_name} ({student!r}, NFE {sample_nfe}"
+                  + (", AFS" if o.afs else "") + ")", title_justify="left")
+    for col in ("coeff", "sigmas", "file"):
+        table.add_column(col, overflow="fold")
+    for s, path in zip(summary["schedules"], paths, strict=True):
+        table.add_row(f"{s['coeff']:g}", ", ".join(f"{v:.4g}" for v in s["sigmas"]), str(path))
+    console.print(table)
+    cost = Table(title="cost of each phase", title_justify="left")
+    cost.add_column("phase")
+    cost.add_column("seconds", justify="right")
+    cost.add_column("work", overflow="fold")
+    sec = summary["seconds"]
+    cost.add_row("teacher trajectories", f"{sec['teacher']:.3f}",
+                 f"{o.num_warmup} x {result.teacher_nfe} NFE ({o.teacher}, {o.teacher_steps} points)")
+    cost.add_row("cost matrix", f"{sec['cost_matrix']:.3f}", f"{o.teacher_steps}x{o.teacher_steps}, metric {o.metric}")
+    cost.add_row("dynamic programming", f"{sec['dp']:.4f}", f"{len(coeffs)} coefficient(s)")
+    if o.afs:
+        cost.add_row("AFS step", f"{sec['afs']:.3f}", "student runs over the warm-up seeds")
+    cost.add_row("total", f"{sec['total']:.3f}", "")
+    console.print(cost)
+    console.print(f"use: diffsampler sample --solver {o.solver} --schedule gits "
+                  f"--schedule-opt file={paths[0]} --steps {summary['num_steps']}"
+                  + (" --afs" if o.afs else ""), highlight=False, soft_wrap=True)
+
+
+def add_commands(app: typer.Typer) -> None:
+    """Add ``diffsampler gits ...`` to the app."""
+    gits_app = typer.Typer(help="GITS: search time schedules (Chen et al. ICML 2024).", no_args_is_help=True)
+    gits_app.command("search")(search)
+    app.add_typer(gits_app, name="gits")
