@@ -79,7 +79,7 @@ def _torch_dtype(code: str) -> torch.dtype:
     dtype = getattr(torch, name, None)
     if dtype is None:  # pragma: no cover - old torch without e.g. uint16
         raise TensorFileError(f"this torch has no dtype for safetensors {code!r}")
-    return dtype  # type: ignore[no-any-return]
+    return dtype
 
 
 def _code_of(dtype: torch.dtype) -> str:

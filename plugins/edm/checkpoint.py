@@ -296,7 +296,7 @@ def load_network(path: str | os.PathLike[str], *, key: str | None = None) -> tup
         raise ModelLoadError(f"{p}: not an EDM model file (.pkl, .safetensors, .pt, .pth or .json)")
     if not weights.is_file():
         raise ModelLoadError(f"{config_path}: its weights file {weights} does not exist")
-    net = build_from_config(config, source=os.fspath(config_path))
+    net = build_from_config(config, source=str(config_path))
     load_state_dict_strict(net, read_state_dict(weights), source=os.fspath(weights))
     info = dict(config)
     info.setdefault("weights", weights.name)
