@@ -197,3 +197,39 @@ def test_euler_error_vanishes_for_a_point_mass_and_matches_the_closed_form_other
     expected = np.sqrt(((euler - exact[1:]) ** 2).mean(-1))
     np.testing.assert_allclose(err, expected, rtol=2e-3, atol=1e-6)
     assert g.angles_between(d_vec).max() < 1e-4  # a straight line never turns
+
+
+def test_chord_frame_of_straight_and_bent_trajectories():
+    d, s = 10, 0.3
+    mu = np.linspace(-0.5, 0.5, d)
+    x_t = _start(9, 3, d)
+    line = _closed_form(mu, s, x_t, SIGMAS)
+    frame = g.chord_frame(line, 2)
+    chord = g.chord_length(line)
+    np.testing.assert_allclose(frame.coords[:, -1], 0.0, atol=1e-9)
+    np.testing.assert_allclose(frame.coords[:, 0, 0], -chord, rtol=1e-12)
+    assert np.abs(frame.coords[:, :, 1:]).max() < 1e-9 * chord.max()
+    np.testing.assert_array_equal(frame.deviation_explained, 0.0)
+    # a mixture of two: the deviation from the chord lies in span{x_T, mu_1, mu_2} minus the
+    # chord: two dimensions
+    rng = np.random.default_rng(10)
+    model = GaussianMixture(rng.uniform(-0.6, 0.6, (2, d)), np.array([0.1, 0.2]), np.array([0.5, 0.5]))
+    traj = ds.get_solver("heun").sample(model, torch.tensor(x_t), SIGMAS, return_trajectory=True)
+    bent = traj.trajectory.numpy()
+    frame = g.chord_frame(bent, 2)
+    np.testing.assert_allclose(frame.cumulative(2), 1.0, atol=1e-9)
+    np.testing.assert_allclose(frame.deviation_explained.sum(1), 1.0, atol=1e-12)
+    # against numpy: SVD of the centred points with the chord direction projected out
+    for b in range(3):
+        pts = bent[:, b]
+        u = (pts[-1] - pts[0]) / np.linalg.norm(pts[-1] - pts[0])
+        perp = pts - np.outer(pts @ u, u)
+        sv = np.linalg.svd(perp - perp.mean(0), compute_uv=False)
+        share = sv**2 / (sv**2).sum()
+        np.testing.assert_allclose(frame.deviation_explained[b, :3], share[:3], atol=1e-9)
+        # coordinate 0 is the projection on the chord, relative to the end
+        np.testing.assert_allclose(frame.coords[b, :, 0], (pts - pts[-1]) @ u, rtol=1e-9, atol=1e-9)
+        # the chord coordinate and the deviation coordinates rebuild the point up to the residual
+        dev = g.deviation(bent[:, b : b + 1])[:, 0]
+        np.testing.assert_allclose(np.linalg.norm(frame.coords[b, :, 1:], axis=1), dev,
+                                   rtol=1e-6, atol=1e-9 * np.linalg.norm(pts[0]))

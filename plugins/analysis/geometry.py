@@ -25,8 +25,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "PCA",
+    "ChordFrame",
     "TrajectoryPCA",
     "angles_between",
+    "chord_frame",
     "chord_length",
     "denoising_trajectory",
     "deviation",
@@ -135,7 +137,8 @@ def angles_between(vectors: np.ndarray) -> np.ndarray:
 class PCA:
     """Principal components of a point cloud ``[n, d]``.
 
-    ``components`` ``[k, d]`` (orthonormal rows), ``explained`` ``[min(n - 1, d)]``: the share of
+    ``components`` ``[k, d]`` (orthonormal rows; a zero row where the points have no variance
+    left, to rounding), ``explained`` ``[min(n - 1, d)]``: the share of
     the total variance each component explains (sums to one), ``coords`` ``[n, k]``.
     """
 
@@ -162,11 +165,14 @@ def pca(points: Any, k: int = 3) -> PCA:
     evals, evecs = np.clip(evals[order], 0.0, None), evecs[:, order]
     rank = min(x.shape[0] - 1, x.shape[1])
     evals, evecs = evals[:rank], evecs[:, :rank]
+    # Eigenvalues of the Gram matrix carry an absolute error of about eps * the largest: below
+    # that they are rounding noise, and so would be their components (zero them instead).
+    evals = np.where(evals > 1e-12 * (evals[0] if len(evals) else 0.0), evals, 0.0)
     total = evals.sum()
     explained = evals / total if total > 0 else np.zeros_like(evals)
     k = min(k, rank)
-    scale = np.sqrt(np.where(evals[:k] > 0, evals[:k], 1.0))
-    components = (centred.T @ evecs[:, :k] / scale).T  # [k, d], unit rows
+    scale = np.sqrt(np.where(evals[:k] > 0, evals[:k], np.inf))
+    components = (centred.T @ evecs[:, :k] / scale).T  # [k, d], unit rows (zero: no variance)
     return PCA(mean=mean, components=components, explained=explained, coords=centred @ components.T)
 
 
@@ -214,6 +220,66 @@ def trajectory_pca(trajectory: Any, k: int = 3) -> TrajectoryPCA:
     return TrajectoryPCA(
         coords=np.stack([c[:, :kk] for c in coords]), explained=padded, residual=np.stack(residual)
     )
+
+
+@attrs.frozen(kw_only=True)
+class ChordFrame:
+    """Trajectories in the seed's 3-D frame: the chord, then the deviation's top components.
+
+    ``coords`` ``[batch, num_points, 1 + k]``: coordinate 0 along the unit chord (from start to
+    end), coordinates 1..k on the top principal components of the deviation (the trajectory
+    projected onto the chord's orthogonal complement), all relative to the final sample (the
+    end sits at the origin); signs put the middle point at positive coordinates 1..k.
+    ``deviation_explained`` ``[batch, r]``: per trajectory, the share of the deviation's
+    variance each of its components explains (zeros for a straight line).
+    """
+
+    coords: np.ndarray
+    deviation_explained: np.ndarray
+
+    def cumulative(self, k: int) -> np.ndarray:
+        """Share of the deviation's variance in its top ``k`` components, ``[batch]``."""
+        return self.deviation_explained[:, :k].sum(1)
+
+
+def chord_frame(trajectory: Any, k: int = 2) -> ChordFrame:
+    """The seed's 3-D view of trajectories (``diff-analyzer`` ``main_extend.ipynb``).
+
+    Basis: ``u_1`` = unit vector from the first to the last point; ``u_2, u_3, ...`` = the top
+    principal components of the points projected onto the orthogonal complement of ``u_1``
+    (Chen et al. 2024, Sec. 3, Fig. 2: every trajectory bends in a few directions only).
+    """
+    flat = flatten(trajectory)
+    coords, shares = [], []
+    for b in range(flat.shape[1]):
+        pts = flat[:, b]
+        chord = pts[-1] - pts[0]
+        unit = chord / max(np.linalg.norm(chord), 1e-300)
+        perp = pts - np.outer(pts @ unit, unit)
+        rel = pts - pts[-1]
+        spread = np.linalg.norm(perp - perp.mean(0))
+        if spread <= 1e-12 * max(np.linalg.norm(rel), 1e-300):  # a straight line (to rounding)
+            coords.append(np.concatenate([(rel @ unit)[:, None], np.zeros((len(rel), k))], 1))
+            shares.append(np.zeros(1))
+            continue
+        res = pca(perp, k)
+        mid = rel[len(rel) // 2]
+        basis = [unit]
+        for comp in res.components:
+            comp = comp - (comp @ unit) * unit  # exact orthogonality to the chord
+            size = np.linalg.norm(comp)
+            comp = comp / size if size > 0.5 else np.zeros_like(comp)
+            basis.append(comp if mid @ comp >= 0 else -comp)
+        c = rel @ np.stack(basis).T
+        if c.shape[1] < 1 + k:
+            c = np.concatenate([c, np.zeros((c.shape[0], 1 + k - c.shape[1]))], axis=1)
+        coords.append(c)
+        shares.append(res.explained)
+    width = max(len(e) for e in shares)
+    padded = np.zeros((len(shares), width))
+    for b, e in enumerate(shares):
+        padded[b, : len(e)] = e
+    return ChordFrame(coords=np.stack(coords), deviation_explained=padded)
 
 
 def refine_sigmas(sigmas: Sequence[float] | Any, substeps: int) -> np.ndarray:

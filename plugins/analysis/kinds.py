@@ -217,12 +217,14 @@ def _image_rows(fig: Any, cell: Any, arrays: dict[str, np.ndarray], sigmas: np.n
 # -- pca ------------------------------------------------------------------------------------
 @attrs.frozen(kw_only=True)
 class PCAOptions:
-    components: int = option(3, help="principal components kept for the projections", validator=in_range(2, 16))
+    components: int = option(
+        5, help="principal components reported (the plots use 3)", validator=in_range(3, 16)
+    )
 
 
 @register_analysis
 class TrajectoryPCAAnalysis:
-    """Each trajectory projected on its own top principal components (2-D and 3-D)."""
+    """Trajectories projected on their own top principal components (2-D and 3-D)."""
 
     name: ClassVar[str] = "pca"
     summary: ClassVar[str] = "trajectories on their top principal components; variance explained"
@@ -230,53 +232,66 @@ class TrajectoryPCAAnalysis:
 
     def compute(self, setup: Any, options: PCAOptions) -> AnalysisResult:
         traj = setup.trajectory
-        res = g.trajectory_pca(traj, options.components)
+        k = options.components
+        res = g.trajectory_pca(traj, k)
+        frame = g.chord_frame(traj, max(k - 1, 2))
         chord = g.chord_length(traj)
         rel_residual = res.residual / chord[:, None]
-        ks = list(range(1, min(options.components, res.explained.shape[1]) + 1))
-        table = {"component": np.asarray(ks),
-                 "cumulative_share_mean": np.asarray([res.cumulative(k).mean() for k in ks]),
-                 "cumulative_share_min": np.asarray([res.cumulative(k).min() for k in ks])}
-        summary = {
-            f"top{k}_share": {"mean": float(res.cumulative(k).mean()), "min": float(res.cumulative(k).min())}
-            for k in ks
+        ks = list(range(1, min(k, res.explained.shape[1]) + 1))
+        table = {
+            "component": np.asarray(ks),
+            "cumulative_share_mean": np.asarray([res.cumulative(j).mean() for j in ks]),
+            "cumulative_share_min": np.asarray([res.cumulative(j).min() for j in ks]),
+            "deviation_share_mean": np.asarray([frame.cumulative(j).mean() for j in ks]),
+            "deviation_share_min": np.asarray([frame.cumulative(j).min() for j in ks]),
         }
+        summary: dict[str, Any] = {}
+        for j in ks:
+            summary[f"top{j}_share"] = {"mean": float(res.cumulative(j).mean()),
+                                        "min": float(res.cumulative(j).min())}
+        for j in ks:
+            summary[f"deviation_top{j}_share"] = {"mean": float(frame.cumulative(j).mean()),
+                                                  "min": float(frame.cumulative(j).min())}
         summary[f"max_residual_top{res.coords.shape[2]}_over_chord"] = float(rel_residual.max())
         arrays = {"coords": res.coords, "explained": res.explained,
+                  "chord_frame": frame.coords, "deviation_explained": frame.deviation_explained,
                   "residual_over_chord": rel_residual}
         return AnalysisResult(kind=self.name, table=table, summary=summary, arrays=arrays)
 
     def plot(self, result: AnalysisResult, plt: Any) -> Any:
-        coords, explained = result.arrays["coords"], result.arrays["explained"]
+        frame = result.arrays["chord_frame"]
+        share = result.arrays["deviation_explained"].mean(0)
         fig = plt.figure(figsize=(10.0, 3.2))
-        share = explained.mean(0)
         ax = fig.add_subplot(1, 3, 1)
-        for b in range(coords.shape[0]):
-            ax.plot(coords[b, :, 0], coords[b, :, 1], lw=0.8, alpha=0.6, marker=".", ms=2)
-        ax.set_xlabel(f"PC 1 ({100 * share[0]:.2f}%)")
-        ax.set_ylabel(f"PC 2 ({100 * share[1]:.3f}%)")
-        ax.set_title("each trajectory on its own top-2 PCs")
+        for b in range(frame.shape[0]):
+            ax.plot(frame[b, :, 0], frame[b, :, 1], lw=0.8, alpha=0.6, marker=".", ms=2)
+        ax.set_xlabel(r"along the chord $x_0 \to x_N$ (end at 0)")
+        ax.set_ylabel(f"deviation PC 1 ({100 * share[0]:.1f}% of deviation)")
+        ax.set_title("every trajectory in its own frame")
         ax.grid(alpha=0.3)
-        if coords.shape[2] >= 3:
-            ax = fig.add_subplot(1, 3, 2, projection="3d")
-            for b in range(coords.shape[0]):
-                ax.plot(coords[b, :, 0], coords[b, :, 1], coords[b, :, 2], lw=0.8, alpha=0.6)
-            ax.set_xlabel("PC 1", labelpad=-8)
-            ax.set_ylabel("PC 2", labelpad=-8)
-            ax.set_zlabel("PC 3", labelpad=-8)
-            ax.tick_params(labelsize=6, pad=-2)
-            ax.set_title("top-3 PCs")
+        ax = fig.add_subplot(1, 3, 2, projection="3d")
+        for b in range(frame.shape[0]):
+            ax.plot(frame[b, :, 0], frame[b, :, 1], frame[b, :, 2], lw=0.8, alpha=0.6)
+        ax.set_xlabel("chord", labelpad=-8)
+        ax.set_ylabel("dev. PC 1", labelpad=-8)
+        ax.set_zlabel("dev. PC 2", labelpad=-8)
+        ax.tick_params(labelsize=6, pad=-2)
+        ax.set_title("chord + top-2 deviation PCs")
         ax = fig.add_subplot(1, 3, 3)
         ks = result.table["component"]
-        ax.plot(ks, 1.0 - result.table["cumulative_share_mean"], marker="o", label="mean over seeds")
-        ax.plot(ks, 1.0 - result.table["cumulative_share_min"], marker="s", ls="--", label="worst seed")
+        ax.plot(ks, 1.0 - result.table["cumulative_share_mean"], marker="o", color="C0",
+                label="trajectory, mean")
+        ax.plot(ks, 1.0 - result.table["deviation_share_mean"], marker="s", color="C3",
+                label="deviation only, mean")
+        ax.plot(ks, 1.0 - result.table["deviation_share_min"], marker="s", ls="--", color="C3",
+                alpha=0.6, label="deviation only, worst seed")
         ax.set_yscale("log")
         ax.set_xticks(ks)
         ax.set_xlabel("components kept $k$")
         ax.set_ylabel("variance left unexplained")
-        ax.set_title("1 - share of top-$k$ PCs")
+        ax.set_title("1 - share of the top-$k$ PCs")
         ax.grid(alpha=0.3)
-        ax.legend(frameon=False)
+        ax.legend(frameon=False, loc="lower left", fontsize=7)
         fig.tight_layout()
         return fig
 
