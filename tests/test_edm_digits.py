@@ -48,7 +48,7 @@ def test_digits_model_loads() -> None:
 
 def test_digits_samples_are_digits(data_and_classifier) -> None:  # type: ignore[no-untyped-def]
     data, _, clf = data_and_classifier
-    n = 100
+    n = 60
     noise = torch.randn(n, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     labels = torch.arange(10).repeat(n // 10)
 
