@@ -62,7 +62,7 @@ def test_cli_writes_plots_and_numbers(kind, tmp_path):
     data = json.loads((tmp_path / f"{kind}.json").read_text())
     assert data["analysis"] == kind and data["config"]["num_steps"] == 7
     assert data["config"]["seeds"] == list(range(6))
-    expected_rows = {"deviation": 7, "denoising": 7, "pca": 3, "curvature": 6}[kind]
+    expected_rows = {"deviation": 7, "denoising": 7, "pca": 5, "curvature": 6}[kind]
     assert len(rows) == expected_rows
     assert set(rows[0]) == set(data["table"])
     assert f"wrote {kind}.csv" in proc.stdout
