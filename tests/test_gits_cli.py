@@ -1,0 +1,116 @@
+"""GITS from the command line (search, sample with the file, info), registration without
+torch, and a two-process torchrun search that equals the single-process one."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import diffsampler as ds
+import numpy as np
+import pytest
+from diffsampler.cli import build_app
+from typer.testing import CliRunner
+
+SMALL = ["--model-opt", "shape=3x4x4", "--model-opt", "components=4"]
+
+
+def run(*args: str):
+    return CliRunner().invoke(build_app(), list(args))
+
+
+def test_registration_does_not_import_torch():
+    code = (
+        "import sys, diffsampler as ds, diffsampler.plugins.gits as p\n"
+        "reg = ds.discover(entry_points=False, plugins=[('gits', p)])\n"
+        "assert not reg.failures, reg.failures\n"
+        "assert reg.get('distiller', 'gits') and reg.get('schedule', 'gits')\n"
+        "assert 'torch' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_info_shows_the_options():
+    res = run("info", "gits", "--json")
+    assert res.exit_code == 0, res.output
+    found = {c["kind"]: c for c in json.loads(res.output)}
+    names = {o["name"]: o["default"] for o in found["distiller"]["options"]}
+    assert names["coeff"] == 1.15 and names["teacher_steps"] == 61 and names["num_warmup"] == 256
+    assert names["metric"] == "dev" and names["teacher"] == "ipndm"
+    assert [o["name"] for o in found["schedule"]["options"]] == ["file"]
+    assert "2405.11326" in found["distiller"]["paper"]
+
+
+def test_search_then_sample_with_several_coefficients(tmp_path):
+    out = tmp_path / "g.json"
+    res = run("gits", "search", *SMALL, "--nfe", "4", "--num-warmup", "6", "--batch", "3",
+              "--teacher-steps", "11", "--coeff", "1.1,1.2", "--device", "cpu", "--out", str(out),
+              "--json")
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.output)
+    files = [tmp_path / "g-coeff1.1.json", tmp_path / "g-coeff1.2.json"]
+    assert summary["files"] == [str(f) for f in files] and summary["nfe"] == 4
+    for f, coeff in zip(files, (1.1, 1.2), strict=True):
+        data = json.loads(f.read_text())
+        assert data["settings"]["coeff"] == coeff and data["num_steps"] == 5
+        assert data["model"]["name"] == "gmm"
+    res = run("sample", "--model", "gmm", *SMALL, "--solver", "dpmpp", "--schedule", "gits",
+              "--schedule-opt", f"file={files[0]}", "--nfe", "4", "--seeds", "0-1",
+              "--out", str(tmp_path / "s"), "--device", "cpu")
+    assert res.exit_code == 0, res.output
+    res = run("sample", "--model", "gmm", *SMALL, "--solver", "dpmpp", "--schedule", "gits",
+              "--schedule-opt", f"file={files[0]}", "--nfe", "7", "--seeds", "0-1",
+              "--out", str(tmp_path / "s2"), "--device", "cpu")
+    assert res.exit_code != 0
+    assert "has 5 sigmas" in str(res.exception) or "has 5 sigmas" in res.output
+
+
+def test_search_prints_the_phases_and_afs_keeps_the_nfe(tmp_path):
+    out = tmp_path / "a.json"
+    res = run("gits", "search", *SMALL, "--nfe", "4", "--afs", "--num-warmup", "4",
+              "--teacher-steps", "21", "--device", "cpu", "--out", str(out))
+    assert res.exit_code == 0, res.output
+    for phase in ("teacher trajectories", "cost matrix", "dynamic programming", "AFS step"):
+        assert phase in res.output
+    data = json.loads(out.read_text())
+    assert data["afs"] and data["num_steps"] == 6  # 5 searched + the free first step
+    assert ds.get_solver("ipndm").nfe(6, afs=True) == 4
+
+
+def test_bad_cli_input_is_one_line(tmp_path):
+    res = run("gits", "search", "--steps", "5", "--nfe", "4", "--out", str(tmp_path / "x.json"))
+    assert res.exit_code != 0 and "not both" in str(res.exception)
+    res = run("gits", "search", "--coeff", "abc", "--out", str(tmp_path / "x.json"))
+    assert res.exit_code != 0 and "--coeff" in str(res.exception)
+
+
+SCRIPT = textwrap.dedent(
+    """
+    import sys, numpy as np, torch
+    torch.set_num_threads(1)
+    import diffsampler as ds
+    from diffsampler.distributed import setup, teardown, current
+    setup("cpu")
+    g = ds.get_distiller("gits", num_warmup=10, batch=2, teacher_steps=9, num_steps=4, dtype="float64")
+    r = g.search(ds.get_model("gmm", shape=(3, 4, 4), components=4))
+    if current().is_main:
+        np.save(sys.argv[1], r.cost)
+    teardown()
+    """
+)
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_equal_one(tmp_path):
+    script = tmp_path / "s.py"
+    script.write_text(SCRIPT)
+    out = tmp_path / "cost.npy"
+    subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         str(script), str(out)], check=True, capture_output=True, timeout=120,
+    )
+    g = ds.get_distiller("gits", num_warmup=10, batch=2, teacher_steps=9, num_steps=4, dtype="float64")
+    single = g.search(ds.get_model("gmm", shape=(3, 4, 4), components=4)).cost
+    np.testing.assert_allclose(np.load(out), single, rtol=1e-12, atol=1e-14)
