@@ -29,13 +29,16 @@ def pyplot() -> Any:
 
 def band(ax: Any, x: np.ndarray, values: np.ndarray, *, label: str, color: str,
          marker: str = "o", per_seed: bool = True) -> None:
-    """Mean over seeds (``values`` is ``[points, seeds]``) with a +-1 std band and thin seed lines."""
+    """Mean over seeds (``values`` is ``[points, seeds]``, non-negative) with a +-1 std band
+    (kept above zero) and thin lines for the first 32 seeds."""
     values = np.asarray(values, dtype=np.float64)
     mean, std = values.mean(1), values.std(1)
     if per_seed:
         for k in range(min(values.shape[1], 32)):
             ax.plot(x, values[:, k], color=color, alpha=0.12, lw=0.6)
-    ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.2, lw=0)
+    # the quantities are non-negative: keep the band above zero (and visible on a log axis)
+    lower = np.where(mean - std > 0, mean - std, mean / 3)
+    ax.fill_between(x, lower, mean + std, color=color, alpha=0.2, lw=0)
     ax.plot(x, mean, color=color, marker=marker, ms=3, lw=1.4, label=label)
 
 
