@@ -31,6 +31,12 @@ def _console() -> Any:
     return console
 
 
+def _err() -> Any:
+    from diffsampler.cli._common import err_console
+
+    return err_console
+
+
 def _warn(message: str) -> None:
     from diffsampler.cli._common import err_console
     from rich.markup import escape
@@ -47,9 +53,9 @@ def _embedded(path: Path, *, weights: str | None, device: str, batch: int, what:
 
     total = count_images(path)
     net = load_inception(weights, device=device)
-    _console().print(f"{what}: {total} images from {path}", highlight=False)
+    _err().print(f"{what}: {total} images from {path}", highlight=False, soft_wrap=True)
     progress = Progress(TextColumn(what), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        console=_console(), transient=True)
+                        console=_err(), transient=True)
     with progress:
         task = progress.add_task(what, total=total)
         yield from image_features(net, iter_images(path, batch), batch=batch,
@@ -81,7 +87,7 @@ def fid_ref(
                      features=np.concatenate(kept))
     if (stats.count or 0) < STANDARD_COUNT:
         _warn(f"reference of {stats.count} images; published FIDs use {STANDARD_COUNT}-image references")
-    _console().print(f"wrote {out} ({stats.count} images)", highlight=False)
+    _console().print(f"wrote {out} ({stats.count} images)", highlight=False, soft_wrap=True)
 
 
 def fid_calc(
@@ -109,7 +115,7 @@ def fid_calc(
         print_json({"fid": value, "count": stats.count, "ref_count": reference.count})
         return
     ref_n = "unknown" if reference.count is None else str(reference.count)
-    _console().print(f"FID {value:.4f}  ({stats.count} samples, reference of {ref_n} images)", highlight=False)
+    _console().print(f"FID {value:.4f}  ({stats.count} samples, reference of {ref_n} images)", highlight=False, soft_wrap=True)
 
 
 def prdc_cmd(
@@ -139,7 +145,7 @@ def prdc_cmd(
 
         print_json(values)
         return
-    _console().print("  ".join(f"{name} {v:.4f}" for name, v in values.items()), highlight=False)
+    _console().print("  ".join(f"{name} {v:.4f}" for name, v in values.items()), highlight=False, soft_wrap=True)
 
 
 def clip_score_cmd(
@@ -157,7 +163,7 @@ def clip_score_cmd(
 
     encoder = CLIPEncoder.load(model, device=_device(device))
     score, count = clip_score(encoder, iter_images(images, batch), load_prompts(prompts))
-    _console().print(f"CLIP score {score:.4f}  ({count} images)", highlight=False)
+    _console().print(f"CLIP score {score:.4f}  ({count} images)", highlight=False, soft_wrap=True)
 
 
 def add_commands(app: typer.Typer) -> None:

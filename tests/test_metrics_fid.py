@@ -1,0 +1,294 @@
+"""FID: the Frechet distance against closed forms, streaming moments, the npz format (EDM's and
+ours), count warnings, weights resolution, and the metric and CLI end to end (random weights)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import warnings
+
+import diffsampler as ds
+import numpy as np
+import pytest
+import torch
+from diffsampler.errors import ModelLoadError, OptionError
+from diffsampler.images import to_uint8, write_png
+from diffsampler.plugins.metrics.analytic import frechet_to_moments
+from diffsampler.plugins.metrics.fid import (
+    FeatureMoments,
+    Stats,
+    count_warnings,
+    frechet_distance,
+    image_features,
+    load_inception,
+    load_stats,
+    save_stats,
+)
+from diffsampler.plugins.metrics.inception import FIDInceptionV3, randomize_
+from diffsampler.plugins.metrics.weights import (
+    FID_WEIGHTS_FILE,
+    FID_WEIGHTS_URL,
+    resolve_fid_weights,
+)
+
+
+def _spd(rng: np.random.Generator, d: int, rank: int | None = None) -> np.ndarray:
+    a = rng.standard_normal((d, rank or d))
+    return a @ a.T / d
+
+
+def _frechet_symmetric(mu1, s1, mu2, s2) -> float:
+    """Independent form: tr (S1^1/2 S2 S1^1/2)^1/2 from symmetric eigendecompositions."""
+    w, v = np.linalg.eigh(s1)
+    root = v @ np.diag(np.sqrt(np.clip(w, 0, None))) @ v.T
+    inner = np.linalg.eigvalsh(root @ s2 @ root)
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.sqrt(np.clip(inner, 0, None)).sum())
+
+
+def test_frechet_distance_of_diagonal_gaussians_is_the_closed_form():
+    rng = np.random.default_rng(0)
+    mu1, mu2 = rng.standard_normal(5), rng.standard_normal(5)
+    a, b = rng.uniform(0.1, 3, 5), rng.uniform(0.1, 3, 5)
+    expected = ((mu1 - mu2) ** 2).sum() + ((np.sqrt(a) - np.sqrt(b)) ** 2).sum()
+    assert frechet_distance(mu1, np.diag(a), mu2, np.diag(b)) == pytest.approx(expected, rel=1e-12)
+    assert frechet_distance([0.0], [[4.0]], [3.0], [[1.0]]) == pytest.approx(9 + (2 - 1) ** 2)
+
+
+def test_frechet_distance_of_full_gaussians_matches_the_symmetric_form():
+    rng = np.random.default_rng(1)
+    for d in (2, 16, 64):
+        mu1, mu2, s1, s2 = rng.standard_normal(d), rng.standard_normal(d), _spd(rng, d), _spd(rng, d)
+        assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(_frechet_symmetric(mu1, s1, mu2, s2), rel=1e-9)
+        assert frechet_distance(mu1, s1, mu1, s1) == pytest.approx(0, abs=1e-9)
+        assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(frechet_distance(mu2, s2, mu1, s1), rel=1e-9)
+
+
+def test_frechet_distance_of_rank_deficient_covariances_is_finite_and_right():
+    """Fewer samples than dimensions (FID of a small set): singular covariances."""
+    rng = np.random.default_rng(2)
+    d = 40
+    s1, s2 = _spd(rng, d, rank=10), _spd(rng, d, rank=12)
+    mu = np.zeros(d)
+    value = frechet_distance(mu, s1, mu, s2)
+    assert np.isfinite(value)
+    assert value == pytest.approx(_frechet_symmetric(mu, s1, mu, s2), rel=1e-4, abs=1e-6)
+
+
+def test_frechet_distance_of_samples_equals_the_analytic_metric():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((200, 6)) @ rng.standard_normal((6, 6))
+    mean, cov = rng.standard_normal(6), _spd(rng, 6)
+    moments = FeatureMoments()
+    moments.add(x)
+    stats = moments.stats()
+    # rel 1e-6, not 1e-12: frechet_to_moments sums sqrt of the n - d round-off eigenvalues of its
+    # n x n product (each ~1e-15, so ~3e-8 apiece); the symmetric form agrees to 1e-12 (above)
+    assert frechet_distance(stats.mu, stats.sigma, mean, cov) == pytest.approx(frechet_to_moments(x, mean, cov), rel=1e-6)
+
+
+def test_frechet_distance_rejects_mismatched_shapes():
+    with pytest.raises(OptionError, match="different shapes"):
+        frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
+
+
+def test_streamed_moments_equal_numpy_mean_and_cov():
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((101, 7)).astype(np.float32) + 5
+    moments = FeatureMoments()
+    for chunk in np.array_split(x, 4):
+        moments.add(chunk)
+    stats = moments.stats()
+    assert stats.count == 101
+    np.testing.assert_allclose(stats.mu, x.astype(np.float64).mean(0), rtol=1e-12)
+    np.testing.assert_allclose(stats.sigma, np.cov(x.astype(np.float64), rowvar=False), rtol=1e-9, atol=1e-12)
+    with pytest.raises(OptionError, match="at least 2"):
+        FeatureMoments().stats()
+
+
+def test_stats_round_trip_and_edm_reference_files(tmp_path):
+    rng = np.random.default_rng(5)
+    mu, sigma = rng.standard_normal(8), _spd(rng, 8)
+    path = save_stats(tmp_path / "ref.npz", Stats(mu=mu, sigma=sigma, count=50000))
+    back = load_stats(path)
+    assert back.count == 50000 and np.array_equal(back.mu, mu) and np.array_equal(back.sigma, sigma)
+    assert back.mu.dtype == np.float64
+    # EDM's fid.py ref: np.savez(dest, mu=mu, sigma=sigma), no count
+    np.savez(tmp_path / "edm.npz", mu=mu.astype(np.float32), sigma=sigma)
+    edm = load_stats(tmp_path / "edm.npz")
+    assert edm.count is None and edm.mu.dtype == np.float64 and np.allclose(edm.mu, mu, rtol=1e-6)
+    np.savez(tmp_path / "bad.npz", mean=mu)
+    with pytest.raises(OptionError, match="'mu' and 'sigma'"):
+        load_stats(tmp_path / "bad.npz")
+    np.savez(tmp_path / "shape.npz", mu=mu, sigma=np.eye(3))
+    with pytest.raises(OptionError, match="do not match"):
+        load_stats(tmp_path / "shape.npz")
+    (tmp_path / "text.npz").write_text("not a zip")
+    with pytest.raises(OptionError, match=r"not an \.npz"):
+        load_stats(tmp_path / "text.npz")
+    with pytest.raises(OptionError, match="no such"):
+        load_stats(tmp_path / "missing.npz")
+
+
+def test_count_warnings():
+    assert count_warnings(50000, 50000) == [] and count_warnings(50000, None) == []
+    assert len(count_warnings(10000, 50000)) == 2
+    [only] = count_warnings(60000, 50000)
+    assert "60000 samples" in only and "50000 images" in only
+
+
+@pytest.fixture(autouse=True)
+def _no_network_no_cache(monkeypatch, tmp_path):
+    monkeypatch.setenv("DIFFSAMPLER_OFFLINE", "1")
+    monkeypatch.setenv("DIFFSAMPLER_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("DIFFSAMPLER_FID_WEIGHTS", raising=False)
+
+
+def test_weights_resolution_order(tmp_path, monkeypatch):
+    with pytest.raises(ModelLoadError) as info:
+        resolve_fid_weights()
+    message = str(info.value)
+    assert FID_WEIGHTS_FILE in message and FID_WEIGHTS_URL in message and "DIFFSAMPLER_FID_WEIGHTS" in message
+    cached = tmp_path / "cache" / "metrics" / FID_WEIGHTS_FILE
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"x")
+    assert resolve_fid_weights() == cached
+    env_file = tmp_path / "env.pth"
+    env_file.write_bytes(b"x")
+    monkeypatch.setenv("DIFFSAMPLER_FID_WEIGHTS", str(env_file))
+    assert resolve_fid_weights() == env_file
+    explicit = tmp_path / "explicit.pth"
+    explicit.write_bytes(b"x")
+    assert resolve_fid_weights(explicit) == explicit
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        resolve_fid_weights(tmp_path / "nope.pth")
+
+
+@pytest.fixture(scope="module")
+def weights_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("w") / FID_WEIGHTS_FILE
+    torch.save(randomize_(FIDInceptionV3(), 3).state_dict(), path)
+    return path
+
+
+def test_load_inception_reads_the_state_dict_and_rejects_other_files(weights_file, tmp_path):
+    net = load_inception(weights_file, device="cpu")
+    expected = randomize_(FIDInceptionV3(), 3)
+    assert torch.equal(net.Mixed_7c.branch_pool.conv.weight, expected.Mixed_7c.branch_pool.conv.weight)
+    assert not net.training
+    other = tmp_path / "other.pth"
+    torch.save({"weight": torch.zeros(2)}, other)
+    with pytest.raises(ModelLoadError, match="not the FID Inception weights"):
+        load_inception(other)
+
+
+@pytest.fixture
+def recorded_distance(monkeypatch):
+    """Record the moments handed to frechet_distance (a 2048-d sqrtm takes ~10 s on 2 cores; the
+    distance itself is tested above) and return a cheap stand-in value."""
+    import diffsampler.plugins.metrics.fid as fid_module
+
+    calls = []
+
+    def record(mu1, s1, mu2, s2, **_):
+        calls.append((mu1, s1, mu2, s2))
+        return float(((mu1 - mu2) ** 2).sum())
+
+    monkeypatch.setattr(fid_module, "frechet_distance", record)
+    return calls
+
+
+def _moments(f: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return f.mean(0), np.cov(f, rowvar=False)
+
+
+def _assert_moments(call, f, ref_f) -> None:
+    mu1, s1, mu2, s2 = call
+    for got, want in zip((mu1, s1, mu2, s2), (*_moments(f), *_moments(ref_f)), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())  # float32 convs, other batch sizes
+
+
+def test_fid_metric_measures_the_moments_of_directly_computed_features(weights_file, tmp_path, recorded_distance):
+    torch.set_num_threads(1)
+    gen = torch.Generator().manual_seed(0)
+    ref_images = torch.rand((6, 3, 16, 16), generator=gen) * 2 - 1
+    samples = [torch.rand((3, 3, 16, 16), generator=gen) * 1.6 - 0.8 for _ in range(2)]
+    net = load_inception(weights_file, device="cpu")
+    with torch.no_grad():
+        ref_f = net(torch.from_numpy(to_uint8(ref_images))).double().numpy()
+        f = net(torch.from_numpy(to_uint8(torch.cat(samples)))).double().numpy()
+    save_stats(tmp_path / "ref.npz", Stats(mu=ref_f.mean(0), sigma=np.cov(ref_f, rowvar=False), count=6))
+    metric = ds.get_metric("fid", ref=str(tmp_path / "ref.npz"), weights=str(weights_file), device="cpu", batch=4)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        values = metric.compute(samples)
+        metric.compute(samples)
+    [call, _] = recorded_distance
+    _assert_moments(call, f, ref_f)
+    assert values == {"fid": pytest.approx(float(((f.mean(0) - ref_f.mean(0)) ** 2).sum()), rel=1e-4)}
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 1 and "published FIDs use 50000" in messages[0]  # warned once, counts equal
+
+
+def test_image_features_accept_uint8_and_float_batches_alike(weights_file):
+    net = load_inception(weights_file, device="cpu")
+    x = torch.rand((2, 3, 8, 8)) * 2 - 1
+    a = np.concatenate(list(image_features(net, [x], batch=1)))
+    b = np.concatenate(list(image_features(net, [to_uint8(x)])))
+    np.testing.assert_array_equal(a, b)
+
+
+def test_fid_metric_needs_a_reference():
+    with pytest.raises(OptionError):
+        ds.get_metric("fid")
+
+
+def _cli(*args, env):
+    return subprocess.run([sys.executable, "-m", "diffsampler", *args], capture_output=True, text=True,
+                          env={**os.environ, **env})
+
+
+def test_cli_ref_and_calc_report_counts_and_match_the_library(weights_file, tmp_path, monkeypatch, recorded_distance):
+    import json
+
+    from diffsampler.cli import build_app
+    from typer.testing import CliRunner
+
+    rng = np.random.default_rng(6)
+    images = rng.integers(0, 256, (5, 12, 12, 3), dtype=np.uint8)
+    folder = tmp_path / "pngs"
+    folder.mkdir()
+    for i, img in enumerate(images):
+        write_png(folder / f"{i:06d}.png", img)
+    fake = rng.integers(0, 256, (4, 12, 12, 3), dtype=np.uint8)
+    np.savez(tmp_path / "fake.npz", arr_0=fake)
+    env = {"DIFFSAMPLER_FID_WEIGHTS": str(weights_file), "DIFFSAMPLER_OFFLINE": "1"}
+    ref = _cli("fid", "ref", "--data", str(folder), "--out", str(tmp_path / "ref.npz"), "--device", "cpu", env=env)
+    assert ref.returncode == 0, ref.stderr
+    assert "(5 images)" in ref.stdout and "50000" in ref.stderr
+    stats = load_stats(tmp_path / "ref.npz")
+    assert stats.count == 5
+    monkeypatch.setenv("DIFFSAMPLER_FID_WEIGHTS", str(weights_file))
+    calc = CliRunner().invoke(build_app(), [
+        "fid", "calc", "--images", str(tmp_path / "fake.npz"), "--ref", str(tmp_path / "ref.npz"),
+        "--device", "cpu", "--batch", "3", "--json"])
+    assert calc.exit_code == 0, calc.output
+    out = json.loads(calc.stdout)
+    assert out["count"] == 4 and out["ref_count"] == 5
+    assert "4 samples against reference statistics of 5 images" in " ".join(calc.stderr.split())
+    net = load_inception(weights_file, device="cpu")
+    with torch.no_grad():
+        r = net(torch.from_numpy(images)).double().numpy()
+        f = net(torch.from_numpy(fake)).double().numpy()
+    [call] = recorded_distance
+    _assert_moments(call, f, r)
+    np.testing.assert_allclose(stats.mu, r.mean(0), rtol=1e-4, atol=1e-5 * np.abs(r).max())  # other threads
+
+
+def test_cli_error_without_weights_is_one_line(tmp_path):
+    np.savez(tmp_path / "imgs.npz", arr_0=np.zeros((2, 8, 8, 3), np.uint8))
+    proc = _cli("fid", "ref", "--data", str(tmp_path / "imgs.npz"), "--out", str(tmp_path / "o.npz"),
+                env={"DIFFSAMPLER_OFFLINE": "1", "DIFFSAMPLER_CACHE": str(tmp_path)})
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert lines[0].startswith("error:") and FID_WEIGHTS_FILE in proc.stderr
