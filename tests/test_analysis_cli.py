@@ -158,3 +158,20 @@ def test_help_lists_the_analyses(tmp_path: Path):
     assert proc.returncode == 0
     for kind in ("deviation", "denoising", "pca", "curvature"):
         assert kind in proc.stdout
+
+
+def test_an_edm_network_file_and_the_empirical_model(tmp_path):
+    from diffsampler.plugins.edm.checkpoint import save_network
+    from diffsampler.plugins.edm.precond import VPPrecond
+
+    torch.manual_seed(0)
+    net = VPPrecond(img_resolution=8, img_channels=1, model_channels=16, channel_mult=[1],
+                    num_blocks=1, attn_resolutions=[])
+    path = save_network(net, tmp_path / "tiny")
+    for model in (str(path), "empirical"):
+        setup = collect(model=model, num_steps=5, seeds=[0, 1])
+        assert setup.trajectory.shape == (5, 2, 1, 8, 8)
+        result, _ = analyze("deviation", setup)
+        rel = result.arrays["relative_deviation"]
+        assert rel[0].max() < 1e-12 and rel[-1].max() < 1e-12 and np.isfinite(rel).all()
+        np.testing.assert_allclose(rel, g.deviation(setup.trajectory, relative=True))
