@@ -25,7 +25,7 @@ __all__ = ["BenchRow", "Variant", "run_bench"]
 
 _FLAGS = {"cl": "channels_last", "channels_last": "channels_last", "compile": "compile",
           "graph": "cuda_graph", "cuda_graph": "cuda_graph"}
-_PRECISIONS = ("fp32", "bf16", "fp16")
+_PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 
 
 @attrs.frozen(kw_only=True)

@@ -59,3 +59,11 @@ def test_bench_json_reports_all_fields():
         "variant", "batch", "nfe", "images_per_s", "ms_per_batch", "ms_per_forward",
         "overhead_ratio", "peak_memory_mb", "max_abs_deviation", "rel_l2_deviation",
     }
+
+
+@pytest.mark.slow
+def test_compiled_variant_matches_fp32_eager():
+    (ref, compiled) = run_bench(model="digits", nfe=5, batches=(8,), device="cpu", repeat=1,
+                                warmup=1, variants=[Variant(), Variant.parse("compile")])
+    assert compiled.variant == "fp32+compile"
+    assert compiled.rel_l2_deviation < 1e-4, compiled
