@@ -18,8 +18,14 @@ import time
 import diffsampler as ds
 import torch
 
-ROWS = [("ipndm", {"max_order": 4}, ("polynomial", {"rho": 7.0})),
-        ("dpmpp", {"max_order": 3}, ("logsnr", {}))]
+ROWS = ["ipndm[max_order=4]@polynomial[rho=7]", "dpmpp[max_order=3]@logsnr"]
+
+
+def parse_row(text):
+    from diffsampler.compare import SolverSpec
+
+    spec = SolverSpec.parse(text)
+    return spec.solver, spec.options, (spec.schedule or "polynomial", spec.schedule_options)
 
 
 def reference(model, name, noise, seeds):
@@ -31,6 +37,10 @@ def reference(model, name, noise, seeds):
     sig = ds.get_schedule("polynomial").sigmas(201, model.sigma_min, model.sigma_max)
     x = solver.sample(model, noise * sig[0], sig).x
     return x, "heun, 200 steps (399 NFE), polynomial rho=7"
+
+
+def lab_of(name, opts):
+    return f"{name}[{','.join(f'{k}={v}' for k, v in opts.items())}]"
 
 
 def err(x, ref):
@@ -47,6 +57,7 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=64)
     p.add_argument("--dtype", default="float32")
     p.add_argument("--json", default=None)
+    p.add_argument("--row", action="append", help="solver spec with its baseline schedule")
     a = p.parse_args()
     torch.set_num_threads(1)
     model = ds.get_model(a.model)
@@ -68,8 +79,9 @@ def main() -> None:
         sched = g.schedule(result, num_steps=nfe + 1)
         dp_seconds += time.perf_counter() - t
         schedules[nfe] = sched.sigmas
-    for name, opts, (bname, bopts) in ROWS:
-        solver = ds.get_solver(name, **opts)
+    specs = [parse_row(r) for r in (a.row or ROWS)]
+    for name, opts, (bname, bopts) in specs:
+        solver = ds.get_solver(name, **{k: int(v) if str(v).isdigit() else v for k, v in opts.items()})
         base = ds.get_schedule(bname, **bopts)
         for nfe in range(4, 11):
             n = ds.steps_for_nfe(solver, nfe)
@@ -77,18 +89,18 @@ def main() -> None:
             sig_g = torch.tensor(schedules[nfe], dtype=torch.float64)
             eb = err(solver.sample(model, noise * sig_b[0], sig_b).x, ref)
             eg = err(solver.sample(model, noise * sig_g[0], sig_g).x, ref)
-            rows.setdefault(name, []).append((nfe, eb, eg))
-            out["cells"].append({"solver": name, "nfe": nfe, "baseline": eb, "gits": eg,
+            rows.setdefault(lab_of(name, opts), []).append((nfe, eb, eg))
+            out["cells"].append({"solver": lab_of(name, opts), "nfe": nfe, "baseline": eb, "gits": eg,
                                  "baseline_schedule": bname, "gits_sigmas": list(schedules[nfe])})
     out["dp_seconds_all_nfes"] = dp_seconds
     print(f"model {a.model}, metric {a.metric}, coeff {a.coeff}, reference: {ref_name}")
     print("| solver, schedule | " + " | ".join(f"NFE {n}" for n in range(4, 11)) + " |")
     print("|---" * 8 + "|")
-    for name, opts, (bname, _) in ROWS:
+    for name, opts, (bname, _) in specs:
         lab = f"{name}[{','.join(f'{k}={v}' for k, v in opts.items())}]"
-        print(f"| {lab} @ {bname} | " + " | ".join(f"{eb:.4f}" for _, eb, _ in rows[name]) + " |")
+        print(f"| {lab} @ {bname} | " + " | ".join(f"{eb:.4f}" for _, eb, _ in rows[lab]) + " |")
         print(f"| {lab} @ gits | " + " | ".join(
-            f"**{eg:.4f}**" if eg < eb else f"{eg:.4f}" for _, eb, eg in rows[name]) + " |")
+            f"**{eg:.4f}**" if eg < eb else f"{eg:.4f}" for _, eb, eg in rows[lab]) + " |")
     wins = sum(eg < eb for r in rows.values() for _, eb, eg in r)
     print(f"GITS better in {wins}/{sum(len(r) for r in rows.values())} cells")
     s = result.seconds

@@ -253,8 +253,8 @@ def test_file_errors(schedule_file, tmp_path):
     (tmp_path / "up.json").write_text(json.dumps(data))
     with pytest.raises(ds.OptionError, match="decreasing"):
         ds.get_schedule("gits", file=str(tmp_path / "up.json"))
-    with pytest.raises(ds.OptionError, match="file"):
-        ds.get_schedule("gits")
+    with pytest.raises(ds.OptionError, match="needs a schedule file: --schedule-opt file=FILE"):
+        ds.get_schedule("gits").sigmas(6, model.sigma_min, model.sigma_max)
 
 
 def test_bad_options_are_clear():

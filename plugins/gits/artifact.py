@@ -114,12 +114,17 @@ class GITSScheduleFile(ScheduleBase):
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
-        self.schedule = load_schedule(self.options.file)
+        self.schedule = None if self.options.file is None else load_schedule(self.options.file)
 
     def compute(
         self, num_steps: int, sigma_min: float, sigma_max: float, denoiser: Denoiser | None
     ) -> np.ndarray:
         s = self.schedule
+        if s is None:
+            raise OptionError(
+                "schedule 'gits' needs a schedule file: --schedule-opt file=FILE "
+                "(written by diffsampler gits search)"
+            )
         if num_steps != s.num_steps:
             afs = " searched with AFS: sample with --afs" if s.afs else ""
             raise OptionError(

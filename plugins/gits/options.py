@@ -73,4 +73,6 @@ class GITSOptions:
 class GITSScheduleOptions:
     """Options of the ``gits`` schedule: a schedule file written by ``diffsampler gits search``."""
 
-    file: str = option(help="GITS schedule file (JSON) written by diffsampler gits search")
+    file: str | None = option(
+        None, help="GITS schedule file (JSON) written by diffsampler gits search (required to sample)"
+    )
