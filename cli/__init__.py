@@ -9,10 +9,11 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from rich.markup import escape
+
 from diffsampler import __version__
 from diffsampler.errors import DiffSamplerError
 from diffsampler.registry import get_registry
-from rich.markup import escape
 
 from ._common import err_console
 from .bench_cmd import bench

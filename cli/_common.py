@@ -6,8 +6,9 @@ import json
 import sys
 from typing import Any
 
-from diffsampler.errors import OptionError
 from rich.console import Console
+
+from diffsampler.errors import OptionError
 
 console = Console()
 err_console = Console(stderr=True)

@@ -36,6 +36,7 @@ def bench(
     deviation of each variant's output from fp32 eager, for one model/solver/NFE."""
     import attrs
     import torch
+
     from diffsampler.bench import Variant, run_bench
     from diffsampler.errors import OptionError
 

@@ -10,12 +10,13 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from diffsampler.errors import MissingExtraError, OptionError
-from diffsampler.outputs import atomic_write_bytes
-from diffsampler.seeds import parse_seeds
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+
+from diffsampler.errors import MissingExtraError, OptionError
+from diffsampler.outputs import atomic_write_bytes
+from diffsampler.seeds import parse_seeds
 
 from ._common import console, err_console, parse_pairs, print_json, table_console
 

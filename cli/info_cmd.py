@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
+from rich.table import Table
+
 from diffsampler.errors import DiffSamplerError, UnknownComponentError
 from diffsampler.options import describe_options
 from diffsampler.registry import KINDS, Component, get_registry
-from rich.markup import escape
-from rich.table import Table
 
 from ._common import console, print_json
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Annotated, Optional
 
 import typer
-from diffsampler.errors import OptionError
-from diffsampler.registry import KINDS, get_registry
 from rich.markup import escape
 from rich.table import Table
+
+from diffsampler.errors import OptionError
+from diffsampler.registry import KINDS, get_registry
 
 from ._common import console, print_json
 

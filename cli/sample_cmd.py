@@ -7,11 +7,12 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
 from diffsampler.distributed import barrier, device_for_rank, shard
 from diffsampler.errors import OptionError
 from diffsampler.seeds import parse_seeds
 from diffsampler.sigmas import parse_sigma_list
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ._common import err_console, parse_pairs, print_json
 

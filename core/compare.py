@@ -48,14 +48,18 @@ def _pairs(text: str | None, where: str) -> dict[str, str]:
     return out
 
 
+def _as_dict(value: Mapping[str, Any] | None) -> dict[str, Any]:
+    return dict(value or {})
+
+
 @attrs.frozen(kw_only=True)
 class SolverSpec:
     """One row of the table: a solver with options, and optionally its schedule."""
 
     solver: str
-    options: dict[str, Any] = attrs.field(factory=dict, converter=dict)
+    options: dict[str, Any] = attrs.field(factory=dict, converter=_as_dict)
     schedule: str | None = None
-    schedule_options: dict[str, Any] = attrs.field(factory=dict, converter=dict)
+    schedule_options: dict[str, Any] = attrs.field(factory=dict, converter=_as_dict)
 
     @classmethod
     def parse(cls, text: str) -> SolverSpec:
@@ -129,7 +133,7 @@ class CompareConfig:
     """Everything that determines a comparison; saved with its results."""
 
     model: str = "gmm"
-    model_options: dict[str, Any] = attrs.field(factory=dict, converter=dict)
+    model_options: dict[str, Any] = attrs.field(factory=dict, converter=_as_dict)
     solvers: tuple[SolverSpec, ...] = attrs.field(default=DEFAULT_SOLVERS, converter=_specs)
     schedules: tuple[str, ...] = attrs.field(default=(), converter=tuple)
     nfes: tuple[int, ...] = attrs.field(default=tuple(range(3, 11)), converter=tuple)

@@ -49,7 +49,7 @@ class GraphedSampler:
         kwargs = dict(cond=cond, afs=afs, denoise_to_zero=denoise_to_zero, check_finite=False)
 
         def run() -> torch.Tensor:
-            return solver.sample(model, self._static_in, sigmas, **kwargs).x  # type: ignore[call-arg]
+            return solver.sample(model, self._static_in, sigmas, **kwargs).x
 
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())

@@ -45,7 +45,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def _npz_bytes(**arrays: np.ndarray) -> bytes:
+def _npz_bytes(**arrays: Any) -> bytes:
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     return buf.getvalue()

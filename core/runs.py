@@ -166,10 +166,10 @@ def execute(
     from .protocols import Decodable
 
     dtype = getattr(torch, plan.config.dtype)
-    device = torch.device(device or plan.config.device)
+    target = torch.device(device or plan.config.device)
     first = float(plan.sigmas[0])
     for batch in plan.batches if batches is None else batches:
-        noise = seed_noise(batch.seeds, plan.model.shape, dtype=dtype, device=device)
+        noise = seed_noise(batch.seeds, plan.model.shape, dtype=dtype, device=target)
         result = plan.solver.sample(
             plan.model, noise * first, plan.sigmas,
             afs=plan.config.afs, denoise_to_zero=plan.config.denoise_to_zero,

@@ -7,8 +7,9 @@ import math
 import subprocess
 import sys
 
-import diffsampler as ds
 import pytest
+
+import diffsampler as ds
 from diffsampler.bench import Variant, run_bench
 
 # Stated tolerances: relative L2 deviation of the final samples (digits, iPNDM, NFE 5) from fp32.
@@ -63,7 +64,7 @@ def test_bench_json_reports_all_fields():
 
 @pytest.mark.slow
 def test_compiled_variant_matches_fp32_eager():
-    (ref, compiled) = run_bench(model="digits", nfe=5, batches=(8,), device="cpu", repeat=1,
+    (_, compiled) = run_bench(model="digits", nfe=5, batches=(8,), device="cpu", repeat=1,
                                 warmup=1, variants=[Variant(), Variant.parse("compile")])
     assert compiled.variant == "fp32+compile"
     assert compiled.rel_l2_deviation < 1e-4, compiled

@@ -8,9 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import diffsampler as ds
 import numpy as np
 import pytest
+
+import diffsampler as ds
 
 
 def cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None):

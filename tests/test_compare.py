@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -16,8 +17,8 @@ from diffsampler.compare import CompareConfig, SolverSpec, parse_nfes, run_compa
 from diffsampler.images import png_bytes
 from diffsampler.plugins.metrics.analytic import frechet_to_moments, top_directions
 from diffsampler.plugins.models.empirical import EmpiricalDenoiser
-from diffsampler.plugins.models.ground_truth import exact_endpoints
 from diffsampler.plugins.models.gmm import GaussianMixture, gmm
+from diffsampler.plugins.models.ground_truth import exact_endpoints
 
 
 @pytest.fixture(autouse=True)
@@ -126,7 +127,7 @@ def test_errors_fall_with_nfe_for_high_order_solvers():
     result = run_compare(config)
     for row in result.rows:
         errors = [result.value(row, n, "l2") for n in config.nfes]
-        assert all(b < a for a, b in zip(errors, errors[1:], strict=False)), (row, errors)
+        assert all(b < a for a, b in itertools.pairwise(errors)), (row, errors)
         # past the first doublings the error falls at least like NFE^-2 (these are order >= 2)
         assert errors[-1] < errors[1] / 16, (row, errors)
 

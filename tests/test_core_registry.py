@@ -5,8 +5,9 @@ from __future__ import annotations
 import types
 
 import attrs
-import diffsampler as ds
 import pytest
+
+import diffsampler as ds
 from diffsampler.registry import discover
 
 

@@ -6,10 +6,11 @@ import math
 import struct
 import zlib
 
-import diffsampler as ds
 import numpy as np
 import pytest
 import torch
+
+import diffsampler as ds
 from diffsampler.images import make_grid, to_uint8, write_png
 from diffsampler.plugins.models.gmm import GaussianMixture, gmm
 from diffsampler.runs import RunConfig, execute, plan_run

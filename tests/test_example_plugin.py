@@ -73,6 +73,7 @@ def test_example_solver_is_second_order():
         sys.path.pop(0)
     import numpy as np
     import torch
+
     from diffsampler.plugins.models.gmm import gmm
 
     model = gmm(shape=(2,), components=2, spread=0.5, seed=4)

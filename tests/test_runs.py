@@ -13,6 +13,7 @@ import zlib
 
 import numpy as np
 import pytest
+
 from diffsampler.errors import OptionError
 from diffsampler.images import png_bytes, read_png, to_uint8
 from diffsampler.imagesets import count_images, iter_images

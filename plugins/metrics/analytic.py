@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import attrs
 import numpy as np
+
 from diffsampler.errors import OptionError
 from diffsampler.options import in_range, option
 from diffsampler.protocols import Analytic, Denoiser

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 import numpy as np
+
 from diffsampler import in_range, option, positive
 from diffsampler.errors import MissingExtraError, OptionError
 

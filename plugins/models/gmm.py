@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 import numpy as np
+
 from diffsampler import in_range, option, positive
 
 if TYPE_CHECKING:

@@ -20,6 +20,7 @@ from typing import Any
 
 import attrs
 import numpy as np
+
 from diffsampler.errors import MissingExtraError, OptionError
 from diffsampler.protocols import Analytic, Denoiser
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import attrs
+
 import diffsampler as ds
 
 
