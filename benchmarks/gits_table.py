@@ -15,10 +15,17 @@ import argparse
 import json
 import time
 
-import diffsampler as ds
 import torch
 
+import diffsampler as ds
+
 ROWS = ["ipndm[max_order=4]@polynomial[rho=7]", "dpmpp[max_order=3]@logsnr"]
+
+
+def parse_nfes(text):
+    from diffsampler.compare import parse_nfes as parse
+
+    return parse(text)
 
 
 def parse_row(text):
@@ -58,6 +65,8 @@ def main() -> None:
     p.add_argument("--dtype", default="float32")
     p.add_argument("--json", default=None)
     p.add_argument("--row", action="append", help="solver spec with its baseline schedule")
+    p.add_argument("--afs", action="store_true", help="AFS for both; GITS searches its AFS step")
+    p.add_argument("--nfes", default="4-10")
     a = p.parse_args()
     torch.set_num_threads(1)
     model = ds.get_model(a.model)
@@ -74,7 +83,8 @@ def main() -> None:
                      "search_seconds": result.seconds, "reference_seconds": t_ref, "cells": []}
     dp_seconds = 0.0
     schedules = {}
-    for nfe in range(4, 11):
+    nfes = list(parse_nfes(a.nfes))
+    for nfe in nfes:
         t = time.perf_counter()
         sched = g.schedule(result, num_steps=nfe + 1)
         dp_seconds += time.perf_counter() - t
@@ -83,19 +93,24 @@ def main() -> None:
     for name, opts, (bname, bopts) in specs:
         solver = ds.get_solver(name, **{k: int(v) if str(v).isdigit() else v for k, v in opts.items()})
         base = ds.get_schedule(bname, **bopts)
-        for nfe in range(4, 11):
-            n = ds.steps_for_nfe(solver, nfe)
+        for nfe in nfes:
+            n = ds.steps_for_nfe(solver, nfe, afs=a.afs)
             sig_b = base.sigmas(n, model.sigma_min, model.sigma_max, denoiser=model)
+            if a.afs:  # the student's own AFS search on the same cost matrix
+                ga = ds.get_distiller("gits", metric=a.metric, coeff=a.coeff, num_warmup=a.num_warmup,
+                                     teacher_steps=a.teacher_steps, dtype=a.dtype, afs=True,
+                                     solver=name, solver_options=",".join(f"{k}={v}" for k, v in opts.items()))
+                schedules[nfe] = ga.schedule(result, teacher=model, num_steps=n - 1).sigmas
             sig_g = torch.tensor(schedules[nfe], dtype=torch.float64)
-            eb = err(solver.sample(model, noise * sig_b[0], sig_b).x, ref)
-            eg = err(solver.sample(model, noise * sig_g[0], sig_g).x, ref)
+            eb = err(solver.sample(model, noise * sig_b[0], sig_b, afs=a.afs).x, ref)
+            eg = err(solver.sample(model, noise * sig_g[0], sig_g, afs=a.afs).x, ref)
             rows.setdefault(lab_of(name, opts), []).append((nfe, eb, eg))
             out["cells"].append({"solver": lab_of(name, opts), "nfe": nfe, "baseline": eb, "gits": eg,
                                  "baseline_schedule": bname, "gits_sigmas": list(schedules[nfe])})
     out["dp_seconds_all_nfes"] = dp_seconds
     print(f"model {a.model}, metric {a.metric}, coeff {a.coeff}, reference: {ref_name}")
-    print("| solver, schedule | " + " | ".join(f"NFE {n}" for n in range(4, 11)) + " |")
-    print("|---" * 8 + "|")
+    print("| solver, schedule | " + " | ".join(f"NFE {n}" for n in nfes) + " |" + (" (AFS)" if a.afs else ""))
+    print("|---" * (len(nfes) + 1) + "|")
     for name, opts, (bname, _) in specs:
         lab = f"{name}[{','.join(f'{k}={v}' for k, v in opts.items())}]"
         print(f"| {lab} @ {bname} | " + " | ".join(f"{eb:.4f}" for _, eb, _ in rows[lab]) + " |")
@@ -105,7 +120,7 @@ def main() -> None:
     print(f"GITS better in {wins}/{sum(len(r) for r in rows.values())} cells")
     s = result.seconds
     print(f"search: teacher trajectories {s['teacher']:.2f} s ({result.num_warmup} x {result.teacher_nfe} NFE), "
-          f"cost matrix {s['cost']:.2f} s, DP for 7 NFEs {dp_seconds * 1e3:.1f} ms; reference {t_ref:.1f} s")
+          f"cost matrix {s['cost']:.2f} s, DP for {len(nfes)} NFEs {dp_seconds * 1e3:.1f} ms; reference {t_ref:.1f} s")
     for nfe, sig in schedules.items():
         print(f"  NFE {nfe}: " + ", ".join(f"{v:.4g}" for v in sig))
     if a.json:

@@ -271,9 +271,11 @@ def test_bad_options_are_clear():
 
 
 # -- AFS ---------------------------------------------------------------------------------
-def test_afs_adds_a_free_first_step_at_the_best_candidate():
+@pytest.mark.parametrize("afs_samples", [0, 5])
+def test_afs_adds_a_free_first_step_at_the_best_candidate(afs_samples):
     model = small_model()
-    g = gits(afs=True, num_steps=4, teacher_steps=21)
+    g = gits(afs=True, num_steps=4, teacher_steps=21, afs_samples=afs_samples)
+    m = afs_samples or 12
     result = g.search(model)
     base = dp_path(result.cost, 4, 1.15)
     sched = g.schedule(result, teacher=model)
@@ -284,9 +286,10 @@ def test_afs_adds_a_free_first_step_at_the_best_candidate():
     assert sched.indices[1] == min(scores, key=lambda k: (scores[k], k))
     # independent score of the chosen candidate: mean L2 distance to the teacher's end points
     solver = ds.get_solver("ipndm")
-    noise = ds.seed_noise(range(g.options.seed, g.options.seed + 12), model.shape, dtype=torch.float64)
+    noise = ds.seed_noise(range(g.options.seed, g.options.seed + m), model.shape, dtype=torch.float64)
     end = solver.sample(model, noise * result.teacher_sigmas[0], list(result.teacher_sigmas)).x
     x = solver.sample(model, noise * sched.sigmas[0], list(sched.sigmas), afs=True)
     assert x.nfe == solver.nfe(4)  # the extra step is free
-    l2 = (x.x - end).reshape(12, -1).norm(dim=1).mean().item()
+    l2 = (x.x - end).reshape(m, -1).norm(dim=1).mean().item()
+    assert sched.costs["afs_samples"] == m
     assert l2 == pytest.approx(sched.costs["afs_l2"], rel=1e-9)

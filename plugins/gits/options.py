@@ -56,6 +56,10 @@ class GITSOptions:
     afs: bool = option(
         False, help="search one extra, free first step between the first two points (seed's AFS)"
     )
+    afs_samples: int = option(
+        64, help="warm-up trajectories that score each AFS candidate (the seed: one batch, 64); 0: all",
+        validator=in_range(0, 10**7),
+    )
     solver: str = option("ipndm", help="student solver used by the AFS search")
     solver_options: str = option("", help="student solver options, key=value,...", converter=_pairs)
     batch: int = option(64, help="trajectories per batch (bounds memory)", validator=in_range(1, 10**6))

@@ -5,8 +5,8 @@ arXiv:2405.11326), Sec. 5; the seed's ``gits-main/gits_utils.py:get_dp_list``. D
 the seed, all deliberate: the warm-up noise is per seed (``seed_noise``), every entry of the cost
 matrix is the exact mean over all ``num_warmup`` trajectories (the seed averages per-round means
 over ``num_warmup // (batch + 1) + 1`` rounds of a full batch), the teacher never uses AFS (the seed
-hands the student's ``afs`` flag to the teacher too), and the AFS search scores candidates on all
-warm-up trajectories (the seed: on the last round's batch).
+hands the student's ``afs`` flag to the teacher too), and the AFS search scores candidates on the
+first ``afs_samples`` warm-up trajectories (the seed: on the last round's batch).
 """
 
 from __future__ import annotations
@@ -271,18 +271,26 @@ class GITS:
         student = self.student_solver()
         t0 = time.perf_counter()
         best, best_path, scores = float("inf"), path, {}
+        o = self.options
+        scored = o.num_warmup if o.afs_samples == 0 else min(o.afs_samples, o.num_warmup)
+        limit = o.seed + scored  # the first `scored` warm-up seeds, whatever the sharding
         candidates = range(1, path[1])
         for n_done, k in enumerate(candidates, 1):
             trial = [0, k, *path[1:]]
             levels = [result.teacher_sigmas[i] for i in trial]
             total = torch.zeros((), dtype=torch.float64, device=device)
             for batch, end in zip(result.batches, result.endpoints, strict=True):
-                noise = seed_noise(batch.seeds, teacher.shape, dtype=dtype, device=device)
-                c = cond(batch.seeds) if callable(cond) else cond
+                keep = [r for r, sd in enumerate(batch.seeds) if sd < limit]
+                if not keep:
+                    continue
+                seeds = [batch.seeds[r] for r in keep]
+                noise = seed_noise(seeds, teacher.shape, dtype=dtype, device=device)
+                c = cond(tuple(seeds)) if callable(cond) else cond
                 x = student.sample(teacher, noise * levels[0], levels, cond=c, afs=True).x
-                total += torch.linalg.vector_norm((x - end).reshape(x.shape[0], -1), dim=1).double().sum()
+                diff = (x - end[keep]).reshape(x.shape[0], -1)
+                total += torch.linalg.vector_norm(diff, dim=1).double().sum()
             all_reduce_sum(total)
-            score = float(total) / result.num_warmup
+            score = float(total) / scored
             scores[str(k)] = score
             if score < best:  # strict: the first best, as the seed
                 best, best_path = score, trial
@@ -293,6 +301,7 @@ class GITS:
             "afs_seconds": time.perf_counter() - t0,
             "afs_l2_by_index": scores,
             "afs_l2": best,
+            "afs_samples": scored,
         }
 
     # -- the Distiller protocol ----------------------------------------------------------
