@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from diffsampler.errors import ModelLoadError, OptionError
 from diffsampler.plugins.metrics.clip_score import (
     CLIP_MEAN,

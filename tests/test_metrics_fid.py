@@ -8,10 +8,11 @@ import subprocess
 import sys
 import warnings
 
-import diffsampler as ds
 import numpy as np
 import pytest
 import torch
+
+import diffsampler as ds
 from diffsampler.errors import ModelLoadError, OptionError
 from diffsampler.images import to_uint8, write_png
 from diffsampler.plugins.metrics.analytic import frechet_to_moments
@@ -238,9 +239,13 @@ def test_image_features_accept_uint8_and_float_batches_alike(weights_file):
     np.testing.assert_array_equal(a, b)
 
 
-def test_fid_metric_needs_a_reference():
-    with pytest.raises(OptionError):
+def test_fid_metric_needs_a_reference(tmp_path, monkeypatch):
+    monkeypatch.delenv("DIFFSAMPLER_FID_REF", raising=False)
+    with pytest.raises(OptionError, match="DIFFSAMPLER_FID_REF"):
         ds.get_metric("fid")
+    save_stats(tmp_path / "r.npz", Stats(mu=np.zeros(3), sigma=np.eye(3), count=2))
+    monkeypatch.setenv("DIFFSAMPLER_FID_REF", str(tmp_path / "r.npz"))
+    assert ds.get_metric("fid").ref.count == 2
 
 
 def _cli(*args, env):
@@ -251,8 +256,9 @@ def _cli(*args, env):
 def test_cli_ref_and_calc_report_counts_and_match_the_library(weights_file, tmp_path, monkeypatch, recorded_distance):
     import json
 
-    from diffsampler.cli import build_app
     from typer.testing import CliRunner
+
+    from diffsampler.cli import build_app
 
     rng = np.random.default_rng(6)
     images = rng.integers(0, 256, (5, 12, 12, 3), dtype=np.uint8)

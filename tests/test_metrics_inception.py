@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from _fidref import import_pytorch_fid, reference_images
+
 from diffsampler.plugins.metrics.inception import FIDInceptionV3, load_state_dict, randomize_
 
 GOLDEN = Path(__file__).parent / "data" / "pytorch_fid_random_features.npz"

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy.spatial.distance import cdist
+
 from diffsampler.errors import OptionError
 from diffsampler.plugins.metrics.prdc import knn_radii, prdc
-from scipy.spatial.distance import cdist
 
 
 def brute_force(real: np.ndarray, fake: np.ndarray, k: int) -> dict[str, float]:
@@ -72,9 +73,10 @@ def test_errors():
 
 def test_prdc_metric_uses_reference_features(tmp_path, monkeypatch):
     """The registered metric: real features from an .npz, fake features from the Inception network."""
+    import torch
+
     import diffsampler as ds
     import diffsampler.plugins.metrics.fid as fid_module
-    import torch
 
     rng = np.random.default_rng(5)
     real = rng.standard_normal((20, 4))
@@ -90,3 +92,26 @@ def test_prdc_metric_uses_reference_features(tmp_path, monkeypatch):
     fake = rng.standard_normal((15, 4))
     values = metric.compute([torch.from_numpy(fake[:7]), torch.from_numpy(fake[7:])])
     assert values == pytest.approx(brute_force(real, fake, 3), abs=1e-12)
+
+
+def test_compare_runs_prdc_on_an_image_model(tmp_path, monkeypatch):
+    """``compare --metric prdc`` on the digits network, options through the environment."""
+    import torch
+    from sklearn.datasets import load_digits
+
+    from diffsampler.compare import CompareConfig, run_compare
+    from diffsampler.plugins.metrics.inception import FIDInceptionV3, randomize_
+
+    torch.set_num_threads(1)
+    weights = tmp_path / "inception.pth"
+    torch.save(randomize_(FIDInceptionV3(), 0).state_dict(), weights)
+    digits = (load_digits().images[:12] * (255 / 16)).round().astype(np.uint8)[..., None]
+    np.savez(tmp_path / "real.npz", arr_0=digits)
+    monkeypatch.setenv("DIFFSAMPLER_FID_WEIGHTS", str(weights))
+    monkeypatch.setenv("DIFFSAMPLER_PRDC_REF", str(tmp_path / "real.npz"))
+    config = CompareConfig(model="digits", solvers=["euler"], nfes=[4], seeds=range(6), metrics=["prdc"], batch=6,
+                           dtype="float32")
+    result = run_compare(config)
+    [cell] = result.cells
+    assert set(cell.values) == {"precision", "recall", "density", "coverage"}
+    assert all(0 <= v <= 6 / 3 for v in cell.values.values())  # density <= M/k; the rest fractions

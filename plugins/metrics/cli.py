@@ -38,16 +38,18 @@ def _err() -> Any:
 
 
 def _warn(message: str) -> None:
-    from diffsampler.cli._common import err_console
     from rich.markup import escape
+
+    from diffsampler.cli._common import err_console
 
     err_console.print(f"[bold yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 def _embedded(path: Path, *, weights: str | None, device: str, batch: int, what: str) -> Iterator[np.ndarray]:
     """Inception features of the image set at ``path``, batch by batch, with a progress bar."""
-    from diffsampler.imagesets import count_images, iter_images
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from diffsampler.imagesets import count_images, iter_images
 
     from .fid import image_features, load_inception
 

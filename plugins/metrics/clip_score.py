@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 import numpy as np
+
 from diffsampler.errors import ModelLoadError, OptionError, require
 from diffsampler.options import in_range, option
 
@@ -148,7 +149,10 @@ def clip_score(encoder: Any, batches: Iterable[np.ndarray], prompts: Sequence[st
 
 @attrs.frozen(kw_only=True)
 class CLIPScoreOptions:
-    prompts: str = option(help="prompts: CSV with a 'text' column (COCO captions) or a text file, one per image")
+    prompts: str | None = option(
+        None, help="prompts: CSV with a 'text' column (COCO captions) or a text file, one per image "
+        "(else $DIFFSAMPLER_CLIP_PROMPTS)"
+    )
     model: str = option(DEFAULT_MODEL, help="transformers CLIP directory or hub id (the seed: ViT-g-14 LAION-2B)")
     device: str = option("auto", help="device: auto, cpu, cuda, cuda:N")
     batch: int = option(64, help="images per CLIP forward pass", validator=in_range(1))
@@ -160,8 +164,11 @@ class CLIPScore:
     paper = "Hessel et al. 2021, arXiv:2104.08718 (CLIPScore); Radford et al. 2021 (CLIP)"
     higher_is_better = True
 
-    def __init__(self, *, prompts: str, model: str = DEFAULT_MODEL, device: str = "auto", batch: int = 64) -> None:
-        self.prompts = load_prompts(prompts)
+    def __init__(self, *, prompts: str | None = None, model: str = DEFAULT_MODEL, device: str = "auto",
+                 batch: int = 64) -> None:
+        from .fid import from_env
+
+        self.prompts = load_prompts(from_env(prompts, "DIFFSAMPLER_CLIP_PROMPTS", "clip-score", "a prompt file"))
         self.model_name, self.device, self.batch = model, device, batch
         self._encoder: Any = None
 
@@ -190,7 +197,7 @@ class CLIPScore:
         return {"clip": score}
 
 
-def clip_metric(*, prompts: str, model: str = DEFAULT_MODEL, device: str = "auto", batch: int = 64) -> CLIPScore:
+def clip_metric(*, prompts: str | None = None, model: str = DEFAULT_MODEL, device: str = "auto", batch: int = 64) -> CLIPScore:
     """CLIP score of images against their prompts (transformers CLIP; the seed's ViT-g-14)."""
     return CLIPScore(prompts=prompts, model=model, device=device, batch=batch)
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 import numpy as np
+
 from diffsampler.errors import OptionError, require
 from diffsampler.options import in_range, option
 
@@ -41,6 +42,16 @@ __all__ = [
 
 STANDARD_COUNT = 50_000
 """Sample count of published FIDs (EDM, the seed)."""
+REF_ENV = "DIFFSAMPLER_FID_REF"
+
+
+def from_env(value: str | None, env: str, metric: str, what: str) -> str:
+    """An option's value, else the environment variable ``env`` (how ``compare`` passes it today)."""
+    if value:
+        return value
+    if os.environ.get(env):
+        return os.environ[env]
+    raise OptionError(f"metric {metric!r} needs {what}: pass {metric}'s option or set {env}=PATH")
 
 
 def frechet_distance(
@@ -197,6 +208,7 @@ def image_features(
     uint8 as EDM saves them.
     """
     import torch
+
     from diffsampler.images import to_uint8
 
     device = next(net.parameters()).device
@@ -216,7 +228,9 @@ def image_features(
 
 @attrs.frozen(kw_only=True)
 class FIDOptions:
-    ref: str = option(help="reference statistics .npz (mu, sigma), e.g. from 'diffsampler fid ref'")
+    ref: str | None = option(
+        None, help="reference statistics .npz (mu, sigma) from 'diffsampler fid ref' (else $DIFFSAMPLER_FID_REF)"
+    )
     weights: str | None = option(None, help="Inception weights file (else $DIFFSAMPLER_FID_WEIGHTS, cache, download)")
     device: str = option("auto", help="device for the Inception network: auto, cpu, cuda, cuda:N")
     batch: int = option(250, help="images per Inception forward pass", validator=in_range(1))
@@ -228,8 +242,9 @@ class FID:
     paper = "Heusel et al. 2017, arXiv:1706.08500 (FID), Inception-v3 of TensorFlow 2015-12-05"
     higher_is_better = False
 
-    def __init__(self, *, ref: str, weights: str | None = None, device: str = "auto", batch: int = 250) -> None:
-        self.ref = load_stats(ref)
+    def __init__(self, *, ref: str | None = None, weights: str | None = None, device: str = "auto",
+                 batch: int = 250) -> None:
+        self.ref = load_stats(from_env(ref, REF_ENV, "fid", "reference statistics"))
         self.weights, self.device, self.batch = weights, device, batch
         self._net: Any = None
         self._warned: set[str] = set()
@@ -256,7 +271,7 @@ class FID:
         return {"fid": frechet_distance(stats.mu, stats.sigma, self.ref.mu, self.ref.sigma)}
 
 
-def fid_metric(*, ref: str, weights: str | None = None, device: str = "auto", batch: int = 250) -> FID:
+def fid_metric(*, ref: str | None = None, weights: str | None = None, device: str = "auto", batch: int = 250) -> FID:
     """FID against reference statistics (FID's Inception-v3, pytorch-fid conventions)."""
     return FID(ref=ref, weights=weights, device=device, batch=batch)
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 import numpy as np
+
 from diffsampler.errors import OptionError
 from diffsampler.options import choice, in_range, option
 
@@ -100,9 +101,9 @@ def prdc(
 
 @attrs.frozen(kw_only=True)
 class PRDCOptions:
-    ref: str = option(
-        help="real features: an .npz with 'features' [N, D] (diffsampler fid ref --features), "
-        "or an image set (folder, .zip, .npz) to embed"
+    ref: str | None = option(
+        None, help="real features: an .npz with 'features' [N, D] (diffsampler fid ref --features), "
+        "or an image set (folder, .zip, .npz) to embed (else $DIFFSAMPLER_PRDC_REF)"
     )
     k: int = option(5, help="nearest neighbour k", validator=in_range(1))
     chunk: int = option(4096, help="rows per distance block (memory ~ 8 chunk^2 bytes)", validator=in_range(1))
@@ -134,9 +135,12 @@ class PRDC:
     paper = "Naeem et al. 2020, arXiv:2002.09797 (density and coverage); Kynkaanniemi et al. 2019"
     higher_is_better = True
 
-    def __init__(self, *, ref: str, k: int = 5, chunk: int = 4096, dtype: str = "float64",
+    def __init__(self, *, ref: str | None = None, k: int = 5, chunk: int = 4096, dtype: str = "float64",
                  weights: str | None = None, device: str = "auto", batch: int = 250) -> None:
-        self.ref_path, self.k, self.chunk, self.dtype = ref, k, chunk, dtype
+        from .fid import from_env
+
+        self.ref_path = from_env(ref, "DIFFSAMPLER_PRDC_REF", "prdc", "real features or images")
+        self.k, self.chunk, self.dtype = k, chunk, dtype
         self.weights, self.device, self.batch = weights, device, batch
         self._net: Any = None
         self._real: np.ndarray | None = None

@@ -22,6 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 from _fidref import import_pytorch_fid, reference_images
+
 from diffsampler.plugins.metrics.inception import FIDInceptionV3, randomize_
 
 
