@@ -178,6 +178,7 @@ class CompareResult:
     reference: dict[str, float] | None  # metrics of the exact endpoints (analytic models)
     ground_truth_accuracy: float | None
     seconds: float
+    model_spec: dict[str, Any] | None = None  # the exact problem (analytic models)
 
     def value(self, row: str, nfe: int, key: str) -> float | None:
         for cell in self.cells:
@@ -201,6 +202,7 @@ class CompareResult:
             "reference": self.reference,
             "ground_truth_accuracy": self.ground_truth_accuracy,
             "seconds": self.seconds,
+            "model_spec": self.model_spec,
         }
 
 
@@ -294,7 +296,7 @@ def run_compare(
     return CompareResult(
         config=config, rows=tuple(dict.fromkeys(c.row for c in cells)), cells=tuple(cells),
         reference=reference, ground_truth_accuracy=accuracy,
-        seconds=time.perf_counter() - started,
+        seconds=time.perf_counter() - started, model_spec=getattr(model, "spec", None),
     )
 
 

@@ -169,3 +169,17 @@ def test_compare_cli_writes_tables_and_reproduces_from_its_config(tmp_path):
     assert [c["values"] for c in first["cells"]] == [c["values"] for c in second["cells"]]
     bad = cli("compare", "--solver", "heun", "--nfe", "3", "--out", str(tmp_path / "bad"))
     assert bad.returncode == 2 and "NFE 3 is not reachable by any solver" in bad.stderr
+
+
+def test_gmm_spec_saves_and_loads_the_same_problem(tmp_path):
+    model = gmm(shape=(5,), components=3, spread=0.2, seed=11)
+    model.save_spec(tmp_path / "problem.json")
+    again = ds.get_model(str(tmp_path / "problem.json"))
+    assert np.array_equal(again.means, model.means) and np.array_equal(again.stds, model.stds)
+    assert again.spec == model.spec
+    (tmp_path / "bad.json").write_text('{"model": "gmm", "components": 0}')
+    with pytest.raises(ds.ModelLoadError, match="gmm spec"):
+        ds.get_model(str(tmp_path / "bad.json"))
+    result = run_compare(CompareConfig(model=str(tmp_path / "problem.json"), solvers=["euler"],
+                                       nfes=(3,), seeds=range(2)))
+    assert result.to_dict()["model_spec"] == model.spec

@@ -11,12 +11,18 @@ against the exact probability-flow ODE of a known distribution.
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import attrs
 import numpy as np
 
 from diffsampler import in_range, option, positive
+from diffsampler.errors import ModelLoadError
+
+SPEC_KIND = "gmm"
 
 if TYPE_CHECKING:
     import torch
@@ -40,6 +46,9 @@ class GMMOptions:
     seed: int = option(0, help="seed of the fixed construction", validator=in_range(0, 2**32 - 1))
     sigma_min: float = option(0.002, help="lowest noise level of the model", validator=positive)
     sigma_max: float = option(80.0, help="highest noise level of the model", validator=positive)
+    path: str | None = option(
+        None, help="a spec file saved by GaussianMixture.save_spec (overrides the other options)"
+    )
 
 
 def _interpolation_matrix(n: int, coarse: int) -> np.ndarray:
@@ -152,6 +161,10 @@ class GaussianMixture:
         noise = rng.standard_normal((n, self.means.shape[1]))
         return (self.means[comp] + self.stds[comp, None] * noise).reshape(n, *self._shape)
 
+    def save_spec(self, path: str | os.PathLike[str]) -> None:
+        """Write the spec as JSON; ``diffsampler.get_model(path)`` rebuilds the same mixture."""
+        Path(path).write_text(json.dumps({"model": SPEC_KIND, **self.spec}, indent=2) + "\n")
+
     def __repr__(self) -> str:
         return f"GaussianMixture(shape={self._shape}, components={len(self.weights)})"
 
@@ -164,8 +177,11 @@ def gmm(
     seed: int = 0,
     sigma_min: float = 0.002,
     sigma_max: float = 80.0,
+    path: str | None = None,
 ) -> GaussianMixture:
     """Analytic Gaussian mixture (exact denoiser), image-shaped, seeded: the default model."""
+    if path is not None:
+        return _from_spec_file(path)
     if not sigma_min < sigma_max:
         raise ValueError(f"need sigma_min < sigma_max, got {sigma_min} and {sigma_max}")
     rng = np.random.default_rng(seed)
@@ -181,4 +197,29 @@ def gmm(
     )
 
 
+def _from_spec_file(path: str) -> GaussianMixture:
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot read the gmm spec {path!r}: {exc}") from None
+    if not isinstance(data, dict) or data.pop("model", None) != SPEC_KIND:
+        raise ModelLoadError(f"{path!r} is not a gmm spec (expected a JSON object with \"model\": \"gmm\")")
+    try:
+        options = GMMOptions(**data)
+    except (TypeError, ValueError) as exc:
+        raise ModelLoadError(f"gmm spec {path!r}: {exc}") from None
+    return gmm(**{k: v for k, v in attrs.asdict(options).items() if k != "path"})
+
+
+def loads_file(path: Path) -> bool:
+    """``get_model(path)`` asks this: a JSON spec written by :meth:`GaussianMixture.save_spec`."""
+    if path.suffix != ".json" or not path.is_file():
+        return False
+    try:
+        return json.loads(path.read_text()).get("model") == SPEC_KIND
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 gmm.paper = GaussianMixture.paper  # type: ignore[attr-defined]
+gmm.loads_file = loads_file  # type: ignore[attr-defined]
