@@ -9,10 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import diffsampler as ds
 import numpy as np
 import pytest
 import torch
+
+import diffsampler as ds
 from diffsampler.plugins.analysis import geometry as g
 from diffsampler.plugins.analysis.collect import collect
 from diffsampler.plugins.analysis.registry import (

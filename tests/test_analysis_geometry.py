@@ -7,10 +7,11 @@ towards the mean. A K-component mixture keeps every trajectory in span{x_T, mu_1
 
 from __future__ import annotations
 
-import diffsampler as ds
 import numpy as np
 import pytest
 import torch
+
+import diffsampler as ds
 from diffsampler.plugins.analysis import geometry as g
 from diffsampler.plugins.models.gmm import GaussianMixture
 

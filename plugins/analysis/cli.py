@@ -8,16 +8,16 @@ levels of ``--model``, runs the analysis and writes ``KIND.png``, ``KIND.pdf``, 
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
+
 from diffsampler.options import describe_options
 
 from .registry import ANALYSES, analysis_names
 
 __all__ = ["add_commands", "make_command"]
 
-Opt = Optional
 
 
 def _parse_pairs(pairs: list[str] | None, flag: str) -> dict[str, str]:
@@ -43,19 +43,19 @@ def make_command(kind: str) -> Callable[..., None]:
 
     def command(
         model: Annotated[str, typer.Option(help="registered model or model file")] = "gmm",
-        model_opt: Annotated[Opt[list[str]], typer.Option("--model-opt", help="model option key=value")] = None,
+        model_opt: Annotated[list[str] | None, typer.Option("--model-opt", help="model option key=value")] = None,
         solver: Annotated[str, typer.Option(help="registered solver")] = "euler",
-        opt: Annotated[Opt[list[str]], typer.Option("--opt", help="solver option key=value")] = None,
+        opt: Annotated[list[str] | None, typer.Option("--opt", help="solver option key=value")] = None,
         schedule: Annotated[
-            Opt[str], typer.Option(help="registered schedule (default: the solver's recommended one)")
+            str | None, typer.Option(help="registered schedule (default: the solver's recommended one)")
         ] = None,
         schedule_opt: Annotated[
-            Opt[list[str]], typer.Option("--schedule-opt", help="schedule option key=value")
+            list[str] | None, typer.Option("--schedule-opt", help="schedule option key=value")
         ] = None,
         steps: Annotated[int, typer.Option(help="noise levels (num_steps): steps - 1 solver steps")] = 19,
         seeds: Annotated[str, typer.Option(help="seeds, e.g. 0-63")] = "0-31",
         param: Annotated[
-            Opt[list[str]], typer.Option("--param", help=f"analysis option key=value: {_options_help(kind)}")
+            list[str] | None, typer.Option("--param", help=f"analysis option key=value: {_options_help(kind)}")
         ] = None,
         dtype: Annotated[str, typer.Option(help="auto (float64 for analytic models), float32, float64")] = "auto",
         device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
@@ -66,7 +66,7 @@ def make_command(kind: str) -> Callable[..., None]:
         from diffsampler.seeds import parse_seeds
 
         from .collect import collect
-        from .run import analyze, write_result
+        from .run import analyze, prepare_output, write_result
 
         params = _parse_pairs(param, "--param")
         # Validate the analysis options before sampling anything.
@@ -77,6 +77,7 @@ def make_command(kind: str) -> Callable[..., None]:
             from .plotting import pyplot
 
             pyplot()  # a missing [plot] extra fails before the work, with one line
+        prepare_output(out)
         setup = collect(
             model=model, model_options=_parse_pairs(model_opt, "--model-opt"), solver=solver,
             solver_options=_parse_pairs(opt, "--opt"), schedule=schedule,

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 import numpy as np
+
 from diffsampler import Analytic, get_model, get_schedule, get_solver, resolve_num_steps, seed_noise
 from diffsampler.errors import OptionError
 from diffsampler.options import options_as_dict

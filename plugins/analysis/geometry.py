@@ -21,6 +21,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     import torch
+
     from diffsampler import Denoiser, Solver
 
 __all__ = [
@@ -258,7 +259,7 @@ def chord_frame(trajectory: Any, k: int = 2) -> ChordFrame:
         perp = pts - np.outer(pts @ unit, unit)
         rel = pts - pts[-1]
         spread = np.linalg.norm(perp - perp.mean(0))
-        if spread <= 1e-12 * max(np.linalg.norm(rel), 1e-300):  # a straight line (to rounding)
+        if spread <= 1e-12 * max(float(np.linalg.norm(rel)), 1e-300):  # a straight line (to rounding)
             coords.append(np.concatenate([(rel @ unit)[:, None], np.zeros((len(rel), k))], 1))
             shares.append(np.zeros(1))
             continue

@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 
 import attrs
 import numpy as np
+
 from diffsampler import in_range, option
 
 from . import geometry as g

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from diffsampler.errors import MissingExtraError
 
 __all__ = ["band", "pyplot", "save_figure", "sigma_axis"]

@@ -12,6 +12,7 @@ from typing import Any, ClassVar, Protocol
 
 import attrs
 import numpy as np
+
 from diffsampler.errors import OptionError
 
 __all__ = ["ANALYSES", "Analysis", "AnalysisResult", "get_analysis", "register_analysis"]

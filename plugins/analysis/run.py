@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from diffsampler import __version__
 from diffsampler.errors import MissingExtraError, OptionError
 from diffsampler.options import build_options, options_as_dict
@@ -18,7 +19,7 @@ from .collect import Setup
 from .plotting import pyplot, save_figure
 from .registry import AnalysisResult, get_analysis
 
-__all__ = ["analyze", "write_result"]
+__all__ = ["analyze", "plot_available", "prepare_output", "write_result"]
 
 
 def _jsonable(value: Any) -> Any:
@@ -40,14 +41,19 @@ def analyze(kind: str, setup: Setup, options: dict[str, Any] | None = None) -> t
     return analysis.compute(setup, opts), opts
 
 
-def write_result(
-    out: Path, result: AnalysisResult, *, config: dict[str, Any], options: Any, plot: bool = True
-) -> list[Path]:
-    """Write ``KIND.csv``, ``KIND.json`` and (``plot``) ``KIND.png`` and ``KIND.pdf`` in ``out``."""
+def prepare_output(out: Path) -> None:
+    """Create ``out`` (and parents), or :class:`OptionError` saying why it cannot be."""
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OptionError(f"cannot write to output directory {str(out)!r}: {exc.strerror}") from None
+
+
+def write_result(
+    out: Path, result: AnalysisResult, *, config: dict[str, Any], options: Any, plot: bool = True
+) -> list[Path]:
+    """Write ``KIND.csv``, ``KIND.json`` and (``plot``) ``KIND.png`` and ``KIND.pdf`` in ``out``."""
+    prepare_output(out)
     stem = out / result.kind
     buf = io.StringIO()
     writer = csv.writer(buf)
