@@ -58,7 +58,7 @@ def make_command(kind: str) -> Callable[..., None]:
             list[str] | None, typer.Option("--param", help=f"analysis option key=value: {_options_help(kind)}")
         ] = None,
         dtype: Annotated[str, typer.Option(help="auto (float64 for analytic models), float32, float64")] = "auto",
-        device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
+        device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto")] = "cpu",
         batch: Annotated[int, typer.Option(help="trajectories sampled at once")] = 64,
         out: Annotated[Path, typer.Option(help="output directory")] = Path("analysis"),
         plot: Annotated[bool, typer.Option(help="write the PNG and PDF plots (needs [plot])")] = True,

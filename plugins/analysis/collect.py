@@ -83,6 +83,8 @@ def collect(
         raise OptionError(f"dtype must be one of {', '.join(_DTYPES)} or auto, got {dtype!r}")
     if batch < 1:
         raise OptionError(f"batch must be >= 1, got {batch}")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     seeds = tuple(int(s) for s in seeds)
     if not seeds:
         raise OptionError("no seeds given")
