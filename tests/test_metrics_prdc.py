@@ -115,3 +115,21 @@ def test_compare_runs_prdc_on_an_image_model(tmp_path, monkeypatch):
     [cell] = result.cells
     assert set(cell.values) == {"precision", "recall", "density", "coverage"}
     assert all(0 <= v <= 6 / 3 for v in cell.values.values())  # density <= M/k; the rest fractions
+
+
+def test_cli_prdc_on_feature_files(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from diffsampler.cli import build_app
+
+    rng = np.random.default_rng(7)
+    real, fake = rng.standard_normal((30, 6)), rng.standard_normal((25, 6)) + 0.2
+    runner = CliRunner()
+    np.savez(tmp_path / "real.npz", features=real)
+    np.savez(tmp_path / "fake.npz", features=fake)
+    out = runner.invoke(build_app(), ["prdc", "--real", str(tmp_path / "real.npz"), "--fake", str(tmp_path / "fake.npz"),
+                                      "--k", "4", "--chunk", "7", "--device", "cpu", "--json"])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.stdout) == pytest.approx(brute_force(real, fake, 4), abs=1e-12)
