@@ -283,7 +283,11 @@ def run_compare(
                 cells.append(Cell(row=row, nfe=nfe, num_steps=None, values=None, seconds=0.0))
                 continue
             t0 = time.perf_counter()
-            sigmas = schedule.sigmas(num_steps, model.sigma_min, model.sigma_max, denoiser=model)
+            try:
+                sigmas = schedule.sigmas(num_steps, model.sigma_min, model.sigma_max, denoiser=model)
+            except OptionError:  # e.g. a searched (GITS) schedule made for another step count
+                cells.append(Cell(row=row, nfe=nfe, num_steps=None, values=None, seconds=0.0))
+                continue
             first = float(sigmas[0])
             samples = [
                 solver.sample(model, z * first, sigmas, afs=config.afs).x for z in noise

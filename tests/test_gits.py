@@ -226,10 +226,15 @@ def test_compare_row_with_the_file(schedule_file):
     from diffsampler.compare import CompareConfig, run_compare
 
     path, _ = schedule_file
-    config = CompareConfig(model="gmm", model_options=SMALL, solvers=[f"ipndm@gits[file={path}]"],
-                           nfes=(5,), seeds=(0, 1), metrics=("l2-exact",))
+    config = CompareConfig(model="gmm", model_options=SMALL,
+                           solvers=[f"ipndm@gits[file={path}]", "ipndm"],
+                           nfes=(4, 5), seeds=(0, 1), metrics=("l2-exact",))
     result = run_compare(config)
-    assert result.cells[0].num_steps == 6 and result.cells[0].values["l2"] >= 0
+    gits_row = result.rows[0]
+    assert result.value(gits_row, 5, "l2") >= 0
+    # the file holds one step count: at other NFEs the cell is unreachable, the rest runs
+    assert result.value(gits_row, 4, "l2") is None
+    assert result.value(result.rows[1], 4, "l2") is not None
 
 
 def test_file_errors(schedule_file, tmp_path):
