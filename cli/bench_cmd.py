@@ -32,8 +32,10 @@ def bench(
     opt: Annotated[Opt[list[str]], typer.Option("--opt", help="solver option key=value")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
-    """Measure images/s, ms per forward, the solver's overhead ratio, peak memory and the
-    deviation of each variant's output from fp32 eager, for one model/solver/NFE."""
+    """Sampling speed per inference variant: images/s, ms/forward, overhead, memory, deviation.
+
+    For one model, solver and NFE; the deviation is measured against the fp32-eager output.
+    """
     import attrs
     import torch
 
