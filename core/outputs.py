@@ -252,7 +252,8 @@ class RunDirectory:
         record.update(extra)
         record["complete"] = True
         atomic_write_bytes(self.config_path, (json.dumps(record, indent=2) + "\n").encode())
-        return [*written, "config.json"]
+        preview = ["grid.png (preview)"] if self.format.name != "grid" and (self.root / "grid.png").exists() else []
+        return [*written, *preview, "config.json"]
 
     def remove_stale_temporaries(self) -> None:
         for tmp in self.root.rglob(".*.tmp-*"):
