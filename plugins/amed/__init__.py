@@ -1,0 +1,1 @@
+"""AMED-Solver and AMED-Plugin: learned intermediate steps (entry point ``amed``)."""

@@ -1,0 +1,1 @@
+"""SFD: simple and fast distillation (entry point ``sfd``)."""
