@@ -212,23 +212,27 @@ def _assert_moments(call, f, ref_f) -> None:
 def test_fid_metric_measures_the_moments_of_directly_computed_features(weights_file, tmp_path, recorded_distance):
     torch.set_num_threads(1)
     gen = torch.Generator().manual_seed(0)
-    ref_images = torch.rand((6, 3, 16, 16), generator=gen) * 2 - 1
-    samples = [torch.rand((3, 3, 16, 16), generator=gen) * 1.6 - 0.8 for _ in range(2)]
+    ref_images = torch.rand((4, 3, 16, 16), generator=gen) * 2 - 1
+    samples = [torch.rand((2, 3, 16, 16), generator=gen) * 1.6 - 0.8 for _ in range(2)]
     net = load_inception(weights_file, device="cpu")
     with torch.no_grad():
         ref_f = net(torch.from_numpy(to_uint8(ref_images))).double().numpy()
         f = net(torch.from_numpy(to_uint8(torch.cat(samples)))).double().numpy()
-    save_stats(tmp_path / "ref.npz", Stats(mu=ref_f.mean(0), sigma=np.cov(ref_f, rowvar=False), count=6))
-    metric = ds.get_metric("fid", ref=str(tmp_path / "ref.npz"), weights=str(weights_file), device="cpu", batch=4)
+    save_stats(tmp_path / "ref.npz", Stats(mu=ref_f.mean(0), sigma=np.cov(ref_f, rowvar=False), count=4))
+    metric = ds.get_metric("fid", ref=str(tmp_path / "ref.npz"), weights=str(weights_file), device="cpu", batch=3)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         values = metric.compute(samples)
-        metric.compute(samples)
-    [call, _] = recorded_distance
+        first = len(caught)
+        metric.compute(samples)  # the same warning is not repeated (compare calls once per cell)
+        again = len(caught)
+        metric.compute(samples[:1])
+    call = recorded_distance[0]
     _assert_moments(call, f, ref_f)
     assert values == {"fid": pytest.approx(float(((f.mean(0) - ref_f.mean(0)) ** 2).sum()), rel=1e-4)}
     messages = [str(w.message) for w in caught]
-    assert len(messages) == 1 and "published FIDs use 50000" in messages[0]  # warned once, counts equal
+    assert first == again == 1 and "FID of 4 samples: published FIDs use 50000" in messages[0]
+    assert "FID of 2 samples against reference statistics of 4 images" in messages[1:]
 
 
 def test_image_features_accept_uint8_and_float_batches_alike(weights_file):
@@ -261,27 +265,27 @@ def test_cli_ref_and_calc_report_counts_and_match_the_library(weights_file, tmp_
     from diffsampler.cli import build_app
 
     rng = np.random.default_rng(6)
-    images = rng.integers(0, 256, (5, 12, 12, 3), dtype=np.uint8)
+    images = rng.integers(0, 256, (4, 12, 12, 3), dtype=np.uint8)
     folder = tmp_path / "pngs"
     folder.mkdir()
     for i, img in enumerate(images):
         write_png(folder / f"{i:06d}.png", img)
-    fake = rng.integers(0, 256, (4, 12, 12, 3), dtype=np.uint8)
+    fake = rng.integers(0, 256, (3, 12, 12, 3), dtype=np.uint8)
     np.savez(tmp_path / "fake.npz", arr_0=fake)
     env = {"DIFFSAMPLER_FID_WEIGHTS": str(weights_file), "DIFFSAMPLER_OFFLINE": "1"}
     ref = _cli("fid", "ref", "--data", str(folder), "--out", str(tmp_path / "ref.npz"), "--device", "cpu", env=env)
     assert ref.returncode == 0, ref.stderr
-    assert "(5 images)" in ref.stdout and "50000" in ref.stderr
+    assert "(4 images)" in ref.stdout and "50000" in ref.stderr
     stats = load_stats(tmp_path / "ref.npz")
-    assert stats.count == 5
+    assert stats.count == 4
     monkeypatch.setenv("DIFFSAMPLER_FID_WEIGHTS", str(weights_file))
     calc = CliRunner().invoke(build_app(), [
         "fid", "calc", "--images", str(tmp_path / "fake.npz"), "--ref", str(tmp_path / "ref.npz"),
-        "--device", "cpu", "--batch", "3", "--json"])
+        "--device", "cpu", "--batch", "2", "--json"])
     assert calc.exit_code == 0, calc.output
     out = json.loads(calc.stdout)
-    assert out["count"] == 4 and out["ref_count"] == 5
-    assert "4 samples against reference statistics of 5 images" in " ".join(calc.stderr.split())
+    assert out["count"] == 3 and out["ref_count"] == 4
+    assert "3 samples against reference statistics of 4 images" in " ".join(calc.stderr.split())
     net = load_inception(weights_file, device="cpu")
     with torch.no_grad():
         r = net(torch.from_numpy(images)).double().numpy()
