@@ -273,7 +273,8 @@ def test_cli_ref_and_calc_report_counts_and_match_the_library(weights_file, tmp_
     fake = rng.integers(0, 256, (3, 12, 12, 3), dtype=np.uint8)
     np.savez(tmp_path / "fake.npz", arr_0=fake)
     env = {"DIFFSAMPLER_FID_WEIGHTS": str(weights_file), "DIFFSAMPLER_OFFLINE": "1"}
-    ref = _cli("fid", "ref", "--data", str(folder), "--out", str(tmp_path / "ref.npz"), "--device", "cpu", env=env)
+    ref = _cli("fid", "ref", "--data", str(folder), "--out", str(tmp_path / "ref.npz"), "--device", "cpu",
+               "--features", env=env)
     assert ref.returncode == 0, ref.stderr
     assert "(4 images)" in ref.stdout and "50000" in ref.stderr
     stats = load_stats(tmp_path / "ref.npz")
@@ -293,6 +294,9 @@ def test_cli_ref_and_calc_report_counts_and_match_the_library(weights_file, tmp_
     [call] = recorded_distance
     _assert_moments(call, f, r)
     np.testing.assert_allclose(stats.mu, r.mean(0), rtol=1e-4, atol=1e-5 * np.abs(r).max())  # other threads
+    stored = np.load(tmp_path / "ref.npz")["features"]  # --features: for prdc --real
+    assert stored.shape == (4, 2048)
+    np.testing.assert_allclose(stored, r, rtol=1e-4, atol=1e-5 * np.abs(r).max())
 
 
 def test_cli_error_without_weights_is_one_line(tmp_path):

@@ -54,12 +54,12 @@ def preprocess(images: np.ndarray, size: int) -> Tensor:
     image_mod = require("PIL.Image", extra="clip", purpose="CLIP score preprocessing")
     out = []
     for img in images:
-        pil = image_mod.fromarray(img[..., 0] if img.shape[-1] == 1 else img).convert("RGB")  # type: ignore[attr-defined]
+        pil = image_mod.fromarray(img[..., 0] if img.shape[-1] == 1 else img).convert("RGB")
         w, h = pil.size
         scale = size / min(w, h)
         new = (size, int(h * scale)) if w <= h else (int(w * scale), size)
         if new != (w, h):
-            pil = pil.resize(new, image_mod.BICUBIC)  # type: ignore[attr-defined]
+            pil = pil.resize(new, image_mod.BICUBIC)
         w, h = pil.size
         left, top = round((w - size) / 2.0), round((h - size) / 2.0)
         pil = pil.crop((left, top, left + size, top + size))

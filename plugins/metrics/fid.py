@@ -72,10 +72,10 @@ def frechet_distance(
         )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # sqrtm's "singular matrix" notice; handled below
-        covmean = scipy_linalg.sqrtm(s1 @ s2)  # type: ignore[attr-defined]
+        covmean = scipy_linalg.sqrtm(s1 @ s2)
         if not np.isfinite(covmean).all():
             offset = np.eye(len(mu1)) * eps
-            covmean = scipy_linalg.sqrtm((s1 + offset) @ (s2 + offset))  # type: ignore[attr-defined]
+            covmean = scipy_linalg.sqrtm((s1 + offset) @ (s2 + offset))
     if np.iscomplexobj(covmean):
         if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
             raise OptionError(
@@ -124,9 +124,11 @@ class Stats:
 def save_stats(path: str | os.PathLike[str], stats: Stats) -> Path:
     """Write ``mu``, ``sigma`` (float64, EDM's keys) and ``count`` to an ``.npz``."""
     p = Path(path)
-    extra = {} if stats.count is None else {"count": np.int64(stats.count)}
+    arrays: dict[str, Any] = {"mu": np.asarray(stats.mu, np.float64), "sigma": np.asarray(stats.sigma, np.float64)}
+    if stats.count is not None:
+        arrays["count"] = np.int64(stats.count)
     with open(p, "wb") as f:  # an open file keeps numpy from appending a second ".npz"
-        np.savez(f, mu=np.asarray(stats.mu, np.float64), sigma=np.asarray(stats.sigma, np.float64), **extra)
+        np.savez(f, **arrays)
     return p
 
 

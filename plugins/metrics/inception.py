@@ -238,6 +238,7 @@ def randomize_(net: nn.Module, seed: int = 0) -> nn.Module:
                 c = module.num_features
                 module.weight.copy_(0.5 + torch.rand(c, generator=gen))
                 module.bias.copy_(0.1 * torch.randn(c, generator=gen))
+                assert module.running_mean is not None and module.running_var is not None
                 module.running_mean.copy_(0.1 * torch.randn(c, generator=gen))
                 module.running_var.copy_(0.5 + torch.rand(c, generator=gen))
             elif isinstance(module, nn.Linear):
