@@ -65,10 +65,11 @@ def train(
     """
     import time
 
-    import diffsampler as ds
     import torch
-    from diffsampler.cli._common import console, parse_pairs, print_json
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    import diffsampler as ds
+    from diffsampler.cli._common import console, parse_pairs, print_json
 
     torch.set_num_threads(threads)
     if device == "auto":

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 import attrs
+
 from diffsampler import choice, in_range, option, positive
 from diffsampler.errors import OptionError
 

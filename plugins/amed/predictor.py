@@ -23,11 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffsampler import tensorfile
-from diffsampler.errors import ModelLoadError, OptionError
 from torch import Tensor, nn
 
-__all__ = ["FORMAT", "FEATURE_SIZE", "AMEDPredictor", "load_predictor", "model_identity"]
+from diffsampler import tensorfile
+from diffsampler.errors import ModelLoadError, OptionError
+
+__all__ = ["FEATURE_SIZE", "FORMAT", "AMEDPredictor", "load_predictor", "model_identity"]
 
 FORMAT = "diffsampler.amed/1"
 #: Spatial size the predictor reads: the channel mean of an 8x8 bottleneck.

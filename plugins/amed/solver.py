@@ -15,10 +15,11 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
+from torch import Tensor
+
 from diffsampler import ODESolver, Run
 from diffsampler.errors import OptionError, SamplingError
 from diffsampler.protocols import SampleResult
-from torch import Tensor
 
 from .options import AMEDSolverOptions
 from .predictor import AMEDPredictor, load_predictor

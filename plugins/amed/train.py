@@ -18,12 +18,13 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
+from torch import Tensor
+
 from diffsampler import get_schedule, get_solver
 from diffsampler.errors import OptionError
 from diffsampler.options import build_options, options_as_dict
 from diffsampler.protocols import HasBottleneck
 from diffsampler.seeds import seed_noise
-from torch import Tensor
 
 from .options import AMEDOptions
 from .predictor import AMEDPredictor, load_predictor, model_identity
