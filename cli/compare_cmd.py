@@ -36,7 +36,9 @@ def compare(
     nfe: Annotated[str, typer.Option(help="NFEs, e.g. 3-10 or 4,6,8")] = "3-10",
     seeds: Annotated[str, typer.Option(help="seeds, e.g. 0-63")] = "0-63",
     metric: Annotated[
-        Opt[list[str]], typer.Option(help="registered metric (default: l2-exact, fd-exact)")
+        Opt[list[str]],
+        typer.Option(help="metric NAME or NAME[key=value,...], e.g. fid[ref=stats.npz] "
+                          "(repeatable; default on analytic models: l2-exact, fd-exact)"),
     ] = None,
     model_opt: Annotated[Opt[list[str]], typer.Option("--model-opt", help="model option key=value")] = None,
     afs: Annotated[bool, typer.Option(help="analytical first step in every run")] = False,

@@ -19,7 +19,7 @@ import attrs
 from .api import get_metric, get_model, get_schedule, get_solver
 from .errors import OptionError
 from .options import options_as_dict
-from .protocols import Analytic
+from .protocols import Analytic, Decodable
 from .seeds import plan_batches, seed_noise
 from .solver import steps_for_nfe
 
@@ -29,6 +29,7 @@ __all__ = [
     "CompareConfig",
     "CompareResult",
     "SolverSpec",
+    "parse_metric",
     "parse_nfes",
     "run_compare",
 ]
@@ -96,6 +97,17 @@ DEFAULT_SOLVERS: tuple[SolverSpec, ...] = (
     SolverSpec(solver="ipndm", options={"max_order": 4}),
     SolverSpec(solver="ipndm_v", options={"max_order": 4}),
 )
+
+
+_METRIC = re.compile(r"^\s*(?P<name>[^\[\]\s]+)\s*(\[(?P<opts>[^\]]*)\])?\s*$")
+
+
+def parse_metric(text: str) -> tuple[str, dict[str, str]]:
+    """``fid`` or ``fid[ref=stats.npz,device=cuda]`` into a name and its options."""
+    match = _METRIC.match(text)
+    if not match:
+        raise OptionError(f"bad metric spec {text!r}: expected NAME or NAME[key=value,...]")
+    return match["name"], _pairs(match["opts"], text)
 
 
 def parse_nfes(text: str) -> tuple[int, ...]:
@@ -233,7 +245,7 @@ def run_compare(
         raise OptionError(
             f"model {config.model!r} is not analytic: name a metric with --metric (see: diffsampler list metrics)"
         )
-    metrics = [get_metric(name) for name in metric_names]
+    metrics = [get_metric(name, **opts) for name, opts in map(parse_metric, metric_names)]
     if config.dtype not in ("float32", "float64"):
         raise OptionError(f"dtype must be float32 or float64, got {config.dtype!r}")
     dtype = getattr(torch, config.dtype)
@@ -292,6 +304,8 @@ def run_compare(
             samples = [
                 solver.sample(model, z * first, sigmas, afs=config.afs).x for z in noise
             ]
+            if isinstance(model, Decodable) and not analytic:  # image metrics see images
+                samples = [model.decode(x) for x in samples]
             cell = Cell(row=row, nfe=nfe, num_steps=num_steps, values=measure(samples),
                         seconds=time.perf_counter() - t0)
             cells.append(cell)

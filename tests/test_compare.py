@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 
+import attrs
 import numpy as np
 import pytest
 import torch
@@ -183,3 +184,18 @@ def test_gmm_spec_saves_and_loads_the_same_problem(tmp_path):
     result = run_compare(CompareConfig(model=str(tmp_path / "problem.json"), solvers=["euler"],
                                        nfes=(3,), seeds=range(2)))
     assert result.to_dict()["model_spec"] == model.spec
+
+
+def test_metric_options_in_compare():
+    from diffsampler.compare import parse_metric
+
+    assert parse_metric("fid[ref=a.npz,device=cuda]") == ("fid", {"ref": "a.npz", "device": "cuda"})
+    with pytest.raises(ds.OptionError, match="bad metric spec"):
+        parse_metric("fid[ref=a")
+    base = CompareConfig(model_options={"shape": (3, 8, 8)}, solvers=["euler"], nfes=(4,), seeds=range(6))
+    full = run_compare(attrs.evolve(base, metrics=("fd-exact[dims=0]",)))
+    top4 = run_compare(attrs.evolve(base, metrics=("fd-exact[dims=4]",)))
+    x = full.cells[0].values["fd"], top4.cells[0].values["fd"]
+    assert x[0] > x[1] > 0  # all 192 dimensions carry more distance than the top 4
+    with pytest.raises(ds.OptionError, match="has no option 'dim'"):
+        run_compare(attrs.evolve(base, metrics=("fd-exact[dim=4]",)))

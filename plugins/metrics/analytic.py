@@ -83,7 +83,8 @@ def frechet_to_moments(x: np.ndarray, mean: np.ndarray, cov: np.ndarray) -> floa
     a = (x - mu).T / math.sqrt(n - 1)
     small = a.T @ (cov @ a)
     eig = np.linalg.eigvalsh((small + small.T) / 2)
-    trace_sqrt = float(np.sqrt(np.clip(eig, 0, None)).sum())
+    eig = eig[eig > eig.max(initial=0.0) * len(eig) * np.finfo(np.float64).eps]  # drop round-off
+    trace_sqrt = float(np.sqrt(eig).sum())
     return float(((mu - mean) ** 2).sum() + (a * a).sum() + np.trace(cov) - 2 * trace_sqrt)
 
 
