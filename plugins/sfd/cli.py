@@ -1,0 +1,126 @@
+"""``diffsampler sfd train``: distil a student with SFD and write it (added by ``register_commands``).
+
+Torch and the trainer are imported when the command runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+__all__ = ["add_commands", "train"]
+
+Opt = Optional
+
+
+def train(
+    out: Annotated[Path, typer.Option(help="student to write: FILE.json + FILE.safetensors")] = Path("sfd-student.json"),
+    model: Annotated[str, typer.Option(help="teacher: registered EDM model name or EDM model file")] = "digits",
+    model_opt: Annotated[Opt[list[str]], typer.Option("--model-opt", help="model option key=value")] = None,
+    steps: Annotated[int, typer.Option(help="student sigmas (steps + 1); 4 with --afs = 2 NFE")] = 4,
+    m: Annotated[int, typer.Option("--M", help="teacher points inserted between two student points")] = 3,
+    teacher: Annotated[str, typer.Option(help="teacher solver")] = "dpmpp",
+    teacher_opt: Annotated[Opt[list[str]], typer.Option("--teacher-opt", help="teacher solver option key=value")] = None,
+    rho: Annotated[float, typer.Option(help="rho of the polynomial schedule")] = 7.0,
+    afs: Annotated[bool, typer.Option(help="analytical first step (free first student step)")] = True,
+    lr: Annotated[float, typer.Option(help="Adam learning rate")] = 5e-5,
+    batch: Annotated[int, typer.Option(help="trajectories per iteration (all processes)")] = 128,
+    total_kimg: Annotated[float, typer.Option(help="thousands of trajectories to train on")] = 200.0,
+    ema: Annotated[float, typer.Option(help="EMA half-life in kimg (0: off)")] = 0.0,
+    seed: Annotated[Opt[int], typer.Option(help="first training-noise seed")] = None,
+    checkpoint: Annotated[Opt[Path], typer.Option(help="checkpoint directory (resumable)")] = None,
+    checkpoint_every: Annotated[int, typer.Option(help="iterations between checkpoints (0: only at the end)")] = 50,
+    resume: Annotated[bool, typer.Option(help="continue from --checkpoint when it holds a state")] = True,
+    log_every: Annotated[int, typer.Option(help="iterations between loss lines")] = 10,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto")] = "auto",
+    threads: Annotated[Opt[int], typer.Option(help="torch CPU threads")] = None,
+) -> None:
+    """Distil a teacher into an Euler student with SFD (Zhou et al. NeurIPS 2024) and save it.
+
+    Sample it: diffsampler sample --model FILE.json --solver euler --schedule sfd
+    --schedule-opt file=FILE.json --steps N [--afs]. Runs under torchrun (gradients are summed
+    over the processes; every process takes its share of each batch).
+    """
+    import torch
+
+    import diffsampler as ds
+    from diffsampler.cli._common import parse_pairs
+    from diffsampler.distributed import device_for_rank, setup, teardown
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dist = setup(device)
+    device = device_for_rank(device, dist)
+    options: dict[str, Any] = dict(
+        num_steps=steps, M=m, teacher=teacher, rho=rho, afs=afs, lr=lr, batch=batch,
+        total_kimg=total_kimg, ema=ema, device=device,
+    )
+    if teacher_opt is not None:
+        options["teacher_options"] = ",".join(f"{k}={v}" for k, v in parse_pairs(teacher_opt, "--teacher-opt").items())
+    if seed is not None:
+        options["seed"] = seed
+    distiller = ds.get_distiller("sfd", **options)
+    model_options = parse_pairs(model_opt, "--model-opt")
+    try:
+        _train(distiller, model, model_options, out, checkpoint, checkpoint_every, resume, log_every)
+    finally:
+        teardown()
+
+
+def _train(distiller: Any, model_name: str, model_options: dict[str, Any], out: Path, checkpoint: Path | None,
+           checkpoint_every: int, resume: bool, log_every: int) -> None:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    import diffsampler as ds
+    from diffsampler.cli._common import console
+    from diffsampler.distributed import current
+
+    main = current().is_main
+    teacher = ds.get_model(model_name, **model_options)
+    trainer = distiller.trainer(teacher, teacher_info={"name": model_name, "options": model_options})
+    if checkpoint is not None and resume and (checkpoint / "state.json").is_file():
+        trainer.load_checkpoint(checkpoint)
+        if main:
+            console.print(f"resumed from {checkpoint} at iteration {trainer.iteration}/{trainer.iterations}")
+    o = distiller.options
+    progress = Progress(TextColumn("SFD {task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("loss {task.fields[loss]:.5f}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                        disable=not main)
+    with progress:
+        task = progress.add_task(f"NFE {o.num_steps - 1 - int(o.afs)}", total=trainer.iterations,
+                                 completed=trainer.iteration, loss=float("nan"))
+
+        def report(record: Any) -> None:
+            it = int(record["iteration"])
+            progress.update(task, completed=it, loss=record["loss"])
+            if main and log_every and (it % log_every == 0 or it == trainer.iterations):
+                steps = " ".join(f"{record[f'loss{i}']:.5f}" for i in range(o.num_steps - 1))
+                progress.console.print(f"iter {it:>6d}  kimg {it * o.batch / 1000:8.2f}  lr {trainer.lr_at(it - 1):.2e}  "
+                                       f"loss {record['loss']:.5f}  per step [{steps}]", highlight=False)
+
+        trainer.train(progress=report, checkpoint=checkpoint, checkpoint_every=checkpoint_every)
+    if not main:
+        return
+    student = trainer.result()
+    path = student.save(out)
+    console.print(f"wrote {path} ({student.nfe} NFE, {trainer.elapsed_s:.1f} s of training)")
+    console.print(f"use: diffsampler sample --model {path} --solver euler --schedule sfd --schedule-opt file={path} "
+                  f"--steps {student.num_steps}" + (" --afs" if student.afs else ""), highlight=False, soft_wrap=True)
+
+
+def add_commands(app: typer.Typer) -> None:
+    """Add ``diffsampler sfd ...`` to the app."""
+    sfd_app = typer.Typer(help="SFD: distil a few-step Euler student (Zhou et al. NeurIPS 2024).", no_args_is_help=True)
+    sfd_app.command("train")(train)
+    app.add_typer(sfd_app, name="sfd")

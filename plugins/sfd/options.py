@@ -1,0 +1,90 @@
+"""Options of the SFD distiller, its student model and its schedule (torch-free)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import attrs
+
+from diffsampler import choice, in_range, option, positive
+
+__all__ = ["DEFAULT_FIRST_SEED", "SFDModelOptions", "SFDOptions", "SFDScheduleOptions", "parse_pairs_text"]
+
+#: Training noise uses seeds ``seed + k * batch + j`` (iteration k, row j): far from the seeds
+#: that ``sample`` and ``compare`` use (0-63) and from GITS's warm-up seeds.
+DEFAULT_FIRST_SEED = 2_000_000
+
+
+def parse_pairs_text(text: str) -> dict[str, str]:
+    """``key=value,...`` (or empty) into a dict of strings."""
+    out: dict[str, str] = {}
+    for part in str(text).split(","):
+        if not part.strip():
+            continue
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"expected key=value pairs separated by commas, got {text!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _pairs(text: str) -> str:
+    parse_pairs_text(text)
+    return str(text)
+
+
+@attrs.frozen(kw_only=True)
+class SFDOptions:
+    """SFD (Zhou et al. NeurIPS 2024, arXiv:2409.19681): fine-tune the teacher so that Euler steps
+    on a coarse schedule land on a finer teacher solver's trajectory. Defaults are the seed's."""
+
+    num_steps: int = option(
+        4, help="sigmas of the student schedule (steps + 1); 4 with AFS = 2 NFE (seed default)",
+        validator=in_range(2, 1000),
+    )
+    M: int = option(3, help="teacher points inserted between two student points", validator=in_range(0, 1000))
+    teacher: str = option("dpmpp", help="teacher solver (any registered solver)")
+    teacher_options: str = option(
+        "max_order=3", help="teacher solver options, key=value,... (seed: dpmpp order 3)", converter=_pairs
+    )
+    schedule: Literal["polynomial"] = option(
+        "polynomial", help="student and teacher schedule (the teacher's is M+1 times finer)",
+        validator=choice("polynomial"),
+    )
+    rho: float = option(7.0, help="rho of the polynomial schedule", validator=positive)
+    afs: bool = option(True, help="analytical first step: the first student step is free (seed default)")
+    lr: float = option(5e-5, help="Adam learning rate (seed: 5e-5; betas 0.9, 0.999, eps 1e-8)", validator=positive)
+    lr_drop: float = option(
+        0.5, help="fraction of the training after which lr drops tenfold (seed: 0.5)", validator=in_range(0, 1)
+    )
+    batch: int = option(128, help="trajectories per iteration (all processes together)", validator=in_range(1, 10**6))
+    total_kimg: float = option(200.0, help="thousands of teacher trajectories to train on (seed: 200)", validator=positive)
+    ema: float = option(
+        0.0, help="EMA half-life of the student in kimg (0: no EMA, the seed's choice)", validator=in_range(0, 10**6)
+    )
+    seed: int = option(DEFAULT_FIRST_SEED, help="first training-noise seed", validator=in_range(0, 2**62))
+    device: str = option("cpu", help="cpu, cuda or cuda:N")
+
+    @property
+    def iterations(self) -> int:
+        """Training iterations (batches): ``ceil(total_kimg * 1000 / batch)``."""
+        import math
+
+        return max(1, math.ceil(self.total_kimg * 1000 / self.batch - 1e-9))
+
+
+@attrs.frozen(kw_only=True)
+class SFDScheduleOptions:
+    """Options of the ``sfd`` schedule: the sigmas stored in a student file."""
+
+    file: str | None = option(None, help="SFD student JSON written by diffsampler sfd train (required)")
+
+
+@attrs.frozen(kw_only=True)
+class SFDModelOptions:
+    """Options of the ``sfd`` model: a distilled student file."""
+
+    path: str | None = option(None, help="SFD student JSON (or its .safetensors)")
+    precision: str = option("fp32", help="fp32, tf32, fp16 or bf16", validator=choice("fp32", "tf32", "fp16", "bf16"))
+    class_label: int | None = option(None, help="class for a class-conditional student")
+    device: str = option("cpu", help="cpu, cuda or cuda:N")

@@ -1,0 +1,277 @@
+"""SFD training: per-step L1 distillation of Euler steps onto a finer teacher trajectory.
+
+Zhou et al. 2024, "Simple and Fast Distillation of Diffusion Models" (NeurIPS 2024,
+arXiv:2409.19681), Sec. 4 and Algorithm 1. For every batch of noise the teacher solver runs on a
+polynomial schedule with ``(M + 1) * (N - 1) + 1`` points (``M`` points inserted between the
+student's ``N``); the student, a copy of the teacher network, then takes Euler steps along its
+own ``N`` points, one at a time from its own (detached) previous output, and after each step
+``|x_student - x_teacher|_1`` is minimised by one Adam update. With AFS the first step is the
+analytical ``d = x / sqrt(1 + sigma^2)``: no network, no update (as the seed). The learning
+rate drops tenfold after ``lr_drop`` of the training (seed: half).
+
+Noise of iteration ``k`` row ``j`` comes from seed ``seed + k * batch + j`` (per-seed
+generators), so a resumed run sees exactly the noise the uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import diffsampler as ds
+from diffsampler import tensorfile
+from diffsampler.distributed import all_reduce_sum, current, shard
+from diffsampler.errors import OptionError
+from diffsampler.options import options_as_dict
+from diffsampler.plugins.edm.denoiser import EDMDenoiser
+
+from .format import PAPER
+from .options import SFDOptions, parse_pairs_text
+from .student import SFDStudent
+
+__all__ = ["CHECKPOINT_FORMAT", "SFDTrainer", "fingerprint"]
+
+CHECKPOINT_FORMAT = "diffsampler.sfd.checkpoint/1"
+# options that may differ between a checkpoint and the run that resumes it
+_FREE_ON_RESUME = ("device",)
+
+
+def fingerprint(net: torch.nn.Module) -> str:
+    """SHA-256 of a network's state (names, shapes, dtypes and bytes): the teacher's identity."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(net.state_dict().items()):
+        t = tensor.detach().to("cpu").contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+class SFDTrainer:
+    """The state of one SFD training run: student, optimizer, EMA, iteration, loss history."""
+
+    def __init__(self, teacher: EDMDenoiser, options: SFDOptions, *, teacher_info: Mapping[str, Any] | None = None) -> None:
+        if not isinstance(teacher, EDMDenoiser):
+            raise OptionError(
+                f"SFD fine-tunes an EDM network (models digits, edm-*, or an EDM file); got {type(teacher).__name__}"
+            )
+        self.options = options
+        self.dist = current()
+        self.device = torch.device(options.device)
+        self.teacher = copy.copy(teacher)
+        self.teacher.net = teacher.net.to(self.device).eval().requires_grad_(False)
+        net = copy.deepcopy(self.teacher.net).requires_grad_(True)
+        net.eval()  # dropout off: the targets are deterministic (the seed trains in train mode)
+        self.student = copy.copy(self.teacher)
+        self.student.net = net
+        self.ema_net: torch.nn.Module | None = None
+        if options.ema > 0:
+            self.ema_net = copy.deepcopy(net).requires_grad_(False)
+        self.teacher_info = dict(teacher_info or {})
+        self.teacher_info["fingerprint"] = fingerprint(self.teacher.net)
+        schedule = ds.get_schedule(options.schedule, rho=options.rho)
+        smin, smax = teacher.sigma_min, teacher.sigma_max
+        n, m = options.num_steps, options.M
+        self.sigmas = schedule.sigmas(n, smin, smax).tolist()
+        self.teacher_sigmas = schedule.sigmas((m + 1) * (n - 1) + 1, smin, smax)
+        self.solver = ds.get_solver(options.teacher, **parse_pairs_text(options.teacher_options))
+        self.optimizer = torch.optim.Adam(net.parameters(), lr=options.lr, betas=(0.9, 0.999), eps=1e-8)
+        self.iteration = 0
+        self.history: list[dict[str, float]] = []
+        self.elapsed_s = 0.0
+
+    # -- one iteration -----------------------------------------------------------------------
+    @property
+    def iterations(self) -> int:
+        return self.options.iterations
+
+    def lr_at(self, iteration: int) -> float:
+        """The seed's schedule: ``lr`` until ``lr_drop`` of the trajectories were seen, then ``lr / 10``."""
+        o = self.options
+        seen = iteration * o.batch
+        return o.lr / 10 if seen >= o.lr_drop * o.total_kimg * 1000 else o.lr
+
+    def noise(self, iteration: int) -> torch.Tensor:
+        """This process's share of iteration ``iteration``'s noise, times ``sigma_max``."""
+        o = self.options
+        seeds = shard(range(o.seed + iteration * o.batch, o.seed + (iteration + 1) * o.batch))
+        return ds.seed_noise(seeds, self.teacher.shape, device=self.device) * self.sigmas[0]
+
+    def teacher_targets(self, x: torch.Tensor) -> torch.Tensor:
+        """The teacher trajectory at the student's time points 1..N-1: ``[N - 1, batch, ...]``."""
+        with torch.no_grad():
+            run = self.solver.sample(self.teacher, x, self.teacher_sigmas, return_trajectory=True)
+        assert run.trajectory is not None
+        return run.trajectory[self.options.M + 1 :: self.options.M + 1]
+
+    def evaluate(self, x: torch.Tensor, targets: torch.Tensor | None = None) -> dict[str, float]:
+        """The per-step losses of the current student on noise ``x`` (no update): Euler steps
+        from its own previous outputs, each compared with the teacher (mean |error| per element)."""
+        o = self.options
+        targets = self.teacher_targets(x) if targets is None else targets
+        cur = x
+        out: dict[str, float] = {}
+        with torch.no_grad():
+            for i in range(o.num_steps - 1):
+                cur = self.student_step(cur, i)
+                out[f"loss{i}"] = float((cur - targets[i]).abs().mean())
+        out["loss"] = sum(out.values()) / len(out)
+        return out
+
+    def student_step(self, x: torch.Tensor, i: int) -> torch.Tensor:
+        """One Euler step of the student from ``sigmas[i]`` to ``sigmas[i + 1]`` (AFS on step 0)."""
+        s0, s1 = self.sigmas[i], self.sigmas[i + 1]
+        if self.options.afs and i == 0:
+            return x + (s1 - s0) * x / math.sqrt(1 + s0 * s0)
+        denoised = self.student(x, torch.tensor(s0, device=self.device))
+        return x + (s1 - s0) * (x - denoised) / s0
+
+    def step(self) -> dict[str, float]:
+        """One training iteration (a batch of trajectories, ``N - 1`` updates); returns its losses."""
+        o = self.options
+        t0 = time.perf_counter()
+        x = self.noise(self.iteration)
+        targets = self.teacher_targets(x)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr_at(self.iteration)
+        params = [p for p in self.student.net.parameters() if p.requires_grad]
+        cur = x
+        losses: dict[str, float] = {}
+        for i in range(o.num_steps - 1):
+            target = targets[i]
+            if o.afs and i == 0:
+                with torch.no_grad():
+                    out = self.student_step(cur, i)
+                    loss = (out - target).abs().sum() / o.batch
+            else:
+                self.optimizer.zero_grad(set_to_none=True)
+                out = self.student_step(cur, i)
+                loss = (out - target).abs().sum() / o.batch
+                loss.backward()
+                for p in params:
+                    if p.grad is not None:
+                        all_reduce_sum(p.grad)
+                        torch.nan_to_num(p.grad, nan=0.0, posinf=1e5, neginf=-1e5, out=p.grad)
+                self.optimizer.step()
+            value = all_reduce_sum(loss.detach().reshape(1).clone()).item()
+            losses[f"loss{i}"] = value / (math.prod(self.teacher.shape))
+            cur = out.detach()
+        self._update_ema()
+        self.iteration += 1
+        losses["loss"] = sum(losses.values()) / len(losses)
+        self.elapsed_s += time.perf_counter() - t0
+        record = {"iteration": float(self.iteration), **losses}
+        self.history.append(record)
+        return record
+
+    def _update_ema(self) -> None:
+        if self.ema_net is None:
+            return
+        beta = 0.5 ** (self.options.batch / (self.options.ema * 1000))
+        with torch.no_grad():
+            for e, p in zip(self.ema_net.parameters(), self.student.net.parameters(), strict=True):
+                e.lerp_(p.detach(), 1 - beta)
+
+    def train(
+        self,
+        *,
+        progress: Callable[[Mapping[str, float]], None] | None = None,
+        checkpoint: str | os.PathLike[str] | None = None,
+        checkpoint_every: int = 0,
+        stop_after: int | None = None,
+    ) -> None:
+        """Run until the last iteration (or ``stop_after`` more), checkpointing every ``checkpoint_every``."""
+        end = self.iterations if stop_after is None else min(self.iterations, self.iteration + stop_after)
+        while self.iteration < end:
+            record = self.step()
+            if progress is not None:
+                progress({**record, "iterations": float(self.iterations)})
+            if checkpoint is not None and checkpoint_every and self.iteration % checkpoint_every == 0:
+                self.save_checkpoint(checkpoint)
+        if checkpoint is not None:
+            self.save_checkpoint(checkpoint)
+
+    # -- the result ----------------------------------------------------------------------------
+    def result(self) -> SFDStudent:
+        """The distilled student (the EMA weights when EMA is on)."""
+        net = copy.deepcopy(self.ema_net if self.ema_net is not None else self.student.net)
+        net = net.requires_grad_(False).eval()
+        o = self.options
+        return SFDStudent(
+            net, sigmas=tuple(self.sigmas), afs=o.afs,
+            settings={**options_as_dict(o), "iterations_done": self.iteration, "train_seconds": self.elapsed_s},
+            teacher=self.teacher_info, name="sfd-student",
+            sigma_min=self.teacher.sigma_min, sigma_max=self.teacher.sigma_max,
+        )
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def save_checkpoint(self, directory: str | os.PathLike[str]) -> None:
+        """Write the resumable state into ``directory`` (rank 0 only): student (and EMA) weights as
+        safetensors, Adam state and RNG states via ``torch.save`` (tensors and plain containers
+        only, loadable with ``weights_only=True``), and ``state.json`` last."""
+        if not self.dist.is_main:
+            return
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        tensorfile.save_file({k: v.detach().cpu() for k, v in self.student.net.state_dict().items()}, d / "student.safetensors")
+        if self.ema_net is not None:
+            tensorfile.save_file({k: v.detach().cpu() for k, v in self.ema_net.state_dict().items()}, d / "ema.safetensors")
+        extra: dict[str, Any] = {"optimizer": self.optimizer.state_dict(), "torch_rng": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            extra["cuda_rng"] = torch.cuda.get_rng_state_all()
+        tmp = d / f".optimizer.pt.tmp-{os.getpid()}"
+        torch.save(extra, tmp)
+        os.replace(tmp, d / "optimizer.pt")
+        state = {
+            "format": CHECKPOINT_FORMAT,
+            "method": PAPER,
+            "iteration": self.iteration,
+            "iterations": self.iterations,
+            "elapsed_s": self.elapsed_s,
+            "options": options_as_dict(self.options),
+            "teacher": self.teacher_info,
+            "sigmas": self.sigmas,
+            "history": self.history,
+        }
+        tmp = d / f".state.json.tmp-{os.getpid()}"
+        tmp.write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, d / "state.json")
+
+    def load_checkpoint(self, directory: str | os.PathLike[str]) -> None:
+        """Continue from ``directory``: the options and the teacher must be the checkpoint's."""
+        d = Path(directory)
+        where = str(d)
+        try:
+            state = json.loads((d / "state.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise OptionError(f"cannot read the SFD checkpoint {where!r}: {exc}") from None
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise OptionError(f"{where!r} is not an SFD checkpoint (format {CHECKPOINT_FORMAT!r})")
+        ours = options_as_dict(self.options)
+        diff = [k for k, v in state.get("options", {}).items() if k not in _FREE_ON_RESUME and ours.get(k) != v]
+        if diff:
+            shown = ", ".join(f"{k}={state['options'][k]!r} (now {ours.get(k)!r})" for k in diff)
+            raise OptionError(f"the SFD checkpoint {where!r} was trained with other options: {shown}")
+        if state.get("teacher", {}).get("fingerprint") != self.teacher_info["fingerprint"]:
+            raise OptionError(f"the SFD checkpoint {where!r} was trained from another teacher network")
+        from diffsampler.plugins.edm.checkpoint import load_state_dict_strict
+
+        load_state_dict_strict(self.student.net, tensorfile.load_file(d / "student.safetensors"), source=where)
+        if self.ema_net is not None:
+            load_state_dict_strict(self.ema_net, tensorfile.load_file(d / "ema.safetensors"), source=where)
+        extra = torch.load(d / "optimizer.pt", map_location="cpu", weights_only=True)
+        self.optimizer.load_state_dict(extra["optimizer"])
+        torch.set_rng_state(extra["torch_rng"])
+        if "cuda_rng" in extra and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(extra["cuda_rng"])
+        self.iteration = int(state["iteration"])
+        self.elapsed_s = float(state.get("elapsed_s", 0.0))
+        self.history = list(state.get("history", []))

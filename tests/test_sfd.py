@@ -1,0 +1,206 @@
+"""SFD: one step lowers the loss, bit-identical resume, teacher targets, the saved student
+reloads and samples on its stored schedule, registration without torch, and the CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import diffsampler as ds
+from diffsampler.cli import build_app
+from diffsampler.errors import OptionError
+from diffsampler.plugins.edm.denoiser import EDMDenoiser
+from diffsampler.plugins.edm.precond import EDMPrecond
+
+TINY = dict(model_channels=8, channel_mult=[1], num_blocks=1, attn_resolutions=[], dropout=0.0)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One CPU thread: the machine is shared, and these networks are too small to gain from more."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def tiny_teacher(seed: int = 0) -> EDMDenoiser:
+    torch.manual_seed(seed)
+    net = EDMPrecond(img_resolution=8, img_channels=1, model_type="SongUNet", **TINY)
+    # random weights with a non-trivial output layer (EDM zero-initialises it)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return EDMDenoiser(net, name="tiny")
+
+
+def trainer(teacher: EDMDenoiser | None = None, **options):
+    settings = dict(batch=8, total_kimg=0.032, num_steps=4, M=1)
+    settings.update(options)
+    return ds.get_distiller("sfd", **settings).trainer(teacher or tiny_teacher())
+
+
+def params(net: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in net.state_dict().items()}
+
+
+def test_registration_does_not_import_torch():
+    code = (
+        "import sys, diffsampler as ds, diffsampler.plugins.sfd as p\n"
+        "reg = ds.discover(entry_points=False, plugins=[('sfd', p)])\n"
+        "assert not reg.failures, reg.failures\n"
+        "assert reg.get('distiller', 'sfd') and reg.get('schedule', 'sfd') and reg.get('model', 'sfd')\n"
+        "assert 'torch' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_seed_defaults():
+    o = ds.get_distiller("sfd").options
+    assert (o.lr, o.batch, o.M, o.rho, o.afs, o.teacher, o.num_steps) == (5e-5, 128, 3, 7.0, True, "dpmpp", 4)
+    assert o.teacher_options == "max_order=3" and o.total_kimg == 200
+
+
+def test_teacher_grid_contains_the_student_points_and_targets_are_the_teacher_run():
+    tr = trainer(M=3, num_steps=4)
+    assert len(tr.teacher_sigmas) == 13
+    torch.testing.assert_close(tr.teacher_sigmas[::4], torch.tensor(tr.sigmas, dtype=torch.float64), rtol=1e-12, atol=0)
+    x = tr.noise(0)
+    targets = tr.teacher_targets(x)
+    assert targets.shape == (3, 8, 1, 8, 8)
+    with torch.no_grad():
+        end = ds.get_solver("dpmpp", max_order=3).sample(tr.teacher, x, tr.teacher_sigmas).x
+    torch.testing.assert_close(targets[-1], end)
+
+
+def test_noise_depends_on_the_iteration_only():
+    tr = trainer()
+    assert torch.equal(tr.noise(1), ds.seed_noise(range(tr.options.seed + 8, tr.options.seed + 16), (1, 8, 8)) * 80.0)
+    assert not torch.equal(tr.noise(0), tr.noise(1))
+
+
+def test_student_starts_as_the_teacher_and_afs_step_is_analytic():
+    tr = trainer()
+    x = tr.noise(0)
+    with torch.no_grad():
+        torch.testing.assert_close(tr.student(x, torch.tensor(3.0)), tr.teacher(x, torch.tensor(3.0)))
+    s0, s1 = tr.sigmas[0], tr.sigmas[1]
+    torch.testing.assert_close(tr.student_step(x, 0), x + (s1 - s0) * x / (1 + s0**2) ** 0.5)
+    # the student's loss before training is Euler's error against the teacher
+    sig = torch.tensor(tr.sigmas, dtype=torch.float64)
+    with torch.no_grad():
+        euler = ds.get_solver("euler").sample(tr.teacher, x, sig, afs=True).x
+    targets = tr.teacher_targets(x)
+    assert tr.evaluate(x, targets)["loss2"] == pytest.approx(float((euler - targets[-1]).abs().mean()), rel=1e-5)
+
+
+def test_one_training_step_lowers_the_loss():
+    tr = trainer(lr=1e-4)
+    x = tr.noise(0)
+    targets = tr.teacher_targets(x)
+    before = tr.evaluate(x, targets)
+    teacher_before = params(tr.teacher.net)
+    tr.step()  # iteration 0: the same noise
+    after = tr.evaluate(x, targets)
+    assert after["loss"] < before["loss"]
+    assert after["loss0"] == pytest.approx(before["loss0"])  # AFS step: no network, unchanged
+    assert all(torch.equal(v, params(tr.teacher.net)[k]) for k, v in teacher_before.items())
+
+
+def test_resume_continues_bit_identically(tmp_path):
+    opts = dict(total_kimg=0.032, batch=8, ema=0.01)  # 4 iterations; lr drops after 2; EMA on
+    teacher = tiny_teacher()
+    straight = trainer(teacher, **opts)
+    straight.train()
+    first = trainer(teacher, **opts)
+    first.train(checkpoint=tmp_path / "ck", stop_after=2)
+    assert first.iteration == 2 and json.loads((tmp_path / "ck" / "state.json").read_text())["iteration"] == 2
+    resumed = trainer(teacher, **opts)
+    resumed.load_checkpoint(tmp_path / "ck")
+    resumed.train()
+    assert resumed.iteration == straight.iteration == 4
+    a, b = params(straight.student.net), params(resumed.student.net)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    ea, eb = params(straight.ema_net), params(resumed.ema_net)
+    assert all(torch.equal(ea[k], eb[k]) for k in ea)
+    assert [h["loss"] for h in straight.history] == [h["loss"] for h in resumed.history]
+    # and training moved the student away from the teacher
+    t = params(teacher.net)
+    assert any(not torch.equal(a[k], t[k]) for k in a)
+
+
+def test_resume_refuses_other_options_or_teacher(tmp_path):
+    teacher = tiny_teacher()
+    tr = trainer(teacher)
+    tr.step()
+    tr.save_checkpoint(tmp_path)
+    with pytest.raises(OptionError, match="lr="):
+        trainer(teacher, lr=1e-3).load_checkpoint(tmp_path)
+    with pytest.raises(OptionError, match="another teacher"):
+        trainer(tiny_teacher(seed=1)).load_checkpoint(tmp_path)
+
+
+def test_saved_student_reloads_and_samples_with_its_schedule(tmp_path):
+    tr = trainer()
+    tr.step()
+    student = tr.result()
+    path = student.save(tmp_path / "student.json")
+    assert (tmp_path / "student.safetensors").is_file()
+    loaded = ds.get_model(str(path))
+    assert loaded.sigmas == pytest.approx(tr.sigmas, rel=1e-15) and loaded.afs and loaded.recommended == "euler"
+    assert loaded.nfe == 2
+    sched = ds.get_schedule("sfd", file=str(path))
+    sig = sched.sigmas(4, loaded.sigma_min, loaded.sigma_max, loaded)
+    assert tuple(sig.tolist()) == loaded.sigmas
+    with pytest.raises(OptionError, match="--steps 4 and --afs"):
+        sched.sigmas(5, loaded.sigma_min, loaded.sigma_max)
+    x = tr.noise(3)
+    euler = ds.get_solver("euler")
+    with torch.no_grad():
+        a = euler.sample(loaded, x, sig, afs=True)
+        b = euler.sample(tr.student, x, sig, afs=True)
+    assert a.nfe == 2
+    torch.testing.assert_close(a.x, b.x)
+    # the teacher would give another result on the same schedule: the weights were stored
+    with torch.no_grad():
+        c = euler.sample(tr.teacher, x, sig, afs=True)
+    assert not torch.allclose(a.x, c.x)
+
+
+def test_not_a_student_file(tmp_path):
+    bad = tmp_path / "x.json"
+    bad.write_text('{"format": "other"}')
+    with pytest.raises(OptionError, match="not an SFD student"):
+        ds.get_schedule("sfd", file=str(bad))
+    with pytest.raises(OptionError, match="needs a student file"):
+        ds.get_schedule("sfd").sigmas(4, 0.002, 80.0)
+
+
+def test_non_edm_teacher_is_refused():
+    with pytest.raises(OptionError, match="EDM network"):
+        ds.get_distiller("sfd").trainer(ds.get_model("empirical"))
+
+
+def test_cli_train_resume_and_sample(tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "stu.json"
+    args = ["sfd", "train", "--model", "digits", "--out", str(out), "--batch", "4", "--total-kimg", "0.008",
+            "--M", "1", "--checkpoint", str(tmp_path / "ck"), "--checkpoint-every", "1", "--log-every", "1",
+            "--device", "cpu", "--threads", "1"]
+    res = runner.invoke(build_app(), args)
+    assert res.exit_code == 0, res.output
+    assert "iter      2" in res.output and out.is_file()
+    res = runner.invoke(build_app(), args)  # the checkpoint is complete: resumes at the end
+    assert res.exit_code == 0, res.output
+    assert "resumed from" in res.output and "iteration 2/2" in res.output
+    samples = tmp_path / "samples"
+    res = runner.invoke(build_app(), ["sample", "--model", str(out), "--solver", "euler", "--schedule", "sfd",
+                                      "--schedule-opt", f"file={out}", "--steps", "4", "--afs", "--seeds", "0-1",
+                                      "--out", str(samples)])
+    assert res.exit_code == 0, res.output
+    assert (samples / "samples.npz").is_file()
