@@ -154,12 +154,10 @@ class AMED:
                 f"AMED reads the network's bottleneck features; model {type(teacher).__name__} has "
                 "none (analytic models are not supported: use a neural model such as digits)"
             )
-        sigmas, fine, sched_opts = schedule_pair(teacher, o)
-        dev = torch.device(device) if device is not None else getattr(teacher, "device", torch.device("cpu"))
-        settings = {**options_as_dict(o), "sigmas": list(sigmas), "schedule_options": sched_opts}
-        identity = model_identity(teacher, name=model_name or str(getattr(teacher, "name", type(teacher).__name__)),
-                                  options=dict(model_options or {}))
-        predictor = AMEDPredictor(settings, identity, hidden_dim=o.hidden_dim, seed=o.seed).to(dev)
+        predictor, fine = self.initial_predictor(teacher, model_name=model_name,
+                                                 model_options=model_options, device=device)
+        sigmas = tuple(predictor.settings["sigmas"])
+        dev = predictor.fc_r.weight.device
         optimizer = torch.optim.Adam(predictor.parameters(), lr=o.lr, betas=(0.9, 0.999), eps=1e-8)
         iterations = max(1, math.ceil(o.total_kimg * 1000 / o.batch))
         start = time.perf_counter()
@@ -173,6 +171,19 @@ class AMED:
         predictor.settings["train_seconds"] = round(time.perf_counter() - start, 3)
         predictor.settings["iterations"] = iterations
         return predictor.eval()
+
+    def initial_predictor(
+        self, teacher: Any, *, model_name: str | None = None,
+        model_options: Mapping[str, Any] | None = None, device: str | torch.device | None = None,
+    ) -> tuple[AMEDPredictor, tuple[float, ...]]:
+        """The untrained predictor (settings, model identity, seeded init) and the teacher grid."""
+        o = self.options
+        sigmas, fine, sched_opts = schedule_pair(teacher, o)
+        dev = torch.device(device) if device is not None else getattr(teacher, "device", torch.device("cpu"))
+        settings = {**options_as_dict(o), "sigmas": list(sigmas), "schedule_options": sched_opts}
+        name = model_name or str(getattr(teacher, "name", type(teacher).__name__))
+        identity = model_identity(teacher, name=name, options=dict(model_options or {}))
+        return AMEDPredictor(settings, identity, hidden_dim=o.hidden_dim, seed=o.seed).to(dev), fine
 
     def load(self, path: str | os.PathLike[str]) -> AMEDPredictor:
         return load_predictor(path)

@@ -1,0 +1,319 @@
+"""AMED: predictor ranges, the steps against independent solvers, training, the file, the
+model identity check, NFE, and the command line (Zhou et al. CVPR 2024)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import diffsampler as ds
+from diffsampler.cli import build_app
+from diffsampler.errors import OptionError
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return ds.get_model("digits")
+
+
+def settings(**kw):
+    base = dict(solver="amed", num_steps=4, afs=False, scale_dir=0.0, scale_time=0.0, max_order=3,
+                predict_x0=True, lower_order_final=True, schedule="polynomial",
+                schedule_options={"rho": 7.0})
+    base.update(kw)
+    return base
+
+
+def constant_predictor(digits, r: float, **kw):
+    """A predictor whose ``r`` is ``r`` whatever its inputs (weights zero, bias logit r)."""
+    from diffsampler.plugins.amed.predictor import AMEDPredictor, model_identity
+
+    s = settings(**kw)
+    sig = ds.get_schedule("polynomial", rho=7.0).sigmas(s["num_steps"], digits.sigma_min, digits.sigma_max)
+    s["sigmas"] = sig.tolist()
+    pred = AMEDPredictor(s, model_identity(digits, name="digits"), hidden_dim=8)
+    with torch.no_grad():
+        pred.fc_r.weight.zero_()
+        pred.fc_r.bias.fill_(math.log(r / (1 - r)))
+    return pred
+
+
+def solver_for(pred, path):
+    pred.save(path)
+    name = "amed" if pred.student == "amed" else f"amed-{pred.student}"
+    return ds.get_solver(name, predictor=str(path))
+
+
+def refined(sigmas, r):
+    """The student's grid with every intermediate ``t_next^r t^(1-r)`` inserted."""
+    out = []
+    for a, b in itertools.pairwise(sigmas):
+        out += [a, b**r * a ** (1 - r)]
+    return [*out, sigmas[-1]]
+
+
+def noise(digits, n=4):
+    return ds.seed_noise(range(n), digits.shape, dtype=torch.float64) * digits.sigma_max
+
+
+# -- predictor ------------------------------------------------------------------------------
+@pytest.mark.parametrize("bounds", [(0.0, 0.0), (0.01, 0.2), (0.3, 0.05)])
+def test_predictor_outputs_lie_in_their_ranges(digits, bounds):
+    from diffsampler.plugins.amed.predictor import AMEDPredictor, model_identity
+
+    sd_bound, st_bound = bounds
+    pred = AMEDPredictor(settings(scale_dir=sd_bound, scale_time=st_bound),
+                         model_identity(digits, name="digits"), seed=3)
+    feats = torch.randn(64, 32, 8, 8, generator=torch.Generator().manual_seed(0)) * 50  # saturate
+    for t, tn in [(80.0, 10.0), (1.0, 0.002), (0.5, 0.4)]:
+        for f in (feats, None):
+            with torch.no_grad():
+                r, sd, st = pred(f, t, tn, batch=64)
+            assert r.shape == sd.shape == st.shape == (64,)
+            assert bool(((r > 0) & (r < 1)).all())
+            for v, b in ((sd, sd_bound), (st, st_bound)):
+                if b == 0:
+                    assert bool((v == 1).all())
+                else:
+                    assert bool(((v > 1 - b) & (v < 1 + b)).all())
+
+
+def test_predictor_reads_the_channel_mean(digits):
+    from diffsampler.plugins.amed.predictor import AMEDPredictor, model_identity
+
+    pred = AMEDPredictor(settings(scale_dir=0.01), model_identity(digits, name="digits"), seed=1)
+    f = torch.randn(3, 32, 8, 8)
+    same = f.mean(dim=1, keepdim=True).expand(3, 32, 8, 8)  # equal channel mean, other channels
+    for a, b in zip(pred(f, 10.0, 5.0), pred(same, 10.0, 5.0), strict=True):
+        torch.testing.assert_close(a, b)
+    zero = pred(torch.zeros(3, 32, 8, 8), 10.0, 5.0)
+    for a, b in zip(zero, pred(None, 10.0, 5.0, batch=3), strict=True):
+        torch.testing.assert_close(a, b)
+
+
+# -- steps against independent solvers ------------------------------------------------------
+@pytest.mark.parametrize(("student", "base", "opts"), [
+    ("euler", "euler", {}),
+    ("ipndm", "ipndm", {"max_order": 3}),
+    ("dpmpp", "dpmpp", {"max_order": 3, "predict_x0": True, "lower_order_final": True}),
+    ("dpmpp", "dpmpp", {"max_order": 2, "predict_x0": False, "lower_order_final": False}),
+])
+def test_plugin_with_fixed_r_is_the_base_solver_on_the_refined_grid(digits, tmp_path, student, base, opts):
+    r = 0.3
+    s_opts = {k: v for k, v in opts.items()}
+    pred = constant_predictor(digits, r, solver=student, **s_opts)
+    solver = solver_for(pred, tmp_path / "p.safetensors")
+    x = noise(digits)
+    got = solver.sample(digits, x, pred.settings["sigmas"])
+    want = ds.get_solver(base, **opts).sample(digits, x, refined(pred.settings["sigmas"], r))
+    torch.testing.assert_close(got.x, want.x, rtol=1e-5, atol=1e-5)
+    assert got.nfe == want.nfe == 2 * (pred.num_steps - 1)
+
+
+def test_dpm_plugin_with_fixed_r_is_dpm_solver_2(digits, tmp_path):
+    pred = constant_predictor(digits, 0.4, solver="dpm", afs=True)
+    x = noise(digits)
+    got = solver_for(pred, tmp_path / "p.safetensors").sample(digits, x, pred.settings["sigmas"], afs=True)
+    want = ds.get_solver("dpm", r=0.4).sample(digits, x, pred.settings["sigmas"], afs=True)
+    torch.testing.assert_close(got.x, want.x, rtol=1e-5, atol=1e-5)
+    assert got.nfe == want.nfe == 2 * (pred.num_steps - 1) - 1
+
+
+def test_amed_solver_step_by_hand(digits, tmp_path):
+    """AMED-Solver (Eq. 9): x_next = x + (t_next - t) d(x + (t_mid - t) d(x, t), t_mid)."""
+    r = 0.6
+    pred = constant_predictor(digits, r, solver="amed", num_steps=3)
+    x0 = noise(digits, 3)
+    got = solver_for(pred, tmp_path / "p.safetensors").sample(digits, x0, pred.settings["sigmas"])
+    x = x0
+    sig = pred.settings["sigmas"]
+    def full(s):
+        return torch.full((x0.shape[0],), s, dtype=x0.dtype)
+
+    for t, tn in itertools.pairwise(sig):
+        tm = tn**r * t ** (1 - r)
+        d = (x - digits(x, full(t))) / t
+        xm = x + (tm - t) * d
+        x = x + (tn - t) * (xm - digits(xm, full(tm))) / tm
+    torch.testing.assert_close(got.x, x, rtol=1e-4, atol=1e-4)  # r is float32 in the predictor
+
+
+# -- NFE ---------------------------------------------------------------------------------------
+class Counting:
+    """The digits model, counting every evaluation (with or without features)."""
+
+    def __init__(self, model):
+        self.model, self.calls = model, 0
+        self.shape, self.sigma_min, self.sigma_max = model.shape, model.sigma_min, model.sigma_max
+        self.bottleneck_channels = model.bottleneck_channels
+
+    def __call__(self, x, sigma, cond=None):
+        self.calls += 1
+        return self.model(x, sigma, cond)
+
+    def denoise_with_features(self, x, sigma, cond=None):
+        self.calls += 1
+        return self.model.denoise_with_features(x, sigma, cond)
+
+
+@pytest.mark.parametrize("student", ["amed", "euler", "ipndm", "dpm", "dpmpp"])
+@pytest.mark.parametrize("afs", [False, True])
+def test_nfe_is_exact(digits, tmp_path, student, afs):
+    pred = constant_predictor(digits, 0.5, solver=student, afs=afs, num_steps=4, scale_dir=0.01)
+    solver = solver_for(pred, tmp_path / "p.safetensors")
+    counting = Counting(digits)
+    for dtz in (False, True):
+        counting.calls = 0
+        res = solver.sample(counting, noise(digits, 2), pred.settings["sigmas"], afs=afs, denoise_to_zero=dtz)
+        assert res.nfe == counting.calls == solver.nfe(4, afs=afs, denoise_to_zero=dtz) == 6 - afs + dtz
+
+
+# -- file and identity ---------------------------------------------------------------------
+def test_save_load_round_trips_exactly(digits, tmp_path):
+    from diffsampler.plugins.amed.predictor import AMEDPredictor, load_predictor, model_identity
+
+    pred = AMEDPredictor(settings(scale_dir=0.01, scale_time=0.2, solver="ipndm"),
+                         model_identity(digits, name="digits", options={"k": 1}), hidden_dim=16, seed=7)
+    path = tmp_path / "p.safetensors"
+    pred.save(path)
+    back = load_predictor(path)
+    assert back.settings == pred.settings and back.model == pred.model and back.hidden_dim == 16
+    a, b = pred.state_dict(), back.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    f = torch.randn(5, 32, 8, 8)
+    for u, v in zip(pred(f, 3.0, 1.0), back(f, 3.0, 1.0), strict=True):
+        assert torch.equal(u, v)
+    assert back.model == {"name": "digits", "options": {"k": 1}, "shape": [1, 8, 8], "bottleneck_channels": 32}
+
+
+def test_not_a_predictor_file_is_refused(tmp_path):
+    from diffsampler import tensorfile
+    from diffsampler.errors import ModelLoadError
+
+    path = tmp_path / "other.safetensors"
+    tensorfile.save_file({"w": torch.zeros(2)}, path)
+    with pytest.raises(ModelLoadError, match="not an AMED predictor"):
+        ds.get_solver("amed", predictor=str(path))
+    with pytest.raises(OptionError, match="does not exist"):
+        ds.get_solver("amed", predictor=str(tmp_path / "missing.safetensors"))
+
+
+class OtherShape(Counting):
+    def __init__(self, model, shape, channels):
+        super().__init__(model)
+        self.shape, self.bottleneck_channels = shape, channels
+
+
+@pytest.mark.parametrize(("shape", "channels"), [((3, 8, 8), 32), ((1, 8, 8), 64)])
+def test_a_predictor_is_refused_on_another_model(digits, tmp_path, shape, channels):
+    pred = constant_predictor(digits, 0.5)
+    solver = solver_for(pred, tmp_path / "p.safetensors")
+    x = ds.seed_noise(range(2), shape) * 80
+    with pytest.raises(OptionError, match="trained for model 'digits'"):
+        solver.sample(OtherShape(digits, shape, channels), x, pred.settings["sigmas"])
+
+
+def test_models_without_a_bottleneck_are_refused(digits, tmp_path):
+    pred = constant_predictor(digits, 0.5)
+    solver = solver_for(pred, tmp_path / "p.safetensors")
+    empirical = ds.get_model("empirical")
+    with pytest.raises(OptionError, match="bottleneck"):
+        solver.sample(empirical, ds.seed_noise(range(2), empirical.shape) * 80, pred.settings["sigmas"])
+    with pytest.raises(OptionError, match="bottleneck"):
+        ds.get_distiller("amed").distill(empirical)
+
+
+def test_run_settings_must_match_the_training(digits, tmp_path):
+    pred = constant_predictor(digits, 0.5, solver="ipndm", afs=True)
+    path = tmp_path / "p.safetensors"
+    solver = solver_for(pred, path)
+    x = noise(digits, 2)
+    sig = pred.settings["sigmas"]
+    with pytest.raises(OptionError, match="trained for 4 sigmas"):
+        solver.sample(digits, x, ds.get_schedule("polynomial").sigmas(5, 0.002, 80.0), afs=True)
+    with pytest.raises(OptionError, match="with AFS"):
+        solver.sample(digits, x, sig)
+    with pytest.raises(OptionError, match="sigmas differ"):
+        solver.sample(digits, x, ds.get_schedule("logsnr").sigmas(4, 0.002, 80.0), afs=True)
+    with pytest.raises(OptionError, match="'amed-ipndm'"):
+        ds.get_solver("amed-euler", predictor=str(path))
+    with pytest.raises(OptionError, match="needs a predictor"):
+        ds.get_solver("amed").sample(digits, x, sig)
+
+
+# -- training --------------------------------------------------------------------------------
+@pytest.mark.parametrize("student", ["amed", "ipndm"])
+def test_training_reduces_the_loss(digits, student):
+    from diffsampler.plugins.amed.train import step_losses
+
+    d = ds.get_distiller("amed", solver=student, num_steps=3, batch=8, total_kimg=0.064, lr=5e-3,
+                         teacher="heun", m=1, seed=11)
+    untrained, fine = d.initial_predictor(digits)  # the same initialisation distill starts from
+    sigmas = tuple(untrained.settings["sigmas"])
+    x = ds.seed_noise(range(16), digits.shape) * sigmas[0]  # held-out noise (not the training seeds)
+    with torch.no_grad():
+        points = d.teacher_points(digits, x, fine)
+    before = step_losses(digits, untrained, x, points, sigmas)
+    events = []
+    trained = d.distill(digits, progress=events.append)
+    after = step_losses(digits, trained, x, points, sigmas)
+    assert sum(after) < 0.9 * sum(before), (before, after)
+    assert len(events) == 8 * 2 and {"loss", "r_mean", "r_std", "scale_dir_mean", "scale_time_std"} <= events[0].keys()
+    assert all(0 < e["r_mean"] < 1 and 0.99 <= e["scale_dir_mean"] <= 1.01 for e in events)
+
+
+def test_schedule_must_refine(digits):
+    from diffsampler.plugins.amed.train import schedule_pair
+
+    d = ds.get_distiller("amed", num_steps=4, m=2, schedule="logsnr")
+    student, teacher, opts = schedule_pair(digits, d.options)
+    assert len(teacher) == 3 * 3 + 1 and opts == {}
+    assert all(math.isclose(a, b) for a, b in zip(student, teacher[::3], strict=True))
+
+
+# -- command line -----------------------------------------------------------------------------
+def run(*args):
+    return CliRunner().invoke(build_app(), list(args))
+
+
+def test_registration_does_not_import_torch():
+    code = (
+        "import sys, diffsampler as ds, diffsampler.plugins.amed as p\n"
+        "reg = ds.discover(entry_points=False, plugins=[('amed', p)])\n"
+        "assert not reg.failures, reg.failures\n"
+        "assert reg.get('distiller', 'amed') and reg.get('solver', 'amed-dpmpp')\n"
+        "assert 'torch' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_cli_train_then_sample(tmp_path):
+    out = tmp_path / "p.safetensors"
+    res = run("amed", "train", "--solver", "euler", "--nfe", "3", "--batch", "4", "--total-kimg", "0.008",
+              "--out", str(out), "--json")
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.output[res.output.index("{"):])
+    assert summary["num_steps"] == 3 and summary["nfe"] == 3 and summary["solver"] == "amed-euler"
+    res = run("sample", "--model", "digits", "--solver", "amed-euler", "--opt", f"predictor={out}",
+              "--steps", "3", "--afs", "--seeds", "0-3", "--out", str(tmp_path / "s"))
+    assert res.exit_code == 0, res.output
+    res = run("amed", "train", "--nfe", "4", "--out", str(out))
+    assert isinstance(res.exception, OptionError) and "NFE 4 is not reachable" in str(res.exception)
+
+
+def test_info_lists_the_options():
+    res = run("info", "amed", "--json")
+    assert res.exit_code == 0, res.output
+    found = {(c["kind"], c["name"]): c for c in json.loads(res.output)}
+    opts = {o["name"]: o["default"] for o in found[("distiller", "amed")]["options"]}
+    assert opts["scale_dir"] == 0.01 and opts["m"] == 1 and opts["teacher"] == "heun" and opts["lr"] == 5e-3
+    assert ("solver", "amed") in found
