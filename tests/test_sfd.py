@@ -39,10 +39,10 @@ def tiny_teacher(seed: int = 0) -> EDMDenoiser:
     return EDMDenoiser(net, name="tiny")
 
 
-def trainer(teacher: EDMDenoiser | None = None, **options):
+def trainer(net: EDMDenoiser | None = None, **options):
     settings = dict(batch=8, total_kimg=0.032, num_steps=4, M=1)
     settings.update(options)
-    return ds.get_distiller("sfd", **settings).trainer(teacher or tiny_teacher())
+    return ds.get_distiller("sfd", **settings).trainer(net or tiny_teacher())
 
 
 def params(net: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -243,3 +243,25 @@ def test_torchrun_two_processes_train_like_one(tmp_path):
     torch.testing.assert_close(losses, torch.tensor([h["loss"] for h in one.history]), rtol=1e-5, atol=0)
     teacher = tiny_teacher().net.state_dict()
     assert any(not torch.equal(two[k], teacher[k]) for k in teacher)  # it did train
+
+
+def test_second_stage_from_a_student_teacher(tmp_path):
+    """Stage 2 (to 1 NFE): the teacher is a stage-1 student sampled with Euler + AFS on its own
+    sigmas, which must be the finer grid of this run; its Euler run is the target."""
+    stage1 = trainer(num_steps=7, M=1)
+    stage1.step()
+    path = stage1.result().save(tmp_path / "s1.json")
+    teacher = ds.get_model(str(path))
+    with pytest.raises(OptionError, match="pick M and num_steps"):
+        trainer(teacher, num_steps=3, M=1, teacher="euler", teacher_options="", teacher_afs=True)
+    tr = trainer(teacher, num_steps=3, M=2, teacher="euler", teacher_options="", teacher_afs=True, lr=1e-4)
+    x = tr.noise(0)
+    targets = tr.teacher_targets(x)
+    sig = torch.tensor(teacher.sigmas, dtype=torch.float64)
+    with torch.no_grad():
+        full = ds.get_solver("euler").sample(teacher, x, sig, afs=True)
+    torch.testing.assert_close(targets[-1], full.x)
+    before = tr.evaluate(x, targets)
+    tr.step()
+    assert tr.evaluate(x, targets)["loss"] < before["loss"]
+    assert tr.result().nfe == 1

@@ -23,6 +23,7 @@ def train(
     m: Annotated[int, typer.Option("--M", help="teacher points inserted between two student points")] = 3,
     teacher: Annotated[str, typer.Option(help="teacher solver")] = "dpmpp",
     teacher_opt: Annotated[Opt[list[str]], typer.Option("--teacher-opt", help="teacher solver option key=value")] = None,
+    teacher_afs: Annotated[bool, typer.Option(help="teacher run with AFS (second stage from an SFD student)")] = False,
     rho: Annotated[float, typer.Option(help="rho of the polynomial schedule")] = 7.0,
     afs: Annotated[bool, typer.Option(help="analytical first step (free first student step)")] = True,
     lr: Annotated[float, typer.Option(help="Adam learning rate")] = 5e-5,
@@ -56,7 +57,7 @@ def train(
     dist = setup(device)
     device = device_for_rank(device, dist)
     options: dict[str, Any] = dict(
-        num_steps=steps, M=m, teacher=teacher, rho=rho, afs=afs, lr=lr, batch=batch,
+        num_steps=steps, M=m, teacher=teacher, teacher_afs=teacher_afs, rho=rho, afs=afs, lr=lr, batch=batch,
         total_kimg=total_kimg, ema=ema, device=device,
     )
     if teacher_opt is not None:

@@ -47,6 +47,9 @@ class SFDOptions:
     teacher_options: str = option(
         "max_order=3", help="teacher solver options, key=value,... (seed: dpmpp order 3)", converter=_pairs
     )
+    teacher_afs: bool = option(
+        False, help="teacher run with AFS (the second stage: the teacher is a first-stage student with AFS)"
+    )
     schedule: Literal["polynomial"] = option(
         "polynomial", help="student and teacher schedule (the teacher's is M+1 times finer)",
         validator=choice("polynomial"),

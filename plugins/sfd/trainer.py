@@ -55,6 +55,10 @@ def fingerprint(net: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
+def _same(a: list[float] | tuple[float, ...], b: list[float]) -> bool:
+    return len(a) == len(b) and all(math.isclose(u, v, rel_tol=1e-9) for u, v in zip(a, b, strict=True))
+
+
 class SFDTrainer:
     """The state of one SFD training run: student, optimizer, EMA, iteration, loss history."""
 
@@ -82,6 +86,11 @@ class SFDTrainer:
         n, m = options.num_steps, options.M
         self.sigmas = schedule.sigmas(n, smin, smax).tolist()
         self.teacher_sigmas = schedule.sigmas((m + 1) * (n - 1) + 1, smin, smax)
+        if isinstance(teacher, SFDStudent) and not _same(teacher.sigmas, self.teacher_sigmas.tolist()):
+            raise OptionError(
+                f"the teacher is an SFD student trained on {len(teacher.sigmas)} sigmas; the teacher grid here has "
+                f"{len(self.teacher_sigmas)} ((M + 1) * (num_steps - 1) + 1) other sigmas: pick M and num_steps to match"
+            )
         self.solver = ds.get_solver(options.teacher, **parse_pairs_text(options.teacher_options))
         self.optimizer = torch.optim.Adam(net.parameters(), lr=options.lr, betas=(0.9, 0.999), eps=1e-8)
         self.iteration = 0
@@ -108,7 +117,9 @@ class SFDTrainer:
     def teacher_targets(self, x: torch.Tensor) -> torch.Tensor:
         """The teacher trajectory at the student's time points 1..N-1: ``[N - 1, batch, ...]``."""
         with torch.no_grad():
-            run = self.solver.sample(self.teacher, x, self.teacher_sigmas, return_trajectory=True)
+            run = self.solver.sample(
+                self.teacher, x, self.teacher_sigmas, afs=self.options.teacher_afs, return_trajectory=True
+            )
         assert run.trajectory is not None
         return run.trajectory[self.options.M + 1 :: self.options.M + 1]
 
