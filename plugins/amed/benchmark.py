@@ -48,6 +48,9 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--total-kimg", type=float, default=1.0)
     p.add_argument("--dir", default="/tmp/amed-bench")
+    p.add_argument("--set", action="append", default=[],
+                   help="override a recipe setting for every student, e.g. --set teacher=ipndm --set m=3")
+    p.add_argument("--no-baselines", action="store_true")
     a = p.parse_args()
     torch.set_num_threads(1)
     model = ds.get_model(a.model)
@@ -61,7 +64,8 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)
 
-    for name, (opts, sched, sopts) in BASELINES.items():
+    override = {k: _value(v) for k, _, v in (item.partition("=") for item in a.set)}
+    for name, (opts, sched, sopts) in ({} if a.no_baselines else BASELINES).items():
         solver = ds.get_solver(name, **opts)
         for nfe in nfes:
             for afs in (False, True):
@@ -72,7 +76,7 @@ def main() -> None:
     for student in a.students.split(","):
         for nfe in nfes:
             num_steps = (nfe + 3) // 2  # 2 NFE per step, AFS saves one
-            recipe = RECIPES[student]
+            recipe = {**RECIPES[student], **override}
             d = ds.get_distiller("amed", solver=student, num_steps=num_steps, batch=a.batch,
                                  total_kimg=a.total_kimg, afs=True, **recipe)
             t0 = time.perf_counter()
@@ -91,6 +95,13 @@ def main() -> None:
     with open(a.out, "w") as f:
         json.dump({"model": a.model, "seeds": a.seeds, "reference": "heun, 101 sigmas polynomial rho 7",
                    "rows": rows}, f, indent=1)
+
+
+def _value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
 
 
 def _r_per_step(pred: Any, model: Any, noise: torch.Tensor) -> list[float]:
