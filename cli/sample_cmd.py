@@ -68,6 +68,9 @@ def sample(
     model_opt: Annotated[
         Opt[list[str]], typer.Option("--model-opt", help="model option key=value")
     ] = None,
+    labels: Annotated[
+        Opt[str], typer.Option(help="class-conditional models: 'random' (per seed) or a class index")
+    ] = None,
     dtype: Annotated[str, typer.Option(help="float32 or float64")] = "float32",
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1 or auto")] = "auto",
     fmt: Annotated[
@@ -102,7 +105,7 @@ def sample(
         schedule=schedule, schedule_options=schedule_options,
         num_steps=steps, nfe=nfe, sigmas=parse_sigma_list(sigmas) if sigmas else None,
         afs=afs, denoise_to_zero=denoise_to_zero, seeds=parse_seeds(seeds), batch=batch,
-        dtype=dtype, device=_device(device),
+        dtype=dtype, device=_device(device), labels=labels,
     )
     dist = setup(config.device)
     try:
@@ -114,7 +117,7 @@ def sample(
 def _run(config: Any, out: Path, fmt: str, dist: Any, *, as_json: bool,
          requested_nfe: int | None) -> None:
     from diffsampler.outputs import RunDirectory
-    from diffsampler.runs import execute, plan_run
+    from diffsampler.runs import execute, plan_run, seed_labels
 
     plan = plan_run(config)
     if requested_nfe is not None and plan.nfe != requested_nfe:  # resolve_num_steps is exact
@@ -158,7 +161,9 @@ def _run(config: Any, out: Path, fmt: str, dist: Any, *, as_json: bool,
     barrier()
     if not dist.is_main:
         return
-    written = rundir.finish(plan.batches, {"seconds": round(elapsed, 3)})
+    per_seed = seed_labels(plan, config.seeds)
+    written = rundir.finish(plan.batches, {"seconds": round(elapsed, 3)},
+                            labels=None if per_seed is None else dict(zip(config.seeds, per_seed, strict=True)))
     summary = {"out": str(out), "files": written, "nfe": plan.nfe, "seconds": round(elapsed, 3),
                "samples": len(config.seeds), "processes": dist.world_size}
     if as_json:

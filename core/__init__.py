@@ -39,6 +39,7 @@ from .options import build_options, choice, describe_options, in_range, option, 
 from .protocols import (
     Analytic,
     Artifact,
+    ClassConditional,
     Compilable,
     Decodable,
     Denoiser,
@@ -59,6 +60,7 @@ from .solver import ODESolver, Run, steps_for_nfe
 __all__ = [
     "Analytic",
     "Artifact",
+    "ClassConditional",
     "Compilable",
     "Decodable",
     "Denoiser",

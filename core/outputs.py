@@ -23,7 +23,7 @@ import json
 import os
 import shutil
 import zipfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -89,12 +89,26 @@ class _Format:
     def finish(self, batches: Sequence[Batch]) -> list[str]:
         raise NotImplementedError
 
+    def record_labels(self, labels: Mapping[int, int]) -> list[str]:
+        """EDM's ``dataset.json`` (``{"labels": [[file, class], ...]}``) beside PNG outputs."""
+        rows = [[png_name(seed), label] for seed, label in sorted(labels.items())]
+        atomic_write_bytes(self.root / "dataset.json", json.dumps({"labels": rows}).encode())
+        return ["dataset.json"]
+
     def clean_parts(self) -> None:
         shutil.rmtree(self.parts, ignore_errors=True)
 
 
 class _Npz(_Format):
     name = "npz"
+
+    def record_labels(self, labels: Mapping[int, int]) -> list[str]:
+        path = self.root / "samples.npz"
+        with np.load(path) as data:
+            arrays = dict(data)
+        arrays["labels"] = np.array([labels[int(s)] for s in arrays["seeds"]], dtype=np.int64)
+        atomic_write_bytes(path, _npz_bytes(**arrays))
+        return []
 
     def final_paths(self) -> list[Path]:
         return [self.root / "samples.npz"]
@@ -240,14 +254,22 @@ class RunDirectory:
         if batch.index == 0 and self.image and self.format.name in ("npz", "zip"):
             write_png(self.root / "grid.png", make_grid(to_uint8(x[:PREVIEW])))
 
-    def finish(self, batches: Sequence[Batch], extra: dict[str, Any]) -> list[str]:
-        """Assemble the final files from the batches (main rank, after all are written)."""
+    def finish(
+        self, batches: Sequence[Batch], extra: dict[str, Any], labels: Mapping[int, int] | None = None
+    ) -> list[str]:
+        """Assemble the final files from the batches (main rank, after all are written).
+
+        ``labels`` (seed -> class) are recorded: a ``labels`` array in ``samples.npz``, EDM's
+        ``dataset.json`` beside PNG folders and zips.
+        """
         if self.complete():
             return [p.name for p in self.format.final_paths()]
         missing = [b.index for b in batches if not self.format.done(b)]
         if missing:
             raise OptionError(f"cannot finish: batches {missing[:5]} are missing")
         written = self.format.finish(batches)
+        if labels is not None and self.format.name != "grid":
+            written += self.format.record_labels(labels)
         record = json.loads(self.config_path.read_text())
         record.update(extra)
         record["complete"] = True

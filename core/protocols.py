@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Analytic",
     "Artifact",
+    "ClassConditional",
     "Compilable",
     "Decodable",
     "Denoiser",
@@ -95,6 +96,17 @@ class HasBottleneck(Protocol):
     def denoise_with_features(
         self, x: Tensor, sigma: Tensor, cond: Any = None
     ) -> tuple[Tensor, Tensor]: ...
+
+
+@runtime_checkable
+class ClassConditional(Protocol):
+    """A model that takes class labels through ``cond`` (integer indices ``[batch]``).
+
+    ``label_dim`` is the number of classes (0: the model is unconditional after all).
+    """
+
+    @property
+    def label_dim(self) -> int: ...
 
 
 @runtime_checkable

@@ -25,13 +25,20 @@ from .seeds import Batch, plan_batches, seed_noise
 if TYPE_CHECKING:
     from torch import Tensor
 
-__all__ = ["RunConfig", "RunPlan", "execute", "plan_run"]
+__all__ = ["RunConfig", "RunPlan", "execute", "plan_run", "seed_labels"]
 
 _DTYPES = ("float32", "float64", "float16", "bfloat16")
 
 
 def _frozen_dict(value: Mapping[str, Any] | None) -> dict[str, Any]:
     return dict(value or {})
+
+
+def _check_labels(_instance: Any, _attribute: Any, value: str | None) -> None:
+    if value is None or value == "random":
+        return
+    if not (isinstance(value, str) and value.isdigit()):
+        raise OptionError(f"labels must be 'random' or a class index, got {value!r}")
 
 
 def _check_dtype(_instance: Any, _attribute: Any, value: str) -> None:
@@ -60,6 +67,11 @@ class RunConfig:
     batch: int = 64
     dtype: str = attrs.field(default="float32", validator=_check_dtype)
     device: str = "cpu"
+    #: class labels of class-conditional models: None (the model's default), "random" (one per
+    #: seed, drawn from that seed alone), or a class index for every sample
+    labels: str | None = attrs.field(
+        default=None, converter=lambda v: None if v is None else str(v), validator=_check_labels
+    )
 
     def to_dict(self) -> dict[str, Any]:
         data = attrs.asdict(self)
@@ -113,6 +125,29 @@ class RunPlan:
         }
 
 
+def seed_labels(plan: RunPlan, seeds: Iterable[int]) -> list[int] | None:
+    """The class label of each seed (None when the run has no labels).
+
+    ``random`` draws from a generator of the seed alone (numpy ``default_rng([seed, 1])``), so a
+    sample's label, like its noise, depends on its seed only.
+    """
+    import numpy as np
+
+    from .protocols import ClassConditional
+
+    choice = plan.config.labels
+    if choice is None:
+        return None
+    classes = int(plan.model.label_dim) if isinstance(plan.model, ClassConditional) else 0
+    if classes <= 0:
+        raise OptionError(f"model {plan.config.model!r} is not class-conditional: drop --labels")
+    if choice == "random":
+        return [int(np.random.default_rng([int(s), 1]).integers(classes)) for s in seeds]
+    if int(choice) >= classes:
+        raise OptionError(f"class {choice} is out of range: model {plan.config.model!r} has {classes}")
+    return [int(choice)] * len(list(seeds))
+
+
 def plan_run(config: RunConfig) -> RunPlan:
     """Resolve the components, the sigmas and the batches of ``config`` (samples nothing)."""
     model = get_model(config.model, **config.model_options)
@@ -142,11 +177,13 @@ def plan_run(config: RunConfig) -> RunPlan:
         )
         sigmas = schedule.sigmas(steps, model.sigma_min, model.sigma_max, denoiser=model)
     nfe = solver.nfe(len(sigmas), afs=config.afs, denoise_to_zero=config.denoise_to_zero)
-    return RunPlan(
+    plan = RunPlan(
         config=config, model=model, solver=solver, schedule=schedule_name,
         schedule_options=schedule_options, sigmas=sigmas, nfe=nfe,
         batches=plan_batches(config.seeds, config.batch),
     )
+    seed_labels(plan, config.seeds[:1])  # refuse bad labels before sampling anything
+    return plan
 
 
 def execute(
@@ -170,8 +207,10 @@ def execute(
     first = float(plan.sigmas[0])
     for batch in plan.batches if batches is None else batches:
         noise = seed_noise(batch.seeds, plan.model.shape, dtype=dtype, device=target)
+        labels = seed_labels(plan, batch.seeds)
         result = plan.solver.sample(
             plan.model, noise * first, plan.sigmas,
+            cond=None if labels is None else torch.tensor(labels, device=target),
             afs=plan.config.afs, denoise_to_zero=plan.config.denoise_to_zero,
         )
         x = result.x

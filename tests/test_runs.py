@@ -199,3 +199,35 @@ def test_two_process_gloo_run_equals_one_process_run(tmp_path):
     a, b = np.load(tmp_path / "one" / "samples.npz"), np.load(tmp_path / "two" / "samples.npz")
     assert np.array_equal(a["seeds"], b["seeds"])
     assert np.array_equal(a["samples"], b["samples"])
+
+
+def test_class_labels_per_seed_are_recorded_and_followed(tmp_path):
+    from sklearn.datasets import load_digits
+    from sklearn.linear_model import LogisticRegression
+
+    args = ("sample", "--model", "digits", "--solver", "heun", "--nfe", "18", "--seeds", "0-29",
+            "--labels", "random")
+    proc = cli(*args, "--batch", "7", "--out", str(tmp_path / "npz"))
+    assert proc.returncode == 0, proc.stderr
+    data = np.load(tmp_path / "npz" / "samples.npz")
+    labels = data["labels"]
+    assert labels.shape == (30,) and len(set(labels.tolist())) > 3
+    # the label of a seed depends on the seed only: another batch size, same labels and images
+    again = cli(*args, "--batch", "30", "--format", "png", "--out", str(tmp_path / "png"))
+    assert again.returncode == 0, again.stderr
+    rows = json.loads((tmp_path / "png" / "dataset.json").read_text())["labels"]
+    assert rows[3] == [png_name(3), int(labels[3])] and [r[1] for r in rows] == labels.tolist()
+    # and the network draws the digit it was asked for
+    digits = load_digits()
+    clf = LogisticRegression(max_iter=2000).fit(digits.images.reshape(-1, 64) / 8.0 - 1.0, digits.target)
+    predicted = clf.predict(data["samples"].reshape(30, 64))
+    assert (predicted == labels).mean() >= 0.8
+
+
+def test_labels_errors(tmp_path):
+    bad = cli("sample", "--seeds", "0", "--labels", "random", "--out", str(tmp_path / "a"))
+    assert bad.returncode == 2 and "not class-conditional" in bad.stderr
+    bad = cli("sample", "--model", "digits", "--seeds", "0", "--labels", "12", "--out", str(tmp_path / "b"))
+    assert bad.returncode == 2 and "out of range" in bad.stderr
+    bad = cli("sample", "--model", "digits", "--seeds", "0", "--labels", "some", "--out", str(tmp_path / "c"))
+    assert bad.returncode == 2 and "labels must be 'random' or a class index" in bad.stderr
