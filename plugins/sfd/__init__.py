@@ -55,8 +55,9 @@ def sfd_schedule(**options: Any) -> Any:
     return SFDScheduleFile(**options)
 
 
-for _f in (sfd, sfd_model, sfd_schedule):
-    _f.paper = PAPER  # type: ignore[attr-defined]
+sfd.paper = PAPER  # type: ignore[attr-defined]
+sfd_model.paper = PAPER  # type: ignore[attr-defined]
+sfd_schedule.paper = PAPER  # type: ignore[attr-defined]
 sfd_model.loads_file = loads_file  # type: ignore[attr-defined]
 
 

@@ -6,23 +6,21 @@ Torch and the trainer are imported when the command runs.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
 __all__ = ["add_commands", "train"]
 
-Opt = Optional
-
 
 def train(
     out: Annotated[Path, typer.Option(help="student to write: FILE.json + FILE.safetensors")] = Path("sfd-student.json"),
     model: Annotated[str, typer.Option(help="teacher: registered EDM model name or EDM model file")] = "digits",
-    model_opt: Annotated[Opt[list[str]], typer.Option("--model-opt", help="model option key=value")] = None,
+    model_opt: Annotated[list[str] | None, typer.Option("--model-opt", help="model option key=value")] = None,
     steps: Annotated[int, typer.Option(help="student sigmas (steps + 1); 4 with --afs = 2 NFE")] = 4,
     m: Annotated[int, typer.Option("--M", help="teacher points inserted between two student points")] = 3,
     teacher: Annotated[str, typer.Option(help="teacher solver")] = "dpmpp",
-    teacher_opt: Annotated[Opt[list[str]], typer.Option("--teacher-opt", help="teacher solver option key=value")] = None,
+    teacher_opt: Annotated[list[str] | None, typer.Option("--teacher-opt", help="teacher solver option key=value")] = None,
     teacher_afs: Annotated[bool, typer.Option(help="teacher run with AFS (second stage from an SFD student)")] = False,
     rho: Annotated[float, typer.Option(help="rho of the polynomial schedule")] = 7.0,
     afs: Annotated[bool, typer.Option(help="analytical first step (free first student step)")] = True,
@@ -30,13 +28,13 @@ def train(
     batch: Annotated[int, typer.Option(help="trajectories per iteration (all processes)")] = 128,
     total_kimg: Annotated[float, typer.Option(help="thousands of trajectories to train on")] = 200.0,
     ema: Annotated[float, typer.Option(help="EMA half-life in kimg (0: off)")] = 0.0,
-    seed: Annotated[Opt[int], typer.Option(help="first training-noise seed")] = None,
-    checkpoint: Annotated[Opt[Path], typer.Option(help="checkpoint directory (resumable)")] = None,
+    seed: Annotated[int | None, typer.Option(help="first training-noise seed")] = None,
+    checkpoint: Annotated[Path | None, typer.Option(help="checkpoint directory (resumable)")] = None,
     checkpoint_every: Annotated[int, typer.Option(help="iterations between checkpoints (0: only at the end)")] = 50,
     resume: Annotated[bool, typer.Option(help="continue from --checkpoint when it holds a state")] = True,
     log_every: Annotated[int, typer.Option(help="iterations between loss lines")] = 10,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto")] = "auto",
-    threads: Annotated[Opt[int], typer.Option(help="torch CPU threads")] = None,
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads")] = None,
 ) -> None:
     """Distil a teacher into an Euler student with SFD (Zhou et al. NeurIPS 2024) and save it.
 
