@@ -14,8 +14,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from diffsampler import tensorfile
 from diffsampler.errors import ModelLoadError
 from diffsampler.plugins.edm.checkpoint import build_from_config, config_of, load_state_dict_strict
@@ -132,10 +130,3 @@ def load_student(
         info={"file": where, "format": FORMAT},
     )
 
-
-def student_from_teacher(teacher: EDMDenoiser) -> torch.nn.Module:
-    """A trainable deep copy of the teacher's network (the student's initialisation)."""
-    import copy
-
-    net = copy.deepcopy(teacher.net)
-    return net
