@@ -8,21 +8,12 @@ from typing import Any
 
 from rich.console import Console
 
-from diffsampler.errors import OptionError
+from diffsampler.options import parse_pairs
+
+__all__ = ["console", "err_console", "parse_pairs", "print_json", "table_console"]
 
 console = Console()
 err_console = Console(stderr=True)
-
-
-def parse_pairs(pairs: list[str] | None, flag: str) -> dict[str, str]:
-    """``["a=1", "b=x"]`` from repeated ``--opt`` flags into a dict of strings."""
-    out: dict[str, str] = {}
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise OptionError(f"{flag} expects key=value, got {pair!r}")
-        out[key.strip()] = value.strip()
-    return out
 
 
 def print_json(data: Any) -> None:

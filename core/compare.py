@@ -18,7 +18,7 @@ import attrs
 
 from .api import get_metric, get_model, get_schedule, get_solver
 from .errors import OptionError
-from .options import options_as_dict
+from .options import from_record, options_as_dict, parse_inline
 from .protocols import Analytic, Decodable
 from .seeds import plan_batches, seed_noise
 from .solver import steps_for_nfe
@@ -35,18 +35,6 @@ __all__ = [
 ]
 
 _SPEC = re.compile(r"^\s*(?P<name>[^\[\]@\s]+)\s*(\[(?P<opts>[^\]]*)\])?\s*(@(?P<sched>[^\[\]\s]+)(\[(?P<sopts>[^\]]*)\])?)?\s*$")
-
-
-def _pairs(text: str | None, where: str) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for part in (text or "").split(","):
-        if not part.strip():
-            continue
-        key, sep, value = part.partition("=")
-        if not sep:
-            raise OptionError(f"{where}: expected key=value, got {part.strip()!r}")
-        out[key.strip()] = value.strip()
-    return out
 
 
 def _as_dict(value: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -72,8 +60,8 @@ class SolverSpec:
                 "NAME[...]@SCHEDULE[key=value,...]"
             )
         return cls(
-            solver=match["name"], options=_pairs(match["opts"], text),
-            schedule=match["sched"], schedule_options=_pairs(match["sopts"], text),
+            solver=match["name"], options=parse_inline(match["opts"], text),
+            schedule=match["sched"], schedule_options=parse_inline(match["sopts"], text),
         )
 
     @property
@@ -107,7 +95,7 @@ def parse_metric(text: str) -> tuple[str, dict[str, str]]:
     match = _METRIC.match(text)
     if not match:
         raise OptionError(f"bad metric spec {text!r}: expected NAME or NAME[key=value,...]")
-    return match["name"], _pairs(match["opts"], text)
+    return match["name"], parse_inline(match["opts"], text)
 
 
 def parse_nfes(text: str) -> tuple[int, ...]:
@@ -164,11 +152,7 @@ class CompareConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CompareConfig:
-        names = {f.name for f in attrs.fields(cls)}
-        unknown = set(data) - names
-        if unknown:
-            raise OptionError(f"compare configuration has unknown keys: {', '.join(sorted(unknown))}")
-        return cls(**data)
+        return from_record(cls, data, what="compare configuration")
 
 
 @attrs.frozen(kw_only=True)

@@ -27,9 +27,12 @@ __all__ = [
     "build_options",
     "choice",
     "describe_options",
+    "from_record",
     "in_range",
     "option",
     "options_as_dict",
+    "parse_inline",
+    "parse_pairs",
     "positive",
 ]
 
@@ -207,6 +210,33 @@ def build_options(cls: type | None, values: Mapping[str, Any], *, owner: str) ->
         raise OptionError(f"{owner}: {exc}") from None
     except (TypeError, ValueError) as exc:
         raise OptionError(f"{owner}: {exc}") from None
+
+
+def parse_pairs(pairs: list[str] | None, flag: str) -> dict[str, str]:
+    """Repeated ``key=value`` flags (``--opt a=1 --opt b=x``) into a dict of strings."""
+    out: dict[str, str] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise OptionError(f"{flag} expects key=value, got {pair!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def parse_inline(text: str | None, where: str) -> dict[str, str]:
+    """One ``"a=1,b=x"`` string (``NAME[a=1,b=x]`` specs) into a dict of strings."""
+    return parse_pairs([p for p in (text or "").split(",") if p.strip()], where)
+
+
+def from_record(cls: type, data: Mapping[str, Any], *, what: str) -> Any:
+    """Rebuild an attrs configuration from its saved dict; unknown keys are a clear error."""
+    unknown = set(data) - {f.name for f in _fields(cls)}
+    if unknown:
+        raise OptionError(f"{what} has unknown keys: {', '.join(sorted(unknown))}")
+    try:
+        return cls(**data)
+    except (TypeError, ValueError) as exc:
+        raise OptionError(f"{what}: {exc}") from None
 
 
 def options_as_dict(options: Any) -> dict[str, Any]:

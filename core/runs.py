@@ -17,7 +17,7 @@ import attrs
 from ._version import __version__
 from .api import get_model, get_schedule, get_solver, resolve_num_steps
 from .errors import OptionError
-from .options import options_as_dict
+from .options import from_record, options_as_dict
 from .protocols import Denoiser, Solver
 from .schedule import SigmaList
 from .seeds import Batch, plan_batches, seed_noise
@@ -81,11 +81,7 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RunConfig:
-        names = {f.name for f in attrs.fields(cls)}
-        unknown = set(data) - names
-        if unknown:
-            raise OptionError(f"run configuration has unknown keys: {', '.join(sorted(unknown))}")
-        return cls(**data)
+        return from_record(cls, data, what="run configuration")
 
 
 @attrs.frozen(kw_only=True)

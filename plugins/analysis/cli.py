@@ -12,24 +12,12 @@ from typing import Annotated
 
 import typer
 
-from diffsampler.options import describe_options
+from diffsampler.options import describe_options, parse_pairs
 
 from .registry import ANALYSES, analysis_names
 
 __all__ = ["add_commands", "make_command"]
 
-
-
-def _parse_pairs(pairs: list[str] | None, flag: str) -> dict[str, str]:
-    from diffsampler.errors import OptionError
-
-    out: dict[str, str] = {}
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise OptionError(f"{flag} expects key=value, got {pair!r}")
-        out[key.strip()] = value.strip()
-    return out
 
 
 def _options_help(kind: str) -> str:
@@ -68,7 +56,7 @@ def make_command(kind: str) -> Callable[..., None]:
         from .collect import collect
         from .run import analyze, prepare_output, write_result
 
-        params = _parse_pairs(param, "--param")
+        params = parse_pairs(param, "--param")
         # Validate the analysis options before sampling anything.
         from diffsampler.options import build_options
 
@@ -79,9 +67,9 @@ def make_command(kind: str) -> Callable[..., None]:
             pyplot()  # a missing [plot] extra fails before the work, with one line
         prepare_output(out)
         setup = collect(
-            model=model, model_options=_parse_pairs(model_opt, "--model-opt"), solver=solver,
-            solver_options=_parse_pairs(opt, "--opt"), schedule=schedule,
-            schedule_options=_parse_pairs(schedule_opt, "--schedule-opt"), num_steps=steps,
+            model=model, model_options=parse_pairs(model_opt, "--model-opt"), solver=solver,
+            solver_options=parse_pairs(opt, "--opt"), schedule=schedule,
+            schedule_options=parse_pairs(schedule_opt, "--schedule-opt"), num_steps=steps,
             seeds=parse_seeds(seeds), dtype=dtype, device=device, batch=batch,
         )
         result, options = analyze(kind, setup, params)

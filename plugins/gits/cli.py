@@ -63,9 +63,9 @@ def search(
     Runs under torchrun: the trajectories are shared among the processes.
     """
     import diffsampler as ds
-    from diffsampler.cli._common import parse_pairs
     from diffsampler.distributed import setup, teardown
     from diffsampler.errors import OptionError
+    from diffsampler.options import parse_pairs
 
     if (steps is None) == (nfe is None):
         if steps is None and nfe is None:
@@ -105,11 +105,12 @@ def _search(distiller: Any, model_name: str, model_options: dict[str, Any], coef
             out: Path, student: Any, *, as_json: bool) -> None:
     import time
 
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
     import diffsampler as ds
     from diffsampler.cli._common import console, print_json
     from diffsampler.distributed import current
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-    from rich.table import Table
 
     from .search import STAGES
 

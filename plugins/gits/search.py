@@ -17,31 +17,20 @@ from typing import Any
 
 import attrs
 import numpy as np
+
 from diffsampler import build_options, describe_options
 from diffsampler.errors import OptionError
-from diffsampler.options import options_as_dict
+from diffsampler.options import options_as_dict, parse_inline
 
 from .artifact import PAPER, GITSSchedule, load_schedule
 from .dp import dp_table, path_cost
 from .options import GITSOptions
 
-__all__ = ["GITS", "STAGES", "SearchResult", "parse_pairs"]
+__all__ = ["GITS", "STAGES", "SearchResult"]
 
 #: Progress events are ``{"stage": STAGES.index(name), "done": k, "total": n}``.
 STAGES = ("teacher", "cost", "dp", "afs")
 Progress = Callable[[Mapping[str, float]], None]
-
-
-def parse_pairs(text: str, where: str) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for part in text.split(","):
-        if not part.strip():
-            continue
-        key, sep, value = part.partition("=")
-        if not sep:
-            raise OptionError(f"{where}: expected key=value, got {part.strip()!r}")
-        out[key.strip()] = value.strip()
-    return out
 
 
 def _sync(device: str) -> None:
@@ -123,13 +112,13 @@ class GITS:
         import diffsampler as ds
 
         o = self.options
-        return ds.get_solver(o.teacher, **parse_pairs(o.teacher_options, "teacher_options"))
+        return ds.get_solver(o.teacher, **parse_inline(o.teacher_options, "teacher_options"))
 
     def student_solver(self) -> Any:
         import diffsampler as ds
 
         o = self.options
-        return ds.get_solver(o.solver, **parse_pairs(o.solver_options, "solver_options"))
+        return ds.get_solver(o.solver, **parse_inline(o.solver_options, "solver_options"))
 
     def teacher_sigmas(self, model: Any) -> tuple[float, ...]:
         import diffsampler as ds
@@ -160,6 +149,7 @@ class GITS:
         ``cond(seeds) -> conditioning`` for a batch's seeds.
         """
         import torch
+
         from diffsampler.distributed import all_reduce_sum, shard
         from diffsampler.seeds import plan_batches, seed_noise
 
@@ -259,6 +249,7 @@ class GITS:
         extra first step (sampled with AFS, so the NFE is unchanged) and keep the one whose
         samples land nearest the teacher's (mean L2 distance)."""
         import torch
+
         from diffsampler.distributed import all_reduce_sum
         from diffsampler.seeds import seed_noise
 
