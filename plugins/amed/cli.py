@@ -6,13 +6,11 @@ Torch and the training are imported when the command runs.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
 __all__ = ["add_commands", "train"]
-
-Opt = Optional
 
 
 def steps_for(solver: str, *, steps: int | None, nfe: int | None, afs: bool) -> int:
@@ -37,10 +35,10 @@ def steps_for(solver: str, *, steps: int | None, nfe: int | None, afs: bool) -> 
 def train(
     out: Annotated[Path, typer.Option(help="predictor file to write (.safetensors)")] = Path("amed.safetensors"),
     model: Annotated[str, typer.Option(help="registered model name or model file (needs a bottleneck)")] = "digits",
-    model_opt: Annotated[Opt[list[str]], typer.Option("--model-opt", help="model option key=value")] = None,
+    model_opt: Annotated[list[str] | None, typer.Option("--model-opt", help="model option key=value")] = None,
     solver: Annotated[str, typer.Option(help="student: amed (AMED-Solver), euler, ipndm, dpm, dpmpp (AMED-Plugin)")] = "amed",
-    steps: Annotated[Opt[int], typer.Option(help="sigmas of the student's schedule (steps + 1)")] = None,
-    nfe: Annotated[Opt[int], typer.Option(help="NFE of the student (default 5)")] = None,
+    steps: Annotated[int | None, typer.Option(help="sigmas of the student's schedule (steps + 1)")] = None,
+    nfe: Annotated[int | None, typer.Option(help="NFE of the student (default 5)")] = None,
     teacher: Annotated[str, typer.Option(help="teacher solver: heun, dpm, dpmpp, euler, ipndm")] = "heun",
     m: Annotated[int, typer.Option("--m", help="teacher points inserted per student interval (M)")] = 1,
     schedule: Annotated[str, typer.Option(help="schedule of student and teacher")] = "polynomial",
@@ -54,7 +52,7 @@ def train(
     lr: Annotated[float, typer.Option(help="Adam learning rate")] = 5e-3,
     batch: Annotated[int, typer.Option(help="trajectories per iteration")] = 16,
     total_kimg: Annotated[float, typer.Option(help="thousands of training trajectories")] = 0.2,
-    seed: Annotated[Opt[int], typer.Option(help="first noise seed")] = None,
+    seed: Annotated[int | None, typer.Option(help="first noise seed")] = None,
     threads: Annotated[int, typer.Option(help="torch CPU threads")] = 1,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,

@@ -45,7 +45,7 @@ class RunEvaluator:
         if run.afs_pending:  # the base class's AFS, no NFE; the predictor reads a zero feature
             return x - sigma * run.derivative(x, sigma), None
         s = torch.full((x.shape[0],), sigma, dtype=x.dtype, device=x.device)
-        denoised, feats = run.denoiser.denoise_with_features(x, s, run.cond)  # type: ignore[attr-defined]
+        denoised, feats = run.denoiser.denoise_with_features(x, s, run.cond)
         run.nfe += 1
         return self._checked(denoised, x), feats
 
@@ -81,7 +81,7 @@ class AMEDSolver(ODESolver):
             self.predictor = load_predictor(self.options.predictor)
             self._check_student()
             settings = self.predictor.settings
-            self.recommended_schedule = (  # type: ignore[misc]
+            self.recommended_schedule = (
                 settings["schedule"], dict(settings.get("schedule_options", {}))
             )
 

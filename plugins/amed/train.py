@@ -50,10 +50,10 @@ class ModelEvaluator:
         if self.afs_step0 and self.index == 0:
             return x - (sigma / math.sqrt(1.0 + sigma * sigma)) * x, None
         s = torch.full((x.shape[0],), sigma, dtype=x.dtype, device=x.device)
-        return self.model.denoise_with_features(x, s, self.cond)  # type: ignore[no-any-return]
+        return self.model.denoise_with_features(x, s, self.cond)
 
     def mid(self, x: Tensor, sigma: Tensor) -> Tensor:
-        return self.model(x, sigma, self.cond)  # type: ignore[no-any-return]
+        return self.model(x, sigma, self.cond)
 
 
 def schedule_pair(model: Any, options: AMEDOptions) -> tuple[tuple[float, ...], tuple[float, ...], dict[str, Any]]:
