@@ -1,0 +1,235 @@
+"""ADM-family networks as diffsampler Denoisers (``D(x; sigma)``, ``x = x0 + sigma * eps``).
+
+Two preconditionings, as the diff-sampler seed's ``CGPrecond`` and ``CMPrecond`` use them:
+
+* ``vp`` (ADM, epsilon prediction; Song et al. 2021, arXiv:2011.13456, VP SDE; Karras et al.
+  2022, arXiv:2206.00364, Table 1): ``x_t = x / sqrt(1 + sigma^2)``, network time
+  ``(M - 1) * t(sigma)`` with ``sigma(t) = sqrt(exp(beta_d t^2 / 2 + beta_min t) - 1)``,
+  ``beta_d = 19.9``, ``beta_min = 0.1``, ``M = 1000``; the learned-variance half of the output is
+  dropped, and ``D = x - sigma * eps``.
+* ``edm`` (Consistency Models' EDM network): ``c_skip = s_d^2 / (sigma^2 + s_d^2)``,
+  ``c_out = sigma s_d / sqrt(sigma^2 + s_d^2)``, ``c_in = 1 / sqrt(sigma^2 + s_d^2)``, network
+  time ``250 log(sigma)`` (Karras et al. 2022, Eq. 7 and Table 1; ``s_d = 0.5``).
+
+Classifier guidance (Dhariwal & Nichol 2021, arXiv:2105.05233, Algorithm 2 / Eq. 14):
+``eps_hat = eps - s * sqrt(1 - alpha_bar) * grad_{x_t} log p(y | x_t)`` with
+``alpha_bar = 1 / (1 + sigma^2)``, so ``D = x - sigma * eps_hat``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from diffsampler.errors import OptionError, SamplingError
+
+__all__ = ["ADMDenoiser", "VPParams"]
+
+_AUTOCAST = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class VPParams:
+    """The seed's continuous VP noise schedule: ``sigma(t)`` and its inverse."""
+
+    def __init__(self, beta_d: float = 19.9, beta_min: float = 0.1, M: int = 1000, epsilon_t: float = 1e-3):
+        self.beta_d, self.beta_min, self.M, self.epsilon_t = beta_d, beta_min, M, epsilon_t
+
+    def sigma(self, t: Tensor | float) -> Tensor:
+        t = torch.as_tensor(t, dtype=torch.float64)
+        return torch.sqrt(torch.exp(0.5 * self.beta_d * t**2 + self.beta_min * t) - 1)
+
+    def sigma_inv(self, sigma: Tensor) -> Tensor:
+        return (torch.sqrt(self.beta_min**2 + 2 * self.beta_d * torch.log1p(sigma**2)) - self.beta_min) / self.beta_d
+
+
+class ADMDenoiser:
+    """An ADM U-Net (``vp``) or a Consistency-Models EDM U-Net (``edm``) as a Denoiser, with
+    optional classifier guidance (``vp`` only). ``cond``: class indices (an int, a sequence or an
+    integer tensor of ``batch`` indices); ``None`` uses ``class_label``.
+
+    As a :class:`~diffsampler.TimeMapped` model its time is the network's own time input
+    (``(M - 1) t`` for VP, ``250 log sigma`` for EDM), so the ``discrete`` schedule works.
+    """
+
+    paper = "Dhariwal & Nichol 2021, Diffusion Models Beat GANs on Image Synthesis, arXiv:2105.05233"
+
+    def __init__(
+        self,
+        unet: nn.Module,
+        *,
+        precond: str = "vp",
+        classifier: nn.Module | None = None,
+        guidance_rate: float = 0.0,
+        class_label: int | None = None,
+        clip: bool = True,
+        precision: str = "fp32",
+        sigma_min: float | None = None,
+        sigma_max: float | None = None,
+        sigma_data: float = 0.5,
+        vp: VPParams | None = None,
+        device: str | torch.device | None = None,
+        name: str = "adm",
+        info: dict[str, Any] | None = None,
+    ) -> None:
+        if precond not in ("vp", "edm"):
+            raise OptionError(f"precond must be 'vp' or 'edm', got {precond!r}")
+        if precision not in _AUTOCAST:
+            raise OptionError(f"precision must be one of {', '.join(_AUTOCAST)}, got {precision!r}")
+        if classifier is not None and precond != "vp":
+            raise OptionError("classifier guidance is implemented for VP (ADM) networks only")
+        self.unet = unet.eval().requires_grad_(False)
+        self.classifier = None if classifier is None else classifier.eval().requires_grad_(False)
+        self.precond = precond
+        self.vp = vp or VPParams()
+        self.sigma_data = float(sigma_data)
+        self.guidance_rate = float(guidance_rate)
+        self.clip = bool(clip)
+        self.precision = precision
+        self.name = name
+        self._unet_classes = int(getattr(unet, "num_classes", None) or 0)
+        self.label_dim = max(self._unet_classes, self._classifier_classes)
+        if class_label is not None and not 0 <= class_label < self.label_dim:
+            raise OptionError(f"class_label {class_label} is out of range for model {name!r}")
+        self.class_label = class_label
+        default_min, default_max = (
+            (float(self.vp.sigma(self.vp.epsilon_t)), float(self.vp.sigma(1.0))) if precond == "vp" else (0.002, 80.0)
+        )
+        self._sigma_min = float(sigma_min if sigma_min is not None else default_min)
+        self._sigma_max = float(sigma_max if sigma_max is not None else default_max)
+        if not 0 < self._sigma_min < self._sigma_max:
+            raise OptionError(f"need 0 < sigma_min < sigma_max, got {self._sigma_min} and {self._sigma_max}")
+        self.info = dict(info or {})
+        self.info.setdefault("precond", precond)
+        self.info.setdefault("nfe_per_evaluation", 1)
+        if self.classifier is not None:
+            self.info.setdefault("guidance", {"type": "classifier", "rate": self.guidance_rate})
+        if device is not None:
+            self.to(device)
+
+    @property
+    def _classifier_classes(self) -> int:
+        return int(getattr(self.classifier, "num_classes", 0) or 0)
+
+    # -- Denoiser ------------------------------------------------------------------------------
+    @property
+    def shape(self) -> tuple[int, ...]:
+        size = int(self.unet.image_size)
+        return (int(self.unet.in_channels), size, size)
+
+    @property
+    def sigma_min(self) -> float:
+        return self._sigma_min
+
+    @property
+    def sigma_max(self) -> float:
+        return self._sigma_max
+
+    def __call__(self, x: Tensor, sigma: Tensor, cond: Any = None) -> Tensor:
+        device = x.device
+        if next(self.unet.parameters()).device != device:
+            self.to(device)
+        labels = self._labels(cond, x.shape[0], device)
+        s = torch.as_tensor(sigma, device=device, dtype=torch.float32).reshape(-1)
+        if s.numel() == 1:
+            s = s.expand(x.shape[0])
+        xf = x.to(torch.float32)
+        sb = s.reshape(-1, *([1] * (x.dim() - 1)))
+        if self.precond == "edm":
+            sd2 = self.sigma_data**2
+            c_in = 1 / torch.sqrt(sb**2 + sd2)
+            out = self._net(c_in * xf, self.sigma_to_t(s).float(), labels)
+            denoised = sd2 / (sb**2 + sd2) * xf + sb * self.sigma_data / torch.sqrt(sb**2 + sd2) * out
+            return denoised.to(x.dtype)
+        c_in = 1 / torch.sqrt(sb**2 + 1)
+        t = self.sigma_to_t(s).float()
+        eps = self._net(c_in * xf, t, labels)[:, : x.shape[1]]
+        if self.classifier is not None and self.guidance_rate != 0:
+            if labels is None:
+                raise SamplingError(
+                    f"classifier guidance on {self.name!r} needs class labels: pass cond, "
+                    "--labels random|K, or the model option class_label"
+                )
+            grad = self.classifier_grad(c_in * xf, t, labels)
+            eps = eps - torch.sqrt(1 - 1 / (1 + sb**2)) * self.guidance_rate * grad
+        denoised = xf - sb * eps
+        if self.clip:
+            denoised = denoised.clamp(-1, 1)
+        return denoised.to(x.dtype)
+
+    def classifier_grad(self, x_t: Tensor, t: Tensor, labels: Tensor) -> Tensor:
+        """``grad_{x_t} log p(y | x_t)`` from the classifier (unscaled)."""
+        assert self.classifier is not None
+        with torch.enable_grad():
+            inp = x_t.detach().requires_grad_(True)
+            with self._autocast(inp.device):
+                logits = self.classifier(inp, t)
+            logp = torch.log_softmax(logits.float(), dim=-1)
+            picked = logp[torch.arange(len(logp), device=logp.device), labels].sum()
+            (grad,) = torch.autograd.grad(picked, inp)
+        return grad.detach()
+
+    # -- TimeMapped -----------------------------------------------------------------------------
+    def sigma_to_t(self, sigma: Tensor) -> Tensor:
+        """The network's time input for ``sigma``: ``(M - 1) t(sigma)`` (VP) or ``250 log sigma``."""
+        if self.precond == "edm":
+            return 250.0 * torch.log(sigma)
+        return (self.vp.M - 1) * self.vp.sigma_inv(sigma)
+
+    def t_to_sigma(self, t: Tensor) -> Tensor:
+        if self.precond == "edm":
+            return torch.exp(t / 250.0)
+        return self.vp.sigma(t.double() / (self.vp.M - 1))
+
+    # -- mechanics ------------------------------------------------------------------------------
+    def _autocast(self, device: torch.device) -> contextlib.AbstractContextManager[Any]:
+        dtype = _AUTOCAST[self.precision]
+        return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
+
+    def _net(self, x: Tensor, t: Tensor, labels: Tensor | None) -> Tensor:
+        y = labels if self._unet_classes else None
+        if self._unet_classes and y is None:
+            raise SamplingError(
+                f"model {self.name!r} is class-conditional: pass cond, --labels random|K, "
+                "or the model option class_label"
+            )
+        with self._autocast(x.device):
+            out = self.unet(x, t, y)
+        return out.float()
+
+    def _labels(self, cond: Any, batch: int, device: torch.device) -> Tensor | None:
+        classes = self.label_dim
+        if cond is None:
+            if self.class_label is None:
+                return None
+            cond = self.class_label
+        if not classes:
+            raise SamplingError(f"model {self.name!r} is unconditional; got cond={cond!r:.60}")
+        if isinstance(cond, bool) or not isinstance(cond, int | Sequence | Tensor):
+            raise SamplingError(f"cond must be class indices for model {self.name!r}, got {cond!r:.60}")
+        index = torch.as_tensor(cond, device=device)
+        if index.is_floating_point() or index.dtype == torch.bool or index.dim() > 1:
+            raise SamplingError(f"class indices must be integers, got {cond!r:.60}")
+        index = index.reshape(-1).long()
+        if index.numel() == 1:
+            index = index.expand(batch)
+        if index.numel() != batch:
+            raise SamplingError(f"got {index.numel()} class labels for a batch of {batch}")
+        if bool(((index < 0) | (index >= classes)).any()):
+            raise SamplingError(f"class labels must be in 0..{classes - 1}, got {cond!r:.60}")
+        return index
+
+    def to(self, device: str | torch.device) -> ADMDenoiser:
+        self.unet = self.unet.to(device)
+        if self.classifier is not None:
+            self.classifier = self.classifier.to(device)
+        return self
+
+    def __repr__(self) -> str:
+        guide = f", classifier guidance {self.guidance_rate}" if self.classifier is not None else ""
+        return f"ADMDenoiser({self.name!r}, {self.precond}, shape={self.shape}, classes={self.label_dim}{guide})"
+
+

@@ -1,0 +1,146 @@
+"""Model factories of the ``guided`` plugin. Torch is imported when a factory runs, not before.
+
+Weights are plain ``.pt`` state dicts read with ``torch.load(..., weights_only=True)`` (no code
+in a model file ever runs) and loaded strictly into :mod:`.unet`'s modules.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from diffsampler.errors import ModelLoadError
+
+from .catalog import ADM_FORMAT, CLASSIFIER_FORMAT, NAMED, Named, Weights
+from .download import resolve
+
+if TYPE_CHECKING:
+    from .denoiser import ADMDenoiser
+
+__all__ = ["adm_file", "build_network", "loads_file", "named_factory", "read_config"]
+
+PAPER = "Dhariwal & Nichol 2021, Diffusion Models Beat GANs on Image Synthesis, arXiv:2105.05233"
+CM_PAPER = "Song et al. 2023, Consistency Models, arXiv:2303.01469"
+
+
+def read_config(path: Path, fmt: str) -> dict[str, Any]:
+    """A JSON config of ``fmt`` (``diffsampler.adm`` or ``diffsampler.adm-classifier``)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ModelLoadError(f"cannot read the config {path}: {exc}") from None
+    if not isinstance(data, dict) or data.get("format") != fmt or not isinstance(data.get("network"), dict):
+        raise ModelLoadError(f"{path} is not a {fmt} config (need 'format': '{fmt}' and a 'network' dict)")
+    return data
+
+
+def _has_config(path: Path, fmt: str) -> bool:
+    try:
+        read_config(path, fmt)
+    except ModelLoadError:
+        return False
+    return True
+
+
+def loads_file(path: str | os.PathLike[str]) -> bool:
+    """Whether the generic ``adm`` model loads ``path``: a ``.pt`` with a ``diffsampler.adm``
+    JSON beside it (same stem)."""
+    p = Path(path)
+    return p.is_file() and p.suffix in (".pt", ".pth") and _has_config(p.with_suffix(".json"), ADM_FORMAT)
+
+
+def build_network(network: dict[str, Any], state_path: Path, *, classifier: bool) -> Any:
+    """Build the module described by ``network`` and load ``state_path`` into it strictly."""
+    import torch
+
+    from .unet import ADMClassifier, ADMUNet
+
+    cls = ADMClassifier if classifier else ADMUNet
+    try:
+        module = cls(**network)
+    except TypeError as exc:
+        raise ModelLoadError(f"bad network settings for {cls.__name__}: {exc}") from None
+    try:
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # unpickling refused or a corrupt file
+        raise ModelLoadError(f"cannot read {state_path} as a weights-only state dict: {exc}") from None
+    if not isinstance(state, dict):
+        raise ModelLoadError(f"{state_path} holds no state dict")
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0:3]
+        raise ModelLoadError(f"{state_path} does not fit {cls.__name__}: {' '.join(first)}") from None
+    return module.float().eval()
+
+
+def _denoiser(unet: Any, classifier: Any, precond: str, name: str, info: dict[str, Any], **opts: Any) -> ADMDenoiser:
+    from .denoiser import ADMDenoiser
+
+    return ADMDenoiser(unet, precond=precond, classifier=classifier, name=name, info=info, **opts)
+
+
+def adm_file(
+    *, path: str, config: str | None = None, classifier_path: str | None = None,
+    classifier_config: str | None = None, **opts: Any,
+) -> ADMDenoiser:
+    """Any guided-diffusion-style network: a ``.pt`` state dict plus a ``diffsampler.adm`` JSON
+    (``{"format", "precond": "vp"|"edm", "network": ADMUNet kwargs}``), optionally a classifier."""
+    weights = Path(path).expanduser()
+    if not weights.is_file():
+        raise ModelLoadError(f"adm: path={path!r} does not exist")
+    cfg = read_config(Path(config) if config else weights.with_suffix(".json"), ADM_FORMAT)
+    unet = build_network(cfg["network"], weights, classifier=False)
+    classifier = None
+    info: dict[str, Any] = {"file": os.fspath(weights), "network": cfg["network"]}
+    if classifier_path:
+        cpath = Path(classifier_path).expanduser()
+        if not cpath.is_file():
+            raise ModelLoadError(f"adm: classifier_path={classifier_path!r} does not exist")
+        ccfg = read_config(Path(classifier_config) if classifier_config else cpath.with_suffix(".json"),
+                           CLASSIFIER_FORMAT)
+        classifier = build_network(ccfg["network"], cpath, classifier=True)
+        info["classifier_file"] = os.fspath(cpath)
+    return _denoiser(unet, classifier, cfg.get("precond", "vp"), weights.stem, info, **opts)
+
+
+adm_file.loads_file = loads_file  # type: ignore[attr-defined]
+adm_file.paper = PAPER  # type: ignore[attr-defined]
+
+
+def named_factory(entry: Named) -> Any:
+    """The factory of one named network."""
+
+    def factory(
+        *, path: str | None = None, classifier_path: str | None = None, download: bool = True, **opts: Any
+    ) -> ADMDenoiser:
+        source = resolve(entry.name, entry.model, path=path, download=download)
+        unet = build_network(entry.model.network, source, classifier=False)
+        info: dict[str, Any] = {"name": entry.name, "file": os.fspath(source), "seed_dataset": entry.seed_name}
+        classifier = None
+        if entry.classifier is not None and float(opts.get("guidance_rate", 0.0)) != 0.0:
+            csource = resolve(entry.name, entry.classifier, path=classifier_path, download=download)
+            classifier = build_network(entry.classifier.network, csource, classifier=True)
+            info["classifier_file"] = os.fspath(csource)
+        if entry.precond == "edm":
+            opts = {**opts, "clip": False}
+        return _denoiser(unet, classifier, entry.precond, entry.name, info, **opts)
+
+    factory.__name__ = entry.name.replace("-", "_")
+    factory.__doc__ = entry.summary
+    factory.paper = CM_PAPER if entry.precond == "edm" else PAPER  # type: ignore[attr-defined]
+    return factory
+
+
+def weights_present(entry: Named) -> bool:
+    """Whether every file of ``entry`` is already local (env var or cache); torch-free."""
+    from .download import local_copy
+
+    parts: list[Weights] = [entry.model] + ([entry.classifier] if entry.classifier else [])
+    return all(local_copy(w) is not None for w in parts)
+
+
+def named_entries() -> list[Named]:
+    return list(NAMED.values())

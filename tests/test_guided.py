@@ -1,0 +1,216 @@
+"""The guided plugin: ADM U-Net + noisy-image classifier (classifier guidance) and the
+Consistency-Models EDM U-Net, on tiny random-weight networks saved as OpenAI-style .pt files."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import diffsampler as ds
+import diffsampler.plugins.guided as guided_plugin
+from diffsampler.errors import ModelLoadError
+from diffsampler.plugins.guided.unet import ADMClassifier, ADMUNet
+
+CLASSES = 4
+UNET = dict(
+    image_size=16, in_channels=3, model_channels=32, out_channels=6, num_res_blocks=1,
+    attention_resolutions=[2], channel_mult=[1, 2], num_classes=CLASSES, num_heads=2,
+    num_head_channels=16, use_scale_shift_norm=True, resblock_updown=True,
+)
+CLASSIFIER = dict(
+    image_size=16, in_channels=3, model_channels=32, out_channels=CLASSES, num_res_blocks=1,
+    attention_resolutions=[2], channel_mult=[1, 2], num_head_channels=16,
+    use_scale_shift_norm=True, resblock_updown=True,
+)
+CM = dict(
+    image_size=16, in_channels=3, model_channels=32, out_channels=3, num_res_blocks=1,
+    attention_resolutions=[2], channel_mult=[1, 2], num_classes=None, num_head_channels=16,
+    use_scale_shift_norm=False, resblock_updown=True, attention_dims=2, attention_order="qkv_first",
+)
+
+
+@pytest.fixture(autouse=True)
+def _threads() -> None:
+    torch.set_num_threads(1)
+
+
+@pytest.fixture
+def registry() -> ds.Registry:
+    reg = ds.discover(entry_points=True, plugins=[("guided", guided_plugin)])
+    ds.reset_registry(reg)
+    yield reg
+    ds.reset_registry(None)
+
+
+def _save(module: torch.nn.Module, path: Path, fmt: str, network: dict, precond: str | None = None) -> Path:
+    torch.save(module.state_dict(), path)
+    cfg = {"format": fmt, "network": network}
+    if precond:
+        cfg["precond"] = precond
+    path.with_suffix(".json").write_text(json.dumps(cfg))
+    return path
+
+
+@pytest.fixture
+def tiny(tmp_path: Path) -> dict:
+    torch.manual_seed(0)
+    unet, classifier = ADMUNet(**UNET).eval(), ADMClassifier(**CLASSIFIER).eval()
+    return dict(
+        unet=unet, classifier=classifier,
+        path=_save(unet, tmp_path / "adm.pt", "diffsampler.adm", UNET, "vp"),
+        cpath=_save(classifier, tmp_path / "cls.pt", "diffsampler.adm-classifier", CLASSIFIER),
+    )
+
+
+def vp_t(sigma: float) -> float:
+    """Independent inverse of sigma(t) = sqrt(exp(19.9 t^2 / 2 + 0.1 t) - 1) (numpy roots)."""
+    roots = np.roots([0.5 * 19.9, 0.1, -math.log1p(sigma**2)])
+    return float(max(r.real for r in roots))
+
+
+def test_registers_without_torch() -> None:
+    code = (
+        "import sys, diffsampler as ds, diffsampler.plugins.guided as p\n"
+        "reg = ds.discover(entry_points=False, plugins=[('guided', p)])\n"
+        "assert not reg.failures, reg.failures\n"
+        "assert {'adm', 'adm-imagenet256', 'cm-lsun-bedroom256'} <= {c.name for c in reg.components('model')}\n"
+        "assert 'torch' not in sys.modules, 'torch imported at registration'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_named_models_say_where_weights_come_from(registry: ds.Registry, monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("DIFFSAMPLER_CACHE", str(tmp_path))
+    monkeypatch.setenv("DIFFSAMPLER_OFFLINE", "1")
+    with pytest.raises(ModelLoadError, match=r"256x256_diffusion\.pt.*DIFFSAMPLER_ADM_IMAGENET256"):
+        ds.get_model("adm-imagenet256")
+    with pytest.raises(ModelLoadError, match=r"openaipublic\.blob\.core\.windows\.net/consistency/edm_bedroom256_ema\.pt"):
+        ds.get_model("cm-lsun-bedroom256", download=False)
+
+
+def test_published_architecture_key_names() -> None:
+    """A few of OpenAI's 256x256_diffusion.pt / classifier keys, with their shapes."""
+    from diffsampler.plugins.guided.catalog import NAMED
+
+    with torch.device("meta"):
+        unet = ADMUNet(**NAMED["adm-imagenet256"].model.network)
+        cls = ADMClassifier(**NAMED["adm-imagenet256"].classifier.network)
+    sd, csd = unet.state_dict(), cls.state_dict()
+    assert tuple(sd["label_emb.weight"].shape) == (1000, 1024)
+    assert tuple(sd["input_blocks.0.0.weight"].shape) == (256, 3, 3, 3)
+    assert tuple(sd["middle_block.1.qkv.weight"].shape) == (3072, 1024, 1)
+    assert tuple(sd["out.2.weight"].shape) == (6, 256, 3, 3)
+    assert tuple(csd["out.2.positional_embedding"].shape) == (512, 65)
+    # Dhariwal & Nichol 2021, Table 14/Appendix: the ImageNet 256 conditional model has 554M parameters
+    assert round(sum(p.numel() for p in unet.parameters()) / 1e6) == 554
+
+
+def test_loads_strictly_and_refuses_code(tiny: dict, registry: ds.Registry, tmp_path: Path) -> None:
+    model = ds.get_model(tiny["path"])  # found through loads_file
+    assert model.shape == (3, 16, 16) and model.label_dim == CLASSES
+    state = tiny["unet"].state_dict()
+    state.pop("out.2.bias")
+    broken = tmp_path / "broken.pt"
+    torch.save(state, broken)
+    broken.with_suffix(".json").write_text(tiny["path"].with_suffix(".json").read_text())
+    with pytest.raises(ModelLoadError, match="does not fit ADMUNet"):
+        ds.get_model("adm", path=broken)
+    evil = tmp_path / "evil.pt"
+    torch.save({"x": ds.SigmaList([2.0, 1.0])}, evil)  # any pickled object that is not plain data
+    evil.with_suffix(".json").write_text(tiny["path"].with_suffix(".json").read_text())
+    with pytest.raises(ModelLoadError, match="weights-only"):
+        ds.get_model("adm", path=evil)
+
+
+def test_vp_eps_to_x0_and_time_maps(tiny: dict, registry: ds.Registry) -> None:
+    model = ds.get_model("adm", path=tiny["path"], clip=False, guidance_rate=0.0)
+    assert model.sigma_min == pytest.approx(math.sqrt(math.expm1(0.5 * 19.9e-6 + 1e-4)), rel=1e-6)
+    assert model.sigma_max == pytest.approx(math.sqrt(math.expm1(0.5 * 19.9 + 0.1)), rel=1e-6)
+    torch.manual_seed(1)
+    x0 = torch.rand(2, 3, 16, 16) * 2 - 1
+    labels = torch.tensor([0, 3])
+    for sigma in (0.05, 1.3, 40.0):
+        x = x0 + sigma * torch.randn_like(x0)
+        t = 999 * vp_t(sigma)
+        eps = tiny["unet"](x / math.sqrt(1 + sigma**2), torch.full((2,), t), labels)[:, :3]
+        expected = x - sigma * eps
+        got = model(x, torch.full((2,), sigma), labels)
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4 * max(1.0, sigma))
+        assert float(model.sigma_to_t(torch.tensor(sigma, dtype=torch.float64))) == pytest.approx(t, rel=1e-9)
+    ts = torch.linspace(1.0, 999.0, 7, dtype=torch.float64)
+    torch.testing.assert_close(model.sigma_to_t(model.t_to_sigma(ts)), ts)
+    clipped = ds.get_model("adm", path=tiny["path"], guidance_rate=0.0)
+    out = clipped(x0 * 5, torch.full((2,), 3.0), labels)
+    assert out.abs().max() <= 1.0
+
+
+def test_classifier_guidance_term(tiny: dict, registry: ds.Registry) -> None:
+    """D_guided - D_unguided = sigma * sqrt(1 - alpha_bar) * s * grad log p(y | x_t), the gradient
+    checked against central differences of an independent float64 copy of the classifier."""
+    rate, sigma = 2.5, 0.8
+    kw = dict(path=tiny["path"], classifier_path=tiny["cpath"], clip=False)
+    guided = ds.get_model("adm", guidance_rate=rate, **kw)
+    plain = ds.get_model("adm", guidance_rate=0.0, **kw)
+    torch.manual_seed(2)
+    x = torch.randn(2, 3, 16, 16) * 0.7
+    y = torch.tensor([1, 2])
+    s = torch.full((2,), sigma)
+    diff = (guided(x, s, y) - plain(x, s, y)).double()
+    alpha_bar = 1 / (1 + sigma**2)
+    grad = diff / (sigma * math.sqrt(1 - alpha_bar) * rate)
+    cls64 = copy.deepcopy(tiny["classifier"]).double()
+    x_t = (x / math.sqrt(1 + sigma**2)).double()
+    t = torch.full((2,), 999 * vp_t(sigma), dtype=torch.float64)
+    v = torch.randn_like(x_t)
+    h = 1e-4
+
+    def logp(z: torch.Tensor) -> torch.Tensor:
+        return torch.log_softmax(cls64(z, t), dim=-1)[torch.arange(2), y]
+
+    with torch.no_grad():
+        fd = (logp(x_t + h * v) - logp(x_t - h * v)) / (2 * h)
+    assert float(grad.abs().max()) > 0
+    torch.testing.assert_close((grad * v).sum(dim=(1, 2, 3)), fd, rtol=2e-3, atol=2e-4)
+
+
+def test_cm_edm_preconditioning(tmp_path: Path, registry: ds.Registry) -> None:
+    torch.manual_seed(3)
+    unet = ADMUNet(**CM).eval()
+    path = _save(unet, tmp_path / "cm.pt", "diffsampler.adm", CM, "edm")
+    model = ds.get_model("adm", path=path)
+    assert (model.sigma_min, model.sigma_max, model.label_dim) == (0.002, 80.0, 0)
+    x = torch.randn(2, 3, 16, 16) * 5
+    sigma = torch.tensor([0.3, 5.0])
+    sb = sigma.reshape(-1, 1, 1, 1)
+    f = unet(x / torch.sqrt(sb**2 + 0.25), 1000 * torch.log(sigma) / 4)
+    expected = 0.25 / (sb**2 + 0.25) * x + sb * 0.5 / torch.sqrt(sb**2 + 0.25) * f
+    torch.testing.assert_close(model(x, sigma), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_sample_cli_with_labels(tiny: dict, registry: ds.Registry, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from diffsampler.cli import build_app
+
+    out = tmp_path / "run"
+    args = ["sample", "--model", "adm", "--model-opt", f"path={tiny['path']}",
+            "--model-opt", f"classifier_path={tiny['cpath']}", "--model-opt", "guidance_rate=1.5",
+            "--labels", "random", "--seeds", "0-2", "--batch", "2", "--solver", "dpmpp",
+            "--nfe", "4", "--device", "cpu", "--out", str(out)]
+    res = CliRunner().invoke(build_app(), args)
+    assert res.exit_code == 0, res.output
+    data = np.load(out / "samples.npz")
+    images = data["samples"]
+    assert images.shape == (3, 3, 16, 16) and np.isfinite(images).all() and np.abs(images).max() < 1.1  # D is clamped; x keeps sigma_min noise
+    assert set(data["labels"].tolist()) <= set(range(CLASSES))
+    res = CliRunner().invoke(build_app(), ["sample", "--model", "adm", "--model-opt", f"path={tiny['path']}",
+                                           "--seeds", "0", "--nfe", "2", "--out", str(tmp_path / "r2")])
+    assert res.exit_code != 0 and "class-conditional" in str(res.exception)
