@@ -1,0 +1,30 @@
+"""Latent diffusion models through diffusers (entry point ``latent``; extra ``[diffusers]``).
+
+Models registered here:
+
+* ``sd-v1.5``: Stable Diffusion v1.5 with classifier-free guidance (``prompt``/``prompts_file``,
+  ``negative_prompt``, ``guidance_rate`` 7.5; one guided evaluation = 2 NFE, as the seed counts);
+* ``ldm-lsun-bedroom256``, ``ldm-ffhq256``: the seed's unconditional LDMs (local diffusers folder);
+* ``latent``: any diffusers folder (``UNet2DModel``/``UNet2DConditionModel`` + VQ/KL autoencoder).
+
+All are :class:`~diffsampler.TimeMapped` (the ``discrete`` schedule works) and
+:class:`~diffsampler.Decodable` (samples are decoded to images). No torch at import time.
+"""
+
+from __future__ import annotations
+
+from diffsampler import hookimpl
+from diffsampler.hookspecs import Register
+
+from .catalog import NAMED, LatentFileOptions, NamedOptions
+from .factories import latent_file, local_folder, named_factory
+
+
+@hookimpl
+def register_models(register: Register) -> None:
+    for entry in NAMED.values():
+        where = "local folder set" if local_folder(entry) else (
+            f"hub {entry.hub_id} when online" if entry.hub_id else f"set {entry.env_var} or path")
+        register(entry.name, named_factory(entry), summary=f"{entry.summary} [{where}]", options=NamedOptions)
+    register("latent", latent_file, summary="any diffusers latent model folder (LDM / Stable Diffusion)",
+             options=LatentFileOptions)

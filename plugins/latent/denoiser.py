@@ -1,0 +1,201 @@
+"""Latent diffusion models (LDM, Stable Diffusion) as diffsampler Denoisers.
+
+The network predicts eps on latents ``z_k = alpha_k z0 + sigma_k alpha_k eps``; in EDM's VE form
+(``x = z / alpha``, Karras et al. 2022, arXiv:2206.00364, Table 1, as the seed's ``CFGPrecond``)
+``D(x; sigma) = x - sigma * eps(x / sqrt(1 + sigma^2), k(sigma))`` with the step ``k(sigma)`` of
+:class:`.timemap.DiscreteVP`. Classifier-free guidance (Ho & Salimans 2022, arXiv:2207.12598):
+``eps = eps_u + w (eps_c - eps_u)`` from one network call on the doubled batch, which the seed
+counts as 2 NFE per evaluation (``info["nfe_per_evaluation"]``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from diffsampler.errors import OptionError, SamplingError
+
+from .timemap import DiscreteVP
+
+__all__ = ["LatentDenoiser", "cfg_combine"]
+
+_AUTOCAST = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def cfg_combine(eps_uncond: Tensor, eps_cond: Tensor, rate: float) -> Tensor:
+    """Classifier-free guidance: ``eps_u + w (eps_c - eps_u)``."""
+    return eps_uncond + rate * (eps_cond - eps_uncond)
+
+
+class LatentDenoiser:
+    """A latent eps-prediction U-Net with its decoder (:class:`~diffsampler.Decodable`),
+    discrete time maps (:class:`~diffsampler.TimeMapped`) and, for text models, CFG.
+
+    ``unet(z, k, context)`` returns eps; ``decoder(z)`` returns images in [-1, 1];
+    ``encode_text(list_of_prompts)`` returns the context embeddings (text models).
+    ``cond``: ``None`` (the ``prompt`` for every sample), prompt indices into ``prompts``
+    (ints, as ``--labels`` passes them), or a list of strings.
+    """
+
+    paper = "Rombach et al. 2022, High-Resolution Image Synthesis with Latent Diffusion Models, arXiv:2112.10752"
+
+    def __init__(
+        self,
+        *,
+        unet: Callable[[Tensor, Tensor, Tensor | None], Tensor],
+        modules: dict[str, torch.nn.Module],
+        decoder: Callable[[Tensor], Tensor],
+        shape: tuple[int, ...],
+        alphas_cumprod: Tensor,
+        encode_text: Callable[[list[str]], Tensor] | None = None,
+        prompts: Sequence[str] = (),
+        negative_prompt: str = "",
+        guidance_rate: float = 1.0,
+        precision: str = "fp32",
+        sigma_min: float | None = None,
+        sigma_max: float | None = None,
+        name: str = "latent",
+        info: dict[str, Any] | None = None,
+    ) -> None:
+        if precision not in _AUTOCAST:
+            raise OptionError(f"precision must be one of {', '.join(_AUTOCAST)}, got {precision!r}")
+        self._unet, self._decoder, self.modules = unet, decoder, modules
+        self._shape = tuple(int(s) for s in shape)
+        self.time = DiscreteVP(alphas_cumprod)
+        self.encode_text = encode_text
+        self.prompts = list(prompts)
+        if encode_text is None and self.prompts:
+            raise OptionError(f"model {name!r} is unconditional: it takes no prompt")
+        self.negative_prompt = negative_prompt
+        self.guidance_rate = float(guidance_rate)
+        self.precision = precision
+        self.name = name
+        self._sigma_min = float(sigma_min) if sigma_min is not None else self.time.sigma_min
+        self._sigma_max = float(sigma_max) if sigma_max is not None else self.time.sigma_max
+        if not 0 < self._sigma_min < self._sigma_max:
+            raise OptionError(f"need 0 < sigma_min < sigma_max, got {self._sigma_min} and {self._sigma_max}")
+        self.info = dict(info or {})
+        self.info["nfe_per_evaluation"] = 2 if self.guided else 1
+        if encode_text is not None:
+            self.info["guidance"] = {"type": "classifier-free", "rate": self.guidance_rate,
+                                     "negative_prompt": negative_prompt}
+        self._cache: dict[str, Tensor] = {}
+
+    @property
+    def guided(self) -> bool:
+        """Whether an evaluation runs the network on a doubled (unconditional + conditional) batch."""
+        return self.encode_text is not None and self.guidance_rate != 1.0
+
+    @property
+    def label_dim(self) -> int:
+        """Prompts to choose from by index (``--labels``); 0 with a single prompt or none."""
+        return len(self.prompts) if len(self.prompts) > 1 else 0
+
+    # -- Denoiser / TimeMapped / Decodable -----------------------------------------------------
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self._shape
+
+    @property
+    def sigma_min(self) -> float:
+        return self._sigma_min
+
+    @property
+    def sigma_max(self) -> float:
+        return self._sigma_max
+
+    def sigma_to_t(self, sigma: Tensor) -> Tensor:
+        return self.time.sigma_to_t(sigma)
+
+    def t_to_sigma(self, t: Tensor) -> Tensor:
+        return self.time.t_to_sigma(t)
+
+    def __call__(self, x: Tensor, sigma: Tensor, cond: Any = None) -> Tensor:
+        self._follow(x.device)
+        batch = x.shape[0]
+        s = torch.as_tensor(sigma, device=x.device, dtype=torch.float64).reshape(-1)
+        if s.numel() == 1:
+            s = s.expand(batch)
+        k = self.time.sigma_to_t(s.cpu()).to(x.device, torch.float32)
+        sb = s.to(torch.float32).reshape(-1, *([1] * (x.dim() - 1)))
+        xf = x.to(torch.float32)
+        z = xf / torch.sqrt(1 + sb**2)
+        if self.encode_text is None:
+            if cond is not None:
+                raise SamplingError(f"model {self.name!r} is unconditional; got cond={cond!r:.60}")
+            eps = self._eval(z, k, None)
+        else:
+            context = self._context(cond, batch, x.device)
+            if self.guided:
+                uncond = self._embed([self.negative_prompt], x.device).expand_as(context)
+                out = self._eval(torch.cat([z, z]), torch.cat([k, k]), torch.cat([uncond, context]))
+                eps_u, eps_c = out.chunk(2)
+                eps = cfg_combine(eps_u, eps_c, self.guidance_rate)
+            else:
+                eps = self._eval(z, k, context)
+        return (xf - sb * eps).to(x.dtype)
+
+    def decode(self, latent: Tensor) -> Tensor:
+        """Images in [-1, 1] from sampled latents (the VAE / VQ decoder)."""
+        self._follow(latent.device)
+        with torch.no_grad(), self._autocast(latent.device):
+            images = self._decoder(latent.to(torch.float32))
+        return images.float().clamp(-1, 1)
+
+    # -- mechanics ------------------------------------------------------------------------------
+    def _autocast(self, device: torch.device) -> contextlib.AbstractContextManager[Any]:
+        dtype = _AUTOCAST[self.precision]
+        return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
+
+    def _eval(self, z: Tensor, k: Tensor, context: Tensor | None) -> Tensor:
+        with self._autocast(z.device):
+            return self._unet(z, k, context).float()
+
+    def _embed(self, prompts: list[str], device: torch.device) -> Tensor:
+        assert self.encode_text is not None
+        missing = [p for p in dict.fromkeys(prompts) if p not in self._cache]
+        if missing:
+            with torch.no_grad():
+                for p, e in zip(missing, self.encode_text(missing), strict=True):
+                    self._cache[p] = e.float()
+        return torch.stack([self._cache[p] for p in prompts]).to(device)
+
+    def _context(self, cond: Any, batch: int, device: torch.device) -> Tensor:
+        if cond is None:
+            if len(self.prompts) != 1:
+                raise SamplingError(
+                    f"model {self.name!r} needs a prompt: the model option prompt=..., or prompts_file=... "
+                    "with --labels random|K"
+                )
+            prompts = self.prompts * batch
+        elif isinstance(cond, str):
+            prompts = [cond] * batch
+        elif isinstance(cond, Sequence) and cond and all(isinstance(c, str) for c in cond):
+            prompts = list(cond)
+        else:
+            index = torch.as_tensor(cond).reshape(-1).long().tolist()
+            if any(not 0 <= i < len(self.prompts) for i in index):
+                raise SamplingError(f"prompt indices must be in 0..{len(self.prompts) - 1}, got {cond!r:.60}")
+            prompts = [self.prompts[i] for i in index]
+            if len(prompts) == 1:
+                prompts = prompts * batch
+        if len(prompts) != batch:
+            raise SamplingError(f"got {len(prompts)} prompts for a batch of {batch}")
+        return self._embed(prompts, device)
+
+    def _follow(self, device: torch.device) -> None:
+        for key, module in self.modules.items():
+            if next(module.parameters()).device != device:
+                self.modules[key] = module.to(device)
+
+    def to(self, device: str | torch.device) -> LatentDenoiser:
+        self._follow(torch.device(device))
+        return self
+
+    def __repr__(self) -> str:
+        cfg = f", CFG {self.guidance_rate}" if self.encode_text is not None else ""
+        return f"LatentDenoiser({self.name!r}, latent shape={self.shape}{cfg})"

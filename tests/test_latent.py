@@ -1,0 +1,186 @@
+"""The latent plugin on tiny random-weight diffusers models saved as diffusers folders: the
+discrete sigma <-> step maps, eps -> x0, classifier-free guidance, decoding, and
+``diffsampler sample`` end to end (LDM unconditional; Stable Diffusion with a prompt)."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import diffsampler as ds
+import diffsampler.plugins.latent as latent_plugin
+from diffsampler.errors import SamplingError
+
+diffusers = pytest.importorskip("diffusers")
+transformers = pytest.importorskip("transformers")
+
+BETAS = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+
+
+@pytest.fixture(autouse=True)
+def _threads() -> None:
+    torch.set_num_threads(1)
+
+
+@pytest.fixture
+def registry() -> ds.Registry:
+    reg = ds.discover(entry_points=True, plugins=[("latent", latent_plugin)])
+    ds.reset_registry(reg)
+    yield reg
+    ds.reset_registry(None)
+
+
+def _tokenizer(folder: Path) -> None:
+    """A character-level CLIP tokenizer (GPT-2/CLIP's printable byte alphabet, no merges)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    rest = [b for b in range(256) if b not in printable]
+    chars = [chr(c) for c in printable] + [chr(256 + i) for i in range(len(rest))]
+    vocab = {c: i for i, c in enumerate(chars + [c + "</w>" for c in chars])}
+    vocab["<|startoftext|>"], vocab["<|endoftext|>"] = len(vocab), len(vocab) + 1
+    tok = transformers.CLIPTokenizer(vocab=vocab, merges=[], model_max_length=12)
+    tok.save_pretrained(folder)
+
+
+@pytest.fixture(scope="module")
+def sd_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("tiny-sd")
+    torch.manual_seed(0)
+    _tokenizer(root / "tokenizer")
+    transformers.CLIPTextModel(transformers.CLIPTextConfig(
+        vocab_size=514, hidden_size=32, intermediate_size=37, num_hidden_layers=1,
+        num_attention_heads=4, max_position_embeddings=12,
+    )).save_pretrained(root / "text_encoder")
+    diffusers.UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32, attention_head_dim=8,
+    ).save_pretrained(root / "unet")
+    diffusers.AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 64),
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        layers_per_block=1, sample_size=16, scaling_factor=0.18215,
+    ).save_pretrained(root / "vae")
+    diffusers.DDPMScheduler(**BETAS).save_pretrained(root / "scheduler")
+    return root
+
+
+@pytest.fixture(scope="module")
+def ldm_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("tiny-ldm")
+    torch.manual_seed(1)
+    diffusers.UNet2DModel(
+        sample_size=8, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=(32, 64),
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+    ).save_pretrained(root / "unet")
+    diffusers.VQModel(
+        in_channels=3, out_channels=3, latent_channels=3, block_out_channels=(32, 64),
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        layers_per_block=1, num_vq_embeddings=16, vq_embed_dim=3, sample_size=16,
+    ).save_pretrained(root / "vqvae")
+    diffusers.DDPMScheduler(num_train_timesteps=1000, beta_start=0.0015, beta_end=0.0195,
+                            beta_schedule="linear").save_pretrained(root / "scheduler")
+    return root
+
+
+def test_registers_without_torch() -> None:
+    code = (
+        "import sys, diffsampler as ds, diffsampler.plugins.latent as p\n"
+        "reg = ds.discover(entry_points=False, plugins=[('latent', p)])\n"
+        "assert not reg.failures, reg.failures\n"
+        "assert {'latent', 'sd-v1.5', 'ldm-ffhq256'} <= {c.name for c in reg.components('model')}\n"
+        "assert 'torch' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_discrete_maps_match_alphas_cumprod(ldm_folder: Path, registry: ds.Registry) -> None:
+    model = ds.get_model(ldm_folder)  # found through loads_file
+    assert isinstance(model, ds.TimeMapped) and isinstance(model, ds.Decodable)
+    betas = np.linspace(0.0015, 0.0195, 1000)
+    ac = np.cumprod(1 - betas)
+    steps = torch.tensor([0.0, 1.0, 17.0, 500.0, 999.0], dtype=torch.float64)
+    expected = np.sqrt((1 - ac[[0, 1, 17, 500, 999]]) / ac[[0, 1, 17, 500, 999]])
+    np.testing.assert_allclose(model.t_to_sigma(steps).numpy(), expected, rtol=1e-9)
+    np.testing.assert_allclose(model.sigma_to_t(torch.from_numpy(expected)).numpy(), steps.numpy(), atol=1e-7)
+    assert model.sigma_min == pytest.approx(expected[0]) and model.sigma_max == pytest.approx(expected[-1])
+    # between steps: log alpha is linear in the step (the seed's interpolation)
+    mid = float(model.t_to_sigma(torch.tensor(17.5, dtype=torch.float64)))
+    la = 0.25 * (np.log(ac[17]) + np.log(ac[18]))
+    assert mid == pytest.approx(math.sqrt(math.expm1(-2 * la)), rel=1e-12)
+
+
+def test_ldm_eps_to_x0_and_decode(ldm_folder: Path, registry: ds.Registry) -> None:
+    model = ds.get_model("latent", path=ldm_folder)
+    unet = diffusers.UNet2DModel.from_pretrained(ldm_folder / "unet").eval()
+    vq = diffusers.VQModel.from_pretrained(ldm_folder / "vqvae").eval()
+    x = torch.randn(2, 3, 8, 8) * 3
+    sigma = torch.tensor([0.5, 3.0])
+    k = model.sigma_to_t(sigma.double()).float()
+    with torch.no_grad():
+        eps = unet(x / torch.sqrt(1 + sigma**2).reshape(-1, 1, 1, 1), k).sample
+        images = vq.decode(x).sample.clamp(-1, 1)
+    torch.testing.assert_close(model(x, sigma), x - sigma.reshape(-1, 1, 1, 1) * eps, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(model.decode(x), images)
+    assert model.info["nfe_per_evaluation"] == 1
+    with pytest.raises(SamplingError, match="unconditional"):
+        model(x, sigma, cond=[0, 1])
+
+
+def test_sd_classifier_free_guidance(sd_folder: Path, registry: ds.Registry) -> None:
+    rate = 4.0
+    model = ds.get_model("latent", path=sd_folder, prompt="a red cube", negative_prompt="blur",
+                         guidance_rate=rate)
+    assert model.shape == (4, 8, 8) and model.info["nfe_per_evaluation"] == 2
+    unet = diffusers.UNet2DConditionModel.from_pretrained(sd_folder / "unet").eval()
+    tok = transformers.CLIPTokenizer.from_pretrained(sd_folder / "tokenizer")
+    enc = transformers.CLIPTextModel.from_pretrained(sd_folder / "text_encoder").eval()
+
+    def embed(text: str) -> torch.Tensor:
+        ids = tok([text], padding="max_length", max_length=12, truncation=True, return_tensors="pt").input_ids
+        return enc(ids)[0].expand(2, -1, -1)
+
+    x = torch.randn(2, 4, 8, 8) * 2
+    sigma = torch.tensor([1.5, 1.5])
+    k = model.sigma_to_t(sigma.double()).float()
+    z = x / math.sqrt(1 + 1.5**2)
+    with torch.no_grad():
+        eps_c = unet(z, k, encoder_hidden_states=embed("a red cube")).sample
+        eps_u = unet(z, k, encoder_hidden_states=embed("blur")).sample
+    expected = x - 1.5 * (eps_u + rate * (eps_c - eps_u))
+    torch.testing.assert_close(model(x, sigma), expected, rtol=1e-4, atol=1e-4)
+    plain = ds.get_model("latent", path=sd_folder, prompt="a red cube", guidance_rate=1.0)
+    assert plain.info["nfe_per_evaluation"] == 1
+    torch.testing.assert_close(plain(x, sigma), x - 1.5 * eps_c, rtol=1e-4, atol=1e-4)
+    images = model.decode(x)
+    assert images.shape == (2, 3, 16, 16) and images.abs().max() <= 1
+
+
+def _run(args: list[str]) -> None:
+    from typer.testing import CliRunner
+
+    from diffsampler.cli import build_app
+
+    res = CliRunner().invoke(build_app(), args)
+    assert res.exit_code == 0, (res.output, res.exception)
+
+
+def test_sample_cli_sd_and_ldm(sd_folder: Path, ldm_folder: Path, registry: ds.Registry, tmp_path: Path) -> None:
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a cat\na dog\na bird\n")
+    out = tmp_path / "sd"
+    _run(["sample", "--model", "latent", "--model-opt", f"path={sd_folder}", "--model-opt",
+          f"prompts_file={prompts}", "--labels", "random", "--seeds", "0-2", "--batch", "2",
+          "--solver", "dpmpp", "--schedule", "discrete", "--nfe", "3", "--device", "cpu", "--out", str(out)])
+    data = np.load(out / "samples.npz")
+    assert data["samples"].shape == (3, 3, 16, 16) and np.isfinite(data["samples"]).all()
+    assert set(data["labels"].tolist()) <= {0, 1, 2}
+    out = tmp_path / "ldm"
+    _run(["sample", "--model", "latent", "--model-opt", f"path={ldm_folder}", "--seeds", "0-1",
+          "--nfe", "2", "--device", "cpu", "--out", str(out)])
+    assert np.load(out / "samples.npz")["samples"].shape == (2, 3, 16, 16)
