@@ -135,7 +135,11 @@ class AMEDSolver(ODESolver):
                 f"{'with' if pred.settings['afs'] else 'without'} --afs"
             )
         pred.to(x.device)
-        return super().sample(denoiser, x, sigmas, afs=afs, **kwargs)
+        result = super().sample(denoiser, x, sigmas, afs=afs, **kwargs)
+        # the evaluations here bypass Run.denoise's per-evaluation flags: check the end point once
+        if kwargs.get("check_finite", True) and not bool(torch.isfinite(result.x).all()):
+            raise SamplingError(f"{_name(self.student)} produced non-finite samples")
+        return result
 
     def step(self, run: Run, x: Tensor, i: int) -> Tensor:
         pred = self._need()
