@@ -199,3 +199,16 @@ def test_metric_options_in_compare():
     assert x[0] > x[1] > 0  # all 192 dimensions carry more distance than the top 4
     with pytest.raises(ds.OptionError, match="has no option 'dim'"):
         run_compare(attrs.evolve(base, metrics=("fd-exact[dim=4]",)))
+
+
+def test_teacher_metric_for_models_without_an_exact_solution():
+    base = CompareConfig(model_options={"shape": (3, 8, 8)}, solvers=["euler", "heun"], nfes=(4, 10),
+                         seeds=range(4))
+    both = run_compare(attrs.evolve(base, metrics=("l2-exact", "l2-teacher[teacher_steps=201]")))
+    for cell in both.cells:
+        if cell.values is not None:  # a fine Heun run is as good as the exact endpoint here
+            assert cell.values["l2_teacher"] == pytest.approx(cell.values["l2"], rel=2e-3, abs=1e-6)
+    # the teacher's own configuration measures zero against itself
+    same = run_compare(attrs.evolve(base, solvers=["heun@polynomial[rho=7]"], nfes=(10,),
+                                    metrics=("l2-teacher[teacher_steps=6]",)))
+    assert same.cells[0].values["l2_teacher"] == 0.0

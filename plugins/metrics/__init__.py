@@ -1,6 +1,7 @@
 """Built-in metrics (entry point ``metrics``).
 
 * ``l2-exact``, ``fd-exact``: exact metrics of analytic models (:mod:`.analytic`);
+* ``l2-teacher``: error to a fine teacher run from the same noise, for any model;
 * ``fid``: Frechet Inception Distance with FID's Inception-v3 (:mod:`.fid`, :mod:`.inception`);
 * ``prdc``: precision, recall, density, coverage (:mod:`.prdc`);
 * ``clip-score``: CLIP score against prompts (:mod:`.clip_score`, needs transformers).
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING
 from diffsampler import hookimpl
 from diffsampler.hookspecs import Register
 
-from .analytic import FrechetOptions, exact_error, exact_frechet
+from .analytic import FrechetOptions, TeacherOptions, exact_error, exact_frechet, teacher_error
 from .clip_score import CLIPScoreOptions, clip_metric
 from .fid import FIDOptions, fid_metric
 from .prdc import PRDCOptions, prdc_metric
@@ -31,6 +32,10 @@ def register_metrics(register: Register) -> None:
     register(
         "fd-exact", exact_frechet, options=FrechetOptions,
         summary="Frechet distance to the exact data moments (analytic models)",
+    )
+    register(
+        "l2-teacher", teacher_error, options=TeacherOptions,
+        summary="RMS error to a fine teacher run from the same noise (any model)",
     )
     register("fid", fid_metric, options=FIDOptions,
              summary="Frechet Inception Distance to reference statistics (FID's Inception-v3)")

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import numpy as np
 
 from diffsampler.errors import OptionError
-from diffsampler.options import in_range, option
+from diffsampler.options import in_range, option, positive
 from diffsampler.protocols import Analytic, Denoiser
 
 if TYPE_CHECKING:
@@ -164,3 +164,73 @@ def exact_frechet(*, dims: int = 16) -> ExactFrechetDistance:
 
 exact_error.paper = ExactEndpointError.paper  # type: ignore[attr-defined]
 exact_frechet.paper = ExactFrechetDistance.paper  # type: ignore[attr-defined]
+
+
+@attrs.frozen(kw_only=True)
+class TeacherOptions:
+    teacher: str = option("heun", help="solver of the reference run")
+    teacher_steps: int = option(
+        101, help="noise levels of the reference run (heun: 2 NFE per step)", validator=in_range(2)
+    )
+    rho: float = option(7.0, help="polynomial schedule exponent of the reference run", validator=positive)
+
+
+class TeacherEndpointError:
+    """Mean (over seeds) RMS distance to a fine reference run from the same noise.
+
+    For models whose ODE has no exact solution (neural networks): the reference is ``teacher``
+    on a polynomial schedule with ``teacher_steps`` points (default Heun, 200 NFE), started from
+    the same seeded noise; computed once per model and seed set.
+    """
+
+    paper = "Error to a fine teacher run (the distillation papers' training target)"
+    higher_is_better = False
+
+    def __init__(self, *, teacher: str = "heun", teacher_steps: int = 101, rho: float = 7.0) -> None:
+        self.teacher, self.teacher_steps, self.rho = teacher, teacher_steps, rho
+        self._reference: dict[tuple[int, tuple[int, ...], Any], np.ndarray] = {}
+
+    def reference(self, model: Denoiser, seeds: Sequence[int], dtype: Any) -> np.ndarray:
+        import torch
+
+        import diffsampler as ds
+
+        key = (id(model), tuple(int(s) for s in seeds), dtype)
+        if key not in self._reference:
+            solver = ds.get_solver(self.teacher)
+            sigmas = ds.get_schedule("polynomial", rho=self.rho).sigmas(
+                self.teacher_steps, model.sigma_min, model.sigma_max, denoiser=model
+            )
+            rows = []
+            for start in range(0, len(seeds), 64):
+                chunk = list(seeds)[start : start + 64]
+                x = ds.seed_noise(chunk, model.shape, dtype=dtype) * float(sigmas[0])
+                with torch.no_grad():
+                    rows.append(solver.sample(model, x, sigmas).x.double().cpu().numpy())
+            self._reference[key] = np.concatenate(rows).reshape(len(seeds), -1)
+        return self._reference[key]
+
+    def compute(
+        self,
+        batches: Iterable[Tensor],
+        *,
+        model: Denoiser | None = None,
+        seeds: Sequence[int] | None = None,
+    ) -> dict[str, float]:
+        if model is None or seeds is None:
+            raise OptionError("metric 'l2-teacher' needs the model and the seeds of the samples")
+        batches = list(batches)
+        dtype = batches[0].dtype if batches and hasattr(batches[0], "dtype") else None
+        x = _stack(batches)
+        ref = self.reference(model, seeds, dtype)
+        if ref.shape != x.shape:
+            raise OptionError(f"{x.shape[0]} samples for {len(seeds)} seeds")
+        return {"l2_teacher": float(np.sqrt(((x - ref) ** 2).mean(1)).mean())}
+
+
+def teacher_error(*, teacher: str = "heun", teacher_steps: int = 101, rho: float = 7.0) -> TeacherEndpointError:
+    """Mean RMS error to a fine teacher run from the same noise (any model)."""
+    return TeacherEndpointError(teacher=teacher, teacher_steps=teacher_steps, rho=rho)
+
+
+teacher_error.paper = TeacherEndpointError.paper  # type: ignore[attr-defined]
