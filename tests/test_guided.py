@@ -187,6 +187,7 @@ def test_cm_edm_preconditioning(tmp_path: Path, registry: ds.Registry) -> None:
     path = _save(unet, tmp_path / "cm.pt", "diffsampler.adm", CM, "edm")
     model = ds.get_model("adm", path=path)
     assert (model.sigma_min, model.sigma_max, model.label_dim) == (0.002, 80.0, 0)
+    assert not isinstance(model, ds.TimeMapped)  # its time 250 log(sigma) < 0: no discrete schedule
     x = torch.randn(2, 3, 16, 16) * 5
     sigma = torch.tensor([0.3, 5.0])
     sb = sigma.reshape(-1, 1, 1, 1)
@@ -214,3 +215,13 @@ def test_sample_cli_with_labels(tiny: dict, registry: ds.Registry, tmp_path: Pat
     res = CliRunner().invoke(build_app(), ["sample", "--model", "adm", "--model-opt", f"path={tiny['path']}",
                                            "--seeds", "0", "--nfe", "2", "--out", str(tmp_path / "r2")])
     assert res.exit_code != 0 and "class-conditional" in str(res.exception)
+
+
+def test_discrete_schedule_in_adm_time(tiny: dict, registry: ds.Registry) -> None:
+    """The discrete schedule spaces steps uniformly in ADM's time (M - 1) t(sigma)."""
+    model = ds.get_model("adm", path=tiny["path"])
+    assert isinstance(model, ds.TimeMapped)
+    sigmas = ds.get_schedule("discrete").sigmas(6, model.sigma_min, model.sigma_max, denoiser=model)
+    t = np.array([999 * vp_t(float(s)) for s in sigmas])
+    np.testing.assert_allclose(np.diff(t), np.full(5, (t[-1] - t[0]) / 5), rtol=1e-6)
+    assert float(sigmas[0]) == pytest.approx(model.sigma_max) and float(sigmas[-1]) == pytest.approx(model.sigma_min)

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from diffsampler.errors import OptionError, SamplingError
 
-__all__ = ["ADMDenoiser", "VPParams"]
+__all__ = ["ADMDenoiser", "CMDenoiser", "VPParams", "make_denoiser"]
 
 _AUTOCAST = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -46,13 +46,10 @@ class VPParams:
         return (torch.sqrt(self.beta_min**2 + 2 * self.beta_d * torch.log1p(sigma**2)) - self.beta_min) / self.beta_d
 
 
-class ADMDenoiser:
+class _ADMBase:
     """An ADM U-Net (``vp``) or a Consistency-Models EDM U-Net (``edm``) as a Denoiser, with
     optional classifier guidance (``vp`` only). ``cond``: class indices (an int, a sequence or an
     integer tensor of ``batch`` indices); ``None`` uses ``class_label``.
-
-    As a :class:`~diffsampler.TimeMapped` model its time is the network's own time input
-    (``(M - 1) t`` for VP, ``250 log sigma`` for EDM), so the ``discrete`` schedule works.
     """
 
     paper = "Dhariwal & Nichol 2021, Diffusion Models Beat GANs on Image Synthesis, arXiv:2105.05233"
@@ -117,8 +114,8 @@ class ADMDenoiser:
     # -- Denoiser ------------------------------------------------------------------------------
     @property
     def shape(self) -> tuple[int, ...]:
-        size = int(self.unet.image_size)
-        return (int(self.unet.in_channels), size, size)
+        size = int(getattr(self.unet, "image_size"))  # noqa: B009
+        return (int(getattr(self.unet, "in_channels")), size, size)  # noqa: B009
 
     @property
     def sigma_min(self) -> float:
@@ -141,11 +138,11 @@ class ADMDenoiser:
         if self.precond == "edm":
             sd2 = self.sigma_data**2
             c_in = 1 / torch.sqrt(sb**2 + sd2)
-            out = self._net(c_in * xf, self.sigma_to_t(s).float(), labels)
+            out = self._net(c_in * xf, self._net_time(s).float(), labels)
             denoised = sd2 / (sb**2 + sd2) * xf + sb * self.sigma_data / torch.sqrt(sb**2 + sd2) * out
             return denoised.to(x.dtype)
         c_in = 1 / torch.sqrt(sb**2 + 1)
-        t = self.sigma_to_t(s).float()
+        t = self._net_time(s).float()
         eps = self._net(c_in * xf, t, labels)[:, : x.shape[1]]
         if self.classifier is not None and self.guidance_rate != 0:
             if labels is None:
@@ -172,17 +169,11 @@ class ADMDenoiser:
             (grad,) = torch.autograd.grad(picked, inp)
         return grad.detach()
 
-    # -- TimeMapped -----------------------------------------------------------------------------
-    def sigma_to_t(self, sigma: Tensor) -> Tensor:
+    def _net_time(self, sigma: Tensor) -> Tensor:
         """The network's time input for ``sigma``: ``(M - 1) t(sigma)`` (VP) or ``250 log sigma``."""
         if self.precond == "edm":
             return 250.0 * torch.log(sigma)
         return (self.vp.M - 1) * self.vp.sigma_inv(sigma)
-
-    def t_to_sigma(self, t: Tensor) -> Tensor:
-        if self.precond == "edm":
-            return torch.exp(t / 250.0)
-        return self.vp.sigma(t.double() / (self.vp.M - 1))
 
     # -- mechanics ------------------------------------------------------------------------------
     def _autocast(self, device: torch.device) -> contextlib.AbstractContextManager[Any]:
@@ -222,7 +213,7 @@ class ADMDenoiser:
             raise SamplingError(f"class labels must be in 0..{classes - 1}, got {cond!r:.60}")
         return index
 
-    def to(self, device: str | torch.device) -> ADMDenoiser:
+    def to(self, device: str | torch.device) -> _ADMBase:
         self.unet = self.unet.to(device)
         if self.classifier is not None:
             self.classifier = self.classifier.to(device)
@@ -230,6 +221,29 @@ class ADMDenoiser:
 
     def __repr__(self) -> str:
         guide = f", classifier guidance {self.guidance_rate}" if self.classifier is not None else ""
-        return f"ADMDenoiser({self.name!r}, {self.precond}, shape={self.shape}, classes={self.label_dim}{guide})"
+        return f"{type(self).__name__}({self.name!r}, {self.precond}, shape={self.shape}, classes={self.label_dim}{guide})"
 
 
+
+
+class ADMDenoiser(_ADMBase):
+    """ADM (VP) as a Denoiser; :class:`~diffsampler.TimeMapped` in the network's own time
+    ``(M - 1) t(sigma)`` (0 .. 999), so the ``discrete`` schedule works."""
+
+    def sigma_to_t(self, sigma: Tensor) -> Tensor:
+        return (self.vp.M - 1) * self.vp.sigma_inv(torch.as_tensor(sigma, dtype=torch.float64))
+
+    def t_to_sigma(self, t: Tensor) -> Tensor:
+        return self.vp.sigma(torch.as_tensor(t, dtype=torch.float64) / (self.vp.M - 1))
+
+
+class CMDenoiser(_ADMBase):
+    """Consistency Models' EDM-preconditioned U-Net as a Denoiser (no time map of its own)."""
+
+    paper = "Song et al. 2023, Consistency Models, arXiv:2303.01469"
+
+
+def make_denoiser(unet: nn.Module, *, precond: str, **kwargs: Any) -> _ADMBase:
+    """The wrapper for ``precond`` (``vp``: ADM, ``edm``: Consistency Models)."""
+    cls = ADMDenoiser if precond == "vp" else CMDenoiser
+    return cls(unet, precond=precond, **kwargs)

@@ -9,15 +9,12 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from diffsampler.errors import ModelLoadError
 
 from .catalog import ADM_FORMAT, CLASSIFIER_FORMAT, NAMED, Named, Weights
 from .download import resolve
-
-if TYPE_CHECKING:
-    from .denoiser import ADMDenoiser
 
 __all__ = ["adm_file", "build_network", "loads_file", "named_factory", "read_config"]
 
@@ -76,16 +73,16 @@ def build_network(network: dict[str, Any], state_path: Path, *, classifier: bool
     return module.float().eval()
 
 
-def _denoiser(unet: Any, classifier: Any, precond: str, name: str, info: dict[str, Any], **opts: Any) -> ADMDenoiser:
-    from .denoiser import ADMDenoiser
+def _denoiser(unet: Any, classifier: Any, precond: str, name: str, info: dict[str, Any], **opts: Any) -> Any:
+    from .denoiser import make_denoiser
 
-    return ADMDenoiser(unet, precond=precond, classifier=classifier, name=name, info=info, **opts)
+    return make_denoiser(unet, precond=precond, classifier=classifier, name=name, info=info, **opts)
 
 
 def adm_file(
     *, path: str, config: str | None = None, classifier_path: str | None = None,
     classifier_config: str | None = None, **opts: Any,
-) -> ADMDenoiser:
+) -> Any:
     """Any guided-diffusion-style network: a ``.pt`` state dict plus a ``diffsampler.adm`` JSON
     (``{"format", "precond": "vp"|"edm", "network": ADMUNet kwargs}``), optionally a classifier."""
     weights = Path(path).expanduser()
@@ -115,7 +112,7 @@ def named_factory(entry: Named) -> Any:
 
     def factory(
         *, path: str | None = None, classifier_path: str | None = None, download: bool = True, **opts: Any
-    ) -> ADMDenoiser:
+    ) -> Any:
         source = resolve(entry.name, entry.model, path=path, download=download)
         unet = build_network(entry.model.network, source, classifier=False)
         info: dict[str, Any] = {"name": entry.name, "file": os.fspath(source), "seed_dataset": entry.seed_name}

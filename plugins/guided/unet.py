@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -173,8 +174,8 @@ class _Encoder(nn.Module):
         self.model_channels = model_channels
         emb = 4 * model_channels
         self.time_embed = nn.Sequential(nn.Linear(model_channels, emb), nn.SiLU(), nn.Linear(emb, emb))
-        attn = dict(heads=num_heads, head_channels=num_head_channels, dims=attention_dims, order=attention_order)
-        res = dict(scale_shift=use_scale_shift_norm, dropout=dropout)
+        attn: dict[str, Any] = dict(heads=num_heads, head_channels=num_head_channels, dims=attention_dims, order=attention_order)
+        res: dict[str, Any] = dict(scale_shift=use_scale_shift_norm, dropout=dropout)
         ch = int(channel_mult[0] * model_channels)
         self.input_blocks = nn.ModuleList([EmbedSequential(nn.Conv2d(in_channels, ch, 3, padding=1))])
         self.skip_channels = [ch]
@@ -199,8 +200,8 @@ class _Encoder(nn.Module):
         self._attn, self._res = attn, res
 
     def _embed(self, timesteps: Tensor) -> Tensor:
-        first = self.time_embed[0]
-        return self.time_embed(timestep_embedding(timesteps, self.model_channels).to(first.weight.dtype))
+        dtype: torch.dtype = self.time_embed[0].weight.dtype  # type: ignore[assignment]
+        return self.time_embed(timestep_embedding(timesteps, self.model_channels).to(dtype))
 
 
 class ADMUNet(_Encoder):
@@ -227,7 +228,7 @@ class ADMUNet(_Encoder):
         self.num_classes = num_classes
         if num_classes is not None:
             self.label_emb = nn.Embedding(num_classes, self.emb_channels)
-        attn = dict(self._attn, heads=num_heads if num_heads_upsample == -1 else num_heads_upsample)
+        attn: dict[str, Any] = dict(self._attn, heads=num_heads if num_heads_upsample == -1 else num_heads_upsample)
         skips = list(self.skip_channels)
         ch, ds, emb = self.channels, self.ds, self.emb_channels
         self.output_blocks = nn.ModuleList()

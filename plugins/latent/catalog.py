@@ -58,7 +58,7 @@ def _optional_path(value: object) -> str | None:
     if value is None or isinstance(value, str):
         return value
     if isinstance(value, os.PathLike):
-        return os.fspath(value)  # type: ignore[return-value]
+        return os.fspath(value)
     raise TypeError(f"expected a path, got {value!r}")
 
 
