@@ -184,3 +184,14 @@ def test_sample_cli_sd_and_ldm(sd_folder: Path, ldm_folder: Path, registry: ds.R
     _run(["sample", "--model", "latent", "--model-opt", f"path={ldm_folder}", "--seeds", "0-1",
           "--nfe", "2", "--device", "cpu", "--out", str(out)])
     assert np.load(out / "samples.npz")["samples"].shape == (2, 3, 16, 16)
+
+
+def test_user_errors(sd_folder: Path, registry: ds.Registry, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = ds.get_model("latent", path=sd_folder)
+    with pytest.raises(SamplingError, match="needs a prompt"):
+        model(torch.zeros(1, 4, 8, 8), torch.tensor([1.0]))
+    out = model(torch.zeros(2, 4, 8, 8), torch.tensor([1.0]), cond=["a cat", "a dog"])  # prompts as cond
+    assert out.shape == (2, 4, 8, 8)
+    monkeypatch.setitem(sys.modules, "diffusers", None)
+    with pytest.raises(ds.MissingExtraError, match=r"diffsampler\[diffusers\]"):
+        ds.get_model("latent", path=sd_folder)

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from diffsampler.errors import MissingExtraError, ModelLoadError
+from diffsampler.errors import ModelLoadError, require
 
 from .denoiser import LatentDenoiser
 
@@ -21,11 +21,8 @@ __all__ = ["load_latent"]
 
 
 def _require() -> Any:
-    try:
-        import diffusers
-    except ImportError:
-        raise MissingExtraError("latent models need diffusers: pip install 'diffsampler[diffusers]'") from None
-    return diffusers
+    require("transformers", extra="diffusers", purpose="latent models")
+    return require("diffusers", extra="diffusers", purpose="latent models")
 
 
 def _offline() -> bool:
