@@ -103,7 +103,10 @@ def load_latent(
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"{name}: cannot load the diffusers model {source!r}: {str(exc).splitlines()[0]}") from None
 
-    scale = float(getattr(vae.config, "scaling_factor", 1.0) or 1.0)
+    # LDM's VQ autoencoders take the latents as they are (LDMPipeline and the seed do not
+    # scale; diffusers' VQModel config carries SD's 0.18215 by default, unused); KL ones use it.
+    is_vq = isinstance(vae, diffusers.VQModel)
+    scale = 1.0 if is_vq else float(getattr(vae.config, "scaling_factor", 1.0) or 1.0)
 
     def run_unet(z: torch.Tensor, k: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
         if context is None:
