@@ -138,11 +138,11 @@ class _ADMBase:
         if self.precond == "edm":
             sd2 = self.sigma_data**2
             c_in = 1 / torch.sqrt(sb**2 + sd2)
-            out = self._net(c_in * xf, self._net_time(s).float(), labels)
+            out = self._net(c_in * xf, self._net_time(s.double()).float(), labels)
             denoised = sd2 / (sb**2 + sd2) * xf + sb * self.sigma_data / torch.sqrt(sb**2 + sd2) * out
             return denoised.to(x.dtype)
         c_in = 1 / torch.sqrt(sb**2 + 1)
-        t = self._net_time(s).float()
+        t = self._net_time(s.double()).float()
         eps = self._net(c_in * xf, t, labels)[:, : x.shape[1]]
         if self.classifier is not None and self.guidance_rate != 0:
             if labels is None:
@@ -151,7 +151,8 @@ class _ADMBase:
                     "--labels random|K, or the model option class_label"
                 )
             grad = self.classifier_grad(c_in * xf, t, labels)
-            eps = eps - torch.sqrt(1 - 1 / (1 + sb**2)) * self.guidance_rate * grad
+            # sqrt(1 - alpha_bar) = sigma / sqrt(1 + sigma^2), without cancellation at small sigma
+            eps = eps - sb * c_in * self.guidance_rate * grad
         denoised = xf - sb * eps
         if self.clip:
             denoised = denoised.clamp(-1, 1)
