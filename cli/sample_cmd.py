@@ -141,7 +141,10 @@ def _run(config: Any, out: Path, fmt: str, dist: Any, *, as_json: bool,
         skipped = len(shard(plan.batches, dist)) - len(mine)
         err_console.print(
             f"[bold]{config.solver}[/] on [bold]{config.model}[/], schedule {plan.schedule}, "
-            f"{len(plan.sigmas) - 1} steps, NFE {plan.nfe}, {len(config.seeds)} seeds, "
+            f"{len(plan.sigmas) - 1} steps, NFE {plan.nfe}"
+            + (f" ({plan.nfe * plan.evaluation_cost} counting each guided evaluation as "
+               f"{plan.evaluation_cost}, as the seed does)" if plan.evaluation_cost != 1 else "")
+            + f", {len(config.seeds)} seeds, "
             f"{dist.world_size} process(es) -> {out}"
             + (f" (resuming: {skipped} of this rank's batches already done)" if resuming else "")
         )

@@ -97,6 +97,12 @@ class RunPlan:
     nfe: int
     batches: list[Batch]
 
+    @property
+    def evaluation_cost(self) -> int:
+        """Network evaluations per denoiser call (2 with classifier-free guidance)."""
+        info = getattr(self.model, "info", None)
+        return int(info.get("nfe_per_evaluation", 1)) if isinstance(info, dict) else 1
+
     def record(self) -> dict[str, Any]:
         """The resolved configuration (every option made explicit), for ``config.json``."""
         import torch
@@ -115,6 +121,9 @@ class RunPlan:
             "torch": torch.__version__,
             "config": resolved.to_dict(),
             "nfe": self.nfe,
+            # a classifier-free-guided evaluation runs the network on a doubled batch: the seed
+            # counts it as 2 NFE (model info "nfe_per_evaluation")
+            "network_nfe": self.nfe * self.evaluation_cost,
             "sigmas": [float(s) for s in self.sigmas],
             "model_shape": list(self.model.shape),
             "model_spec": getattr(self.model, "spec", None),
