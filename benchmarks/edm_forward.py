@@ -39,6 +39,7 @@ def main() -> None:
     opts = parser.parse_args()
 
     import torch
+
     from diffsampler.plugins.edm.denoiser import EDMDenoiser
     from diffsampler.plugins.edm.precond import VPPrecond
 

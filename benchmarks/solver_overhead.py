@@ -25,9 +25,10 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import torch
+
 import diffsampler as ds
 import diffsampler.solver as solver_module
-import torch
 
 CASES: list[tuple[str, dict[str, Any]]] = [
     ("euler", {}),

@@ -8,10 +8,11 @@ than noise does).
 
 from __future__ import annotations
 
-import diffsampler as ds
 import numpy as np
 import pytest
 import torch
+
+import diffsampler as ds
 
 sklearn = pytest.importorskip("sklearn")
 

@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import math
 
-import diffsampler as ds
 import numpy as np
 import pytest
 import torch
+from torch import nn
+
+import diffsampler as ds
 from diffsampler.plugins.edm.denoiser import EDMDenoiser
 from diffsampler.plugins.edm.layers import UNetBlock
 from diffsampler.plugins.edm.precond import EDMPrecond, VEPrecond, VPPrecond, iDDPMPrecond
-from torch import nn
 
 SIGMAS = np.array([0.002, 0.05, 0.5, 1.0, 7.0, 80.0])
 SMALL = dict(model_channels=16, channel_mult=[1], num_blocks=1, attn_resolutions=[])

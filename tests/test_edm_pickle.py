@@ -21,10 +21,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import diffsampler as ds
 import numpy as np
 import pytest
 import torch
+
+import diffsampler as ds
 from diffsampler import tensorfile
 from diffsampler.plugins.edm.checkpoint import config_of, load_network, save_network
 from diffsampler.plugins.edm.dhariwalunet import DhariwalUNet

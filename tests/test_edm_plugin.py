@@ -8,10 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import diffsampler as ds
-import diffsampler.plugins.edm as edm_plugin
 import pytest
 import torch
+
+import diffsampler as ds
+import diffsampler.plugins.edm as edm_plugin
 from diffsampler.plugins.edm.checkpoint import save_network
 from diffsampler.plugins.edm.precond import VPPrecond
 from diffsampler.registry import Registry

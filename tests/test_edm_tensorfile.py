@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from diffsampler import tensorfile
 
 safetensors_torch = pytest.importorskip("safetensors.torch")

@@ -7,10 +7,11 @@ import itertools
 import json
 import math
 
-import diffsampler as ds
 import numpy as np
 import pytest
 import torch
+
+import diffsampler as ds
 from diffsampler.plugins.gits.artifact import load_schedule
 from diffsampler.plugins.gits.cost import cost_sums
 from diffsampler.plugins.gits.dp import dp_path, dp_table, path_cost

@@ -8,11 +8,12 @@ import subprocess
 import sys
 import textwrap
 
-import diffsampler as ds
 import numpy as np
 import pytest
-from diffsampler.cli import build_app
 from typer.testing import CliRunner
+
+import diffsampler as ds
+from diffsampler.cli import build_app
 
 SMALL = ["--model-opt", "shape=3x4x4", "--model-opt", "components=4"]
 

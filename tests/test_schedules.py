@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import math
 
-import diffsampler as ds
 import numpy as np
 import pytest
 import torch
+
+import diffsampler as ds
 from diffsampler.plugins.models.gmm import gmm
 
 NAMES = ["polynomial", "logsnr", "time_uniform", "discrete"]

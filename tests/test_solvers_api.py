@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 
-import diffsampler as ds
 import pytest
 import torch
+
+import diffsampler as ds
 from diffsampler.plugins.models.gmm import gmm
 
 BASE = gmm(shape=(2, 3), components=3, spread=0.3, seed=2)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import math
 
-import diffsampler as ds
 import numpy as np
 import pytest
-from diffsampler.plugins.solvers._adams import adams_bashforth_weights
 from scipy.integrate import quad
+
+import diffsampler as ds
+from diffsampler.plugins.solvers._adams import adams_bashforth_weights
 
 RNG = np.random.default_rng(7)
 CLASSICAL_AB = {

@@ -25,12 +25,13 @@ from __future__ import annotations
 
 from functools import cache
 
-import diffsampler as ds
 import numpy as np
 import pytest
 import torch
-from diffsampler.plugins.models.gmm import gmm
 from scipy.integrate import solve_ivp
+
+import diffsampler as ds
+from diffsampler.plugins.models.gmm import gmm
 
 MODEL = gmm(shape=(2,), components=3, spread=0.3, seed=0)
 

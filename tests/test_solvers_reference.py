@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import math
 
-import diffsampler as ds
 import numpy as np
 import pytest
 import torch
-from diffsampler.plugins.models.gmm import gmm
 from scipy.integrate import quad
+
+import diffsampler as ds
+from diffsampler.plugins.models.gmm import gmm
 
 MODEL = gmm(shape=(3,), components=4, spread=0.3, seed=3)
 SIGMA_MAX, SIGMA_MIN = 20.0, 0.05

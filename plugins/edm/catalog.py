@@ -7,6 +7,7 @@ https://nvlabs-fi-cdn.nvidia.com/edm/pretrained/ and used by the diff-sampler se
 from __future__ import annotations
 
 import attrs
+
 from diffsampler import choice, in_range, option, positive
 
 __all__ = [

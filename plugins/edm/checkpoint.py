@@ -30,9 +30,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
+
 from diffsampler import tensorfile
 from diffsampler.errors import ModelLoadError
-from torch import nn
 
 from .precond import ARCHITECTURES, PRECONDITIONERS, Precond
 from .safepickle import (

@@ -15,8 +15,9 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
-from diffsampler.errors import OptionError, SamplingError
 from torch import Tensor
+
+from diffsampler.errors import OptionError, SamplingError
 
 from .precond import Precond
 

@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
+
 from diffsampler.errors import ModelLoadError
 
 __all__ = [

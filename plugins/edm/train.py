@@ -64,6 +64,7 @@ class TrainConfig:
 def digits_dataset(resolution: int = 8) -> tuple[Any, Any]:
     """``(images [1797, 1, r, r] in [-1, 1], labels [1797])`` from scikit-learn's digits."""
     import torch
+
     from diffsampler.errors import require
 
     datasets = require("sklearn.datasets", extra="digits", purpose="training on the digits data")

@@ -16,6 +16,7 @@ from typing import Any
 
 import attrs
 import numpy as np
+
 from diffsampler import Denoiser, ScheduleBase
 from diffsampler.errors import OptionError
 from diffsampler.sigmas import sigma_tuple

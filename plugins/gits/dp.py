@@ -19,6 +19,7 @@ import itertools
 
 import attrs
 import numpy as np
+
 from diffsampler.errors import OptionError
 
 __all__ = ["DPTable", "dp_path", "dp_table", "path_cost"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 import attrs
+
 from diffsampler import choice, in_range, option, positive
 
 __all__ = ["DEFAULT_FIRST_SEED", "GITSOptions", "GITSScheduleOptions"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import attrs
 import numpy as np
+
 from diffsampler import Denoiser, OptionError, ScheduleBase, option, positive
 
 EPSILON_S = 1e-3  # the VP end time that sigma_min is mapped to (EDM, DPM-Solver)

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 import numpy as np
+
 from diffsampler import ODESolver, Run
 
 from ._linear import combine

@@ -6,6 +6,7 @@ import math
 
 import attrs
 import numpy as np
+
 from diffsampler import choice, option
 from diffsampler.plugins.schedules.time_uniform import VPFit
 

@@ -6,6 +6,7 @@ import itertools
 from typing import TYPE_CHECKING, Any
 
 import attrs
+
 from diffsampler import ODESolver, OptionError, Run, option
 
 if TYPE_CHECKING:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import attrs
+
 from diffsampler import option
 
 from ._adams import AdamsBashforthSolver

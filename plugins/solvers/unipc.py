@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 import numpy as np
+
 from diffsampler import ODESolver, Run, choice, option
 
 from ._exponential import check_thresholding, model_output, predict_x0_option, thresholding_option
