@@ -69,7 +69,7 @@ def sample(
         Opt[list[str]], typer.Option("--model-opt", help="model option key=value")
     ] = None,
     labels: Annotated[
-        Opt[str], typer.Option(help="class-conditional models: 'random' (per seed) or a class index")
+        Opt[str], typer.Option(help="class-conditional models: 'random' (per seed), 'seed' (seed mod classes: the seed-th prompt), or a class index")
     ] = None,
     dtype: Annotated[str, typer.Option(help="float32 or float64")] = "float32",
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1 or auto")] = "auto",

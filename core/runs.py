@@ -35,10 +35,10 @@ def _frozen_dict(value: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 def _check_labels(_instance: Any, _attribute: Any, value: str | None) -> None:
-    if value is None or value == "random":
+    if value is None or value in ("random", "seed"):
         return
     if not (isinstance(value, str) and value.isdigit()):
-        raise OptionError(f"labels must be 'random' or a class index, got {value!r}")
+        raise OptionError(f"labels must be 'random', 'seed' or a class index, got {value!r}")
 
 
 def _check_dtype(_instance: Any, _attribute: Any, value: str) -> None:
@@ -68,7 +68,8 @@ class RunConfig:
     dtype: str = attrs.field(default="float32", validator=_check_dtype)
     device: str = "cpu"
     #: class labels of class-conditional models: None (the model's default), "random" (one per
-    #: seed, drawn from that seed alone), or a class index for every sample
+    #: seed, drawn from that seed alone), "seed" (seed mod the number of classes: the seed-th
+    #: prompt of a prompts file, as the seed's MS-COCO runs), or a class index for every sample
     labels: str | None = attrs.field(
         default=None, converter=lambda v: None if v is None else str(v), validator=_check_labels
     )
@@ -148,6 +149,8 @@ def seed_labels(plan: RunPlan, seeds: Iterable[int]) -> list[int] | None:
         raise OptionError(f"model {plan.config.model!r} is not class-conditional: drop --labels")
     if choice == "random":
         return [int(np.random.default_rng([int(s), 1]).integers(classes)) for s in seeds]
+    if choice == "seed":
+        return [int(s) % classes for s in seeds]
     if int(choice) >= classes:
         raise OptionError(f"class {choice} is out of range: model {plan.config.model!r} has {classes}")
     return [int(choice)] * len(list(seeds))

@@ -230,4 +230,8 @@ def test_labels_errors(tmp_path):
     bad = cli("sample", "--model", "digits", "--seeds", "0", "--labels", "12", "--out", str(tmp_path / "b"))
     assert bad.returncode == 2 and "out of range" in bad.stderr
     bad = cli("sample", "--model", "digits", "--seeds", "0", "--labels", "some", "--out", str(tmp_path / "c"))
-    assert bad.returncode == 2 and "labels must be 'random' or a class index" in bad.stderr
+    assert bad.returncode == 2 and "labels must be 'random', 'seed' or a class index" in bad.stderr
+    plan = plan_run(RunConfig(model="digits", seeds=(3, 12, 25), labels="seed", nfe=2))
+    from diffsampler.runs import seed_labels
+
+    assert seed_labels(plan, plan.config.seeds) == [3, 2, 5]
