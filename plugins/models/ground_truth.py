@@ -21,6 +21,7 @@ from typing import Any
 import attrs
 import numpy as np
 
+from diffsampler import weights
 from diffsampler.errors import MissingExtraError, OptionError
 from diffsampler.protocols import Analytic, Denoiser
 
@@ -32,8 +33,7 @@ CHECK_RTOL = 1e-8
 
 def cache_dir() -> Path:
     """``$DIFFSAMPLER_CACHE/ground-truth`` (default ``~/.cache/diffsampler/ground-truth``)."""
-    root = os.environ.get("DIFFSAMPLER_CACHE") or os.path.join(Path.home(), ".cache", "diffsampler")
-    return Path(root) / "ground-truth"
+    return weights.cache_dir() / "ground-truth"
 
 
 @attrs.frozen(kw_only=True)
