@@ -24,6 +24,7 @@ from .api import (
     resolve_num_steps,
     sample,
 )
+from .denoiser import DenoiserBase
 from .errors import (
     DiffSamplerError,
     DuplicateComponentError,
@@ -64,6 +65,7 @@ __all__ = [
     "Compilable",
     "Decodable",
     "Denoiser",
+    "DenoiserBase",
     "DiffSamplerError",
     "Distiller",
     "DuplicateComponentError",

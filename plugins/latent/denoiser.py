@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from diffsampler.denoiser import DenoiserBase
 from diffsampler.errors import OptionError, SamplingError
 
 from .timemap import DiscreteVP
@@ -31,7 +32,7 @@ def cfg_combine(eps_uncond: Tensor, eps_cond: Tensor, rate: float) -> Tensor:
     return eps_uncond + rate * (eps_cond - eps_uncond)
 
 
-class LatentDenoiser:
+class LatentDenoiser(DenoiserBase):
     """A latent eps-prediction U-Net with its decoder (:class:`~diffsampler.Decodable`),
     discrete time maps (:class:`~diffsampler.TimeMapped`) and, for text models, CFG.
 
@@ -64,7 +65,6 @@ class LatentDenoiser:
         if precision not in _AUTOCAST:
             raise OptionError(f"precision must be one of {', '.join(_AUTOCAST)}, got {precision!r}")
         self._unet, self._decoder, self.modules = unet, decoder, modules
-        self._shape = tuple(int(s) for s in shape)
         self.time = DiscreteVP(alphas_cumprod)
         self.encode_text = encode_text
         self.prompts = list(prompts)
@@ -74,10 +74,11 @@ class LatentDenoiser:
         self.guidance_rate = float(guidance_rate)
         self.precision = precision
         self.name = name
-        self._sigma_min = float(sigma_min) if sigma_min is not None else self.time.sigma_min
-        self._sigma_max = float(sigma_max) if sigma_max is not None else self.time.sigma_max
-        if not 0 < self._sigma_min < self._sigma_max:
-            raise OptionError(f"need 0 < sigma_min < sigma_max, got {self._sigma_min} and {self._sigma_max}")
+        self._init_denoiser(
+            shape,
+            self.time.sigma_min if sigma_min is None else sigma_min,
+            self.time.sigma_max if sigma_max is None else sigma_max,
+        )
         self.info = dict(info or {})
         self.info["nfe_per_evaluation"] = 2 if self.guided else 1
         if encode_text is not None:
@@ -96,18 +97,6 @@ class LatentDenoiser:
         return len(self.prompts) if len(self.prompts) > 1 else 0
 
     # -- Denoiser / TimeMapped / Decodable -----------------------------------------------------
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return self._shape
-
-    @property
-    def sigma_min(self) -> float:
-        return self._sigma_min
-
-    @property
-    def sigma_max(self) -> float:
-        return self._sigma_max
-
     def sigma_to_t(self, sigma: Tensor) -> Tensor:
         return self.time.sigma_to_t(sigma)
 

@@ -22,6 +22,7 @@ import attrs
 import numpy as np
 
 from diffsampler import in_range, option, positive
+from diffsampler.denoiser import DenoiserBase
 from diffsampler.errors import MissingExtraError, OptionError
 
 if TYPE_CHECKING:
@@ -76,7 +77,7 @@ def load_data(source: str) -> np.ndarray:
     return data
 
 
-class EmpiricalDenoiser:
+class EmpiricalDenoiser(DenoiserBase):
     """The exact denoiser of the empirical distribution of ``data`` ``[N, *shape]``."""
 
     paper = (
@@ -94,25 +95,12 @@ class EmpiricalDenoiser:
         spec: dict[str, Any] | None = None,
     ) -> None:
         data = np.asarray(data, dtype=np.float64)
-        self._shape = tuple(int(s) for s in data.shape[1:])
+        self._init_denoiser(data.shape[1:], sigma_min, sigma_max)
         self.points = data.reshape(len(data), -1)
         self.chunk = int(chunk)
-        self._sigma_min, self._sigma_max = float(sigma_min), float(sigma_max)
         digest = hashlib.sha256(np.ascontiguousarray(self.points).tobytes()).hexdigest()[:16]
         self.spec = {**(spec or {}), "points": len(self.points), "data_sha256": digest}
         self._cache: dict[Any, tuple[torch.Tensor, torch.Tensor]] = {}
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return self._shape
-
-    @property
-    def sigma_min(self) -> float:
-        return self._sigma_min
-
-    @property
-    def sigma_max(self) -> float:
-        return self._sigma_max
 
     def _data(self, device: Any) -> tuple[torch.Tensor, torch.Tensor]:
         import torch

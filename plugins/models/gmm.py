@@ -20,6 +20,7 @@ import attrs
 import numpy as np
 
 from diffsampler import in_range, option, positive
+from diffsampler.denoiser import DenoiserBase
 from diffsampler.errors import ModelLoadError
 
 SPEC_KIND = "gmm"
@@ -66,7 +67,7 @@ def _smooth_means(rng: np.random.Generator, k: int, shape: tuple[int, ...]) -> n
     return rng.uniform(-0.6, 0.6, size=(k, *shape))
 
 
-class GaussianMixture:
+class GaussianMixture(DenoiserBase):
     """Isotropic Gaussian mixture with an exact denoiser. Build with :func:`gmm`."""
 
     paper = (
@@ -85,7 +86,7 @@ class GaussianMixture:
         spec: dict[str, Any] | None = None,
     ) -> None:
         means = np.asarray(means, dtype=np.float64)
-        self._shape = tuple(int(s) for s in means.shape[1:])
+        self._init_denoiser(means.shape[1:], sigma_min, sigma_max)
         self.means = means.reshape(means.shape[0], -1)
         self.stds = np.asarray(stds, dtype=np.float64).reshape(-1)
         self.weights = np.asarray(weights, dtype=np.float64).reshape(-1)
@@ -94,23 +95,10 @@ class GaussianMixture:
             raise ValueError("means, stds and weights must describe the same number of components")
         if not np.isclose(self.weights.sum(), 1.0) or (self.weights < 0).any():
             raise ValueError("weights must be non-negative and sum to 1")
-        self._sigma_min, self._sigma_max = float(sigma_min), float(sigma_max)
         self.spec = dict(spec or {})
         self._cache: dict[tuple[Any, Any], tuple[torch.Tensor, ...]] = {}
 
     # -- Denoiser protocol -------------------------------------------------------------------
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return self._shape
-
-    @property
-    def sigma_min(self) -> float:
-        return self._sigma_min
-
-    @property
-    def sigma_max(self) -> float:
-        return self._sigma_max
-
     def _params(self, dtype: Any, device: Any) -> tuple[torch.Tensor, ...]:
         import torch
 
