@@ -134,8 +134,9 @@ def test_distance_properties(small):
 
 def test_gradient_reaches_inputs_not_parameters(small):
     x = _images(2, 16, seed=6).requires_grad_(True)
-    y = _images(2, 16, seed=7)
+    y = _images(2, 16, seed=7).requires_grad_(True)
     small(x, y).sum().backward()
+    assert y.grad is not None and float(y.grad.abs().max()) > 0
     assert (
         x.grad is not None and bool(torch.isfinite(x.grad).all()) and float(x.grad.abs().max()) > 0
     )

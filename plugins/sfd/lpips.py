@@ -163,26 +163,33 @@ class LPIPS(nn.Module):
             raise ValueError(
                 f"LPIPS without resize needs images of at least {MIN_SIZE}x{MIN_SIZE}, got {tuple(x.shape)}"
             )
-        n = x.shape[0]
         with torch.autocast(device_type=x.device.type, enabled=False):
-            h = torch.cat([x, y]).float()
-            if h.shape[1] == 1:
-                h = h.expand(-1, 3, -1, -1)
-            if self.resize is not None:
-                h = F.interpolate(
-                    h, size=(self.resize, self.resize), mode="bilinear", align_corners=False
-                )
-            h = (h - self.shift) / self.scale
-            total = h.new_zeros(n)
-            lins = iter(self.lin_weights())
-            for index, layer in enumerate(self.features):
-                h = layer(h)
-                if index in LAYERS:
-                    f = h / (h.square().sum(dim=1, keepdim=True).sqrt() + EPS)
-                    diff = (f[:n] - f[n:]).square()
-                    weighted = (diff * next(lins).view(1, -1, 1, 1)).sum(dim=1)
-                    total = total + weighted.mean(dim=(1, 2))
+            fx, fy = self.features_of(x), self.features_of(y)
+            total = fx[0].new_zeros(x.shape[0])
+            for a, b, w in zip(fx, fy, self.lin_weights(), strict=True):
+                weighted = ((a - b).square() * w.view(1, -1, 1, 1)).sum(dim=1)
+                total = total + weighted.mean(dim=(1, 2))
         return total
+
+    def features_of(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """The five unit-normalised activations (float32) of images in [-1, 1].
+
+        ``x`` and ``y`` go through separately, so that autograd keeps no activations of an input
+        that needs no gradient (the teacher's images in SFD).
+        """
+        h = images.float()
+        if h.shape[1] == 1:
+            h = h.expand(-1, 3, -1, -1)
+        if self.resize is not None:
+            size = (self.resize, self.resize)
+            h = F.interpolate(h, size=size, mode="bilinear", align_corners=False)
+        h = (h - self.shift) / self.scale
+        out = []
+        for index, layer in enumerate(self.features):
+            h = layer(h)
+            if index in LAYERS:
+                out.append(h / (h.square().sum(dim=1, keepdim=True).sqrt() + EPS))
+        return out
 
 
 def _load(path: Path, what: str) -> Any:
