@@ -97,6 +97,7 @@ class EDMDenoiser:
                 f"class_label {class_label} is out of range for a network with {self.label_dim} classes"
             )
         self.class_label = class_label
+        self.step_condition: int | None = None  # SFD-v students: the number of sampling steps
         if self.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         if device is not None:
@@ -200,8 +201,11 @@ class EDMDenoiser:
             ctx = _cuda_fp32(self.precision == "tf32")
         else:
             ctx = contextlib.nullcontext()
+        extra = {}
+        if self.step_condition is not None:
+            extra["step_condition"] = torch.full((x.shape[0],), float(self.step_condition), device=x.device)
         with ctx:
-            out = self.net(inp, sigma, labels, return_features=features)
+            out = self.net(inp, sigma, labels, return_features=features, **extra)
         if features:
             denoised, feats = out
             return denoised.to(x.dtype).contiguous(), feats.to(torch.float32)

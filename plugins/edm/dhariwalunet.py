@@ -4,6 +4,7 @@ used for the class-conditional ImageNet-64 model).
 
 Scale-and-shift conditioning (``adaptive_scale``), 64 channels per attention head, Kaiming
 initialisation; module names equal EDM's so its state dicts load strictly.
+``step_condition=True`` adds SFD-v's step embedding (as in :mod:`.songunet`).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class DhariwalUNet(nn.Module):
         attn_resolutions: Sequence[int] = (32, 16, 8),
         dropout: float = 0.10,
         label_dropout: float = 0,
+        step_condition: bool = False,
     ) -> None:
         super().__init__()
         self.img_resolution = img_resolution
@@ -48,7 +50,7 @@ class DhariwalUNet(nn.Module):
         init_zero = dict(init_mode="kaiming_uniform", init_weight=0, init_bias=0)
         block = dict(
             emb_channels=emb_channels, channels_per_head=64, dropout=dropout, init=init,
-            init_zero=init_zero,
+            init_zero=init_zero, step_condition=step_condition,
         )
 
         # Mapping network.
@@ -68,6 +70,11 @@ class DhariwalUNet(nn.Module):
             if label_dim
             else None
         )
+        self.map_step: PositionalEmbedding | None = None
+        if step_condition:  # SFD-v: the step count through its own copy of the noise mapping
+            self.map_step = PositionalEmbedding(num_channels=model_channels)
+            self.map_step_layer0 = Linear(in_features=model_channels, out_features=emb_channels, **init)
+            self.map_step_layer1 = Linear(in_features=emb_channels, out_features=emb_channels, **init)
 
         # Encoder.
         self.enc = nn.ModuleDict()
@@ -115,9 +122,13 @@ class DhariwalUNet(nn.Module):
         class_labels: Tensor | None = None,
         augment_labels: Tensor | None = None,
         *,
+        step_condition: Tensor | None = None,
         return_features: bool = False,
     ) -> Tensor | tuple[Tensor, Tensor]:
-        """``F_theta(c_in x; c_noise)``; with ``return_features`` also the bottleneck output."""
+        """``F_theta(c_in x; c_noise)``; with ``return_features`` also the bottleneck output.
+
+        ``step_condition``: ``[batch]`` step counts for an SFD-v network (else ``None``).
+        """
         emb = self.map_noise(noise_labels)
         if self.map_augment is not None and augment_labels is not None:
             emb = emb + self.map_augment(augment_labels)
@@ -131,17 +142,23 @@ class DhariwalUNet(nn.Module):
                 labels = labels * keep.to(labels.dtype)
             emb = emb + self.map_label(labels)
         emb = F.silu(emb)
+        emb_step = None
+        if step_condition is not None:
+            if self.map_step is None:
+                raise ValueError("this network has no step condition (it was not built for SFD-v)")
+            emb_step = self.map_step_layer0(self.map_step(step_condition))
+            emb_step = F.silu(self.map_step_layer1(F.silu(emb_step)))
 
         skips = []
         features = x
         for name, block in self.enc.items():
-            x = block(x, emb) if isinstance(block, UNetBlock) else block(x)
+            x = block(x, emb, emb_step) if isinstance(block, UNetBlock) else block(x)
             skips.append(x)
             if name == self.bottleneck_key:
                 features = x
         for block in self.dec.values():
             if x.shape[1] != block.in_channels:
                 x = torch.cat([x, skips.pop()], dim=1)
-            x = block(x, emb)
+            x = block(x, emb, emb_step)
         out = self.out_conv(F.silu(self.out_norm(x)))
         return (out, features) if return_features else out

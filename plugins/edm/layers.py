@@ -234,6 +234,9 @@ class UNetBlock(nn.Module):
 
     ``h = conv1(silu(norm1(conv0(silu(norm0(x))), emb)))``, the embedding entering as a shift
     (``adaptive_scale=False``) or scale-and-shift; then ``(h + skip(x)) * skip_scale``. With
+    ``step_condition`` (SFD-v, Zhou et al. 2024, arXiv:2409.19681: one student for several
+    NFEs) a second embedding, of the number of sampling steps, enters the same way through its
+    own ``affine_step`` layer (the seed's ``sfd-main/models/networks_edm.py``). With
     attention, multi-head self-attention over the pixels follows, computed with
     :func:`torch.nn.functional.scaled_dot_product_attention` (scale ``1/sqrt(channels per
     head)``, as in EDM).
@@ -258,6 +261,7 @@ class UNetBlock(nn.Module):
         init: dict[str, Any] | None = None,
         init_zero: dict[str, Any] | None = None,
         init_attn: dict[str, Any] | None = None,
+        step_condition: bool = False,
     ) -> None:
         super().__init__()
         init = dict(init or {})
@@ -284,6 +288,11 @@ class UNetBlock(nn.Module):
         )
         self.norm1 = GroupNorm(num_channels=out_channels, eps=eps)
         self.conv1 = Conv2d(in_channels=out_channels, out_channels=out_channels, kernel=3, **init_zero)
+        self.affine_step = (
+            Linear(in_features=emb_channels, out_features=out_channels * (2 if adaptive_scale else 1), **init)
+            if step_condition
+            else None
+        )
 
         self.skip = None
         if out_channels != in_channels or up or down:
@@ -310,14 +319,23 @@ class UNetBlock(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v)
         return self.proj(out.transpose(1, 2).reshape(b, c, h, w))
 
-    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+    def forward(self, x: Tensor, emb: Tensor, emb_step: Tensor | None = None) -> Tensor:
         h = self.conv0(F.silu(self.norm0(x)))
         params = self.affine(emb)[:, :, None, None].to(h.dtype)
+        step = None
+        if emb_step is not None:
+            if self.affine_step is None:
+                raise ValueError("this network has no step condition (it was not built for SFD-v)")
+            step = self.affine_step(emb_step)[:, :, None, None].to(h.dtype)
         if self.adaptive_scale:
             scale, shift = params.chunk(2, dim=1)
-            h = F.silu(torch.addcmul(shift, self.norm1(h), scale + 1))
+            h = torch.addcmul(shift, self.norm1(h), scale + 1)
+            if step is not None:  # the seed applies the step's scale and shift after the noise's
+                scale, shift = step.chunk(2, dim=1)
+                h = torch.addcmul(shift, h, scale + 1)
+            h = F.silu(h)
         else:
-            h = F.silu(self.norm1(h + params))
+            h = F.silu(self.norm1(h + params if step is None else h + params + step))
         h = self.conv1(F.dropout(h, p=self.dropout, training=self.training))
         h = (h + (self.skip(x) if self.skip is not None else x)) * self.skip_scale
         if self.num_heads:

@@ -101,12 +101,14 @@ class Precond(nn.Module):
         class_labels: Tensor | None = None,
         augment_labels: Tensor | None = None,
         *,
+        step_condition: Tensor | None = None,
         return_features: bool = False,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """``D(x; sigma)`` in float32 (and the bottleneck features with ``return_features``).
 
         ``class_labels``: ``[batch, label_dim]`` (one-hot) for conditional networks; ``None``
-        gives EDM's all-zero label vector.
+        gives EDM's all-zero label vector. ``step_condition``: ``[batch]`` numbers of sampling
+        steps for an SFD-v network (built with ``step_condition=True``).
         """
         x = x.to(torch.float32)
         sigma = sigma.to(torch.float32).reshape(-1, 1, 1, 1)
@@ -118,8 +120,9 @@ class Precond(nn.Module):
                 else class_labels.to(torch.float32).reshape(-1, self.label_dim)
             )
         c_skip, c_out, c_in, c_noise = self.coefficients(sigma)
+        extra = {} if step_condition is None else {"step_condition": step_condition.to(torch.float32).reshape(-1)}
         result = self.model(
-            c_in * x, c_noise.flatten(), labels, augment_labels, return_features=return_features
+            c_in * x, c_noise.flatten(), labels, augment_labels, return_features=return_features, **extra
         )
         raw, features = result if return_features else (result, None)
         denoised = c_skip * x + c_out * raw[:, : self.img_channels].to(torch.float32)

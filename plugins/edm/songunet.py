@@ -6,6 +6,8 @@ DDPM++: ``embedding_type='positional', channel_mult_noise=1, encoder_type='stand
 resample_filter=[1, 1]``. NCSN++: ``embedding_type='fourier', channel_mult_noise=2,
 encoder_type='residual', resample_filter=[1, 3, 3, 1]``. Both use ``decoder_type='standard'``.
 Module names (``enc['32x32_block0']`` ...) equal EDM's so its state dicts load strictly.
+``step_condition=True`` adds SFD-v's step embedding (``map_step``, ``map_step_layer0/1`` and
+each block's ``affine_step``, named as in the SFD seed); without it the network is EDM's.
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ class SongUNet(nn.Module):
         encoder_type: str = "standard",
         decoder_type: str = "standard",
         resample_filter: Sequence[float] = (1, 1),
+        step_condition: bool = False,
     ) -> None:
         if embedding_type not in ("fourier", "positional"):
             raise ValueError(f"embedding_type must be 'fourier' or 'positional', got {embedding_type!r}")
@@ -83,7 +86,7 @@ class SongUNet(nn.Module):
         block = dict(
             emb_channels=emb_channels, num_heads=1, dropout=dropout, skip_scale=math.sqrt(0.5),
             eps=1e-6, resample_filter=resample_filter, resample_proj=True, adaptive_scale=False,
-            init=init, init_zero=init_zero, init_attn=init_attn,
+            init=init, init_zero=init_zero, init_attn=init_attn, step_condition=step_condition,
         )
 
         # Mapping network: noise label (+ class, augmentation labels) -> embedding.
@@ -101,6 +104,14 @@ class SongUNet(nn.Module):
         )
         self.map_layer0 = Linear(in_features=noise_channels, out_features=emb_channels, **init)
         self.map_layer1 = Linear(in_features=emb_channels, out_features=emb_channels, **init)
+        self.map_step: nn.Module | None = None
+        if step_condition:  # SFD-v: the step count through its own copy of the noise mapping
+            if embedding_type == "positional":
+                self.map_step = PositionalEmbedding(num_channels=noise_channels, endpoint=True)
+            else:
+                self.map_step = FourierEmbedding(num_channels=noise_channels)
+            self.map_step_layer0 = Linear(in_features=noise_channels, out_features=emb_channels, **init)
+            self.map_step_layer1 = Linear(in_features=emb_channels, out_features=emb_channels, **init)
 
         # Encoder.
         self.enc = nn.ModuleDict()
@@ -183,6 +194,17 @@ class SongUNet(nn.Module):
         emb = F.silu(self.map_layer0(emb))
         return F.silu(self.map_layer1(emb))
 
+    def _embed_steps(self, step_condition: Tensor | None) -> Tensor | None:
+        """SFD-v's embedding of the number of sampling steps (``None`` without a condition)."""
+        if step_condition is None:
+            return None
+        if self.map_step is None:
+            raise ValueError("this network has no step condition (it was not built for SFD-v)")
+        emb = self.map_step(step_condition)
+        emb = emb.reshape(emb.shape[0], 2, -1).flip(1).reshape(emb.shape)  # [sin, cos] as above
+        emb = F.silu(self.map_step_layer0(emb))
+        return F.silu(self.map_step_layer1(emb))
+
     def forward(
         self,
         x: Tensor,
@@ -190,10 +212,15 @@ class SongUNet(nn.Module):
         class_labels: Tensor | None = None,
         augment_labels: Tensor | None = None,
         *,
+        step_condition: Tensor | None = None,
         return_features: bool = False,
     ) -> Tensor | tuple[Tensor, Tensor]:
-        """``F_theta(c_in x; c_noise)``; with ``return_features`` also the bottleneck output."""
+        """``F_theta(c_in x; c_noise)``; with ``return_features`` also the bottleneck output.
+
+        ``step_condition``: ``[batch]`` step counts for an SFD-v network (else ``None``).
+        """
         emb = self._embed(x, noise_labels, class_labels, augment_labels)
+        emb_step = self._embed_steps(step_condition)
         features = x
 
         skips = []
@@ -206,7 +233,7 @@ class SongUNet(nn.Module):
             elif "aux_residual" in name:
                 x = skips[-1] = aux = (x + block(aux)) / math.sqrt(2)
             else:
-                x = block(x, emb) if isinstance(block, UNetBlock) else block(x)
+                x = block(x, emb, emb_step) if isinstance(block, UNetBlock) else block(x)
                 skips.append(x)
             if name == self.bottleneck_key:
                 features = x
@@ -224,6 +251,6 @@ class SongUNet(nn.Module):
             else:
                 if x.shape[1] != block.in_channels:
                     x = torch.cat([x, skips.pop()], dim=1)
-                x = block(x, emb)
+                x = block(x, emb, emb_step)
         assert out is not None
         return (out, features) if return_features else out

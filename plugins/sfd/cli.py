@@ -28,6 +28,17 @@ def train(
     batch: Annotated[int, typer.Option(help="trajectories per iteration (all processes)")] = 128,
     total_kimg: Annotated[float, typer.Option(help="thousands of trajectories to train on")] = 200.0,
     ema: Annotated[float, typer.Option(help="EMA half-life in kimg (0: off)")] = 0.0,
+    step_condition: Annotated[
+        bool, typer.Option(help="SFD-v: one student for every step count --min-steps..--max-steps")
+    ] = False,
+    min_steps: Annotated[int, typer.Option(help="SFD-v: fewest student sigmas")] = 4,
+    max_steps: Annotated[int, typer.Option(help="SFD-v: most student sigmas")] = 7,
+    labels: Annotated[str, typer.Option(help="class-conditional teachers: random (the seed) or none")] = "random",
+    lpips: Annotated[
+        float | None, typer.Option(help="LPIPS weight on the last step (default: 1 when the teacher is a student)")
+    ] = None,
+    lpips_vgg: Annotated[str | None, typer.Option(help="local VGG16 weights for LPIPS (vgg16-397923af.pth)")] = None,
+    lpips_lin: Annotated[str | None, typer.Option(help="local LPIPS linear weights (lpips_weights.pt / vgg.pth)")] = None,
     seed: Annotated[int | None, typer.Option(help="first training-noise seed")] = None,
     checkpoint: Annotated[Path | None, typer.Option(help="checkpoint directory (resumable)")] = None,
     checkpoint_every: Annotated[int, typer.Option(help="iterations between checkpoints (0: only at the end)")] = 50,
@@ -56,7 +67,8 @@ def train(
     device = device_for_rank(device, dist)
     options: dict[str, Any] = dict(
         num_steps=steps, M=m, teacher=teacher, teacher_afs=teacher_afs, rho=rho, afs=afs, lr=lr, batch=batch,
-        total_kimg=total_kimg, ema=ema, device=device,
+        total_kimg=total_kimg, ema=ema, device=device, step_condition=step_condition, min_steps=min_steps,
+        max_steps=max_steps, labels=labels, lpips=lpips, lpips_vgg=lpips_vgg, lpips_lin=lpips_lin,
     )
     if teacher_opt is not None:
         options["teacher_options"] = ",".join(f"{k}={v}" for k, v in parse_pairs(teacher_opt, "--teacher-opt").items())
@@ -97,24 +109,32 @@ def _train(distiller: Any, model_name: str, model_options: dict[str, Any], out: 
                         TextColumn("loss {task.fields[loss]:.5f}"), TimeElapsedColumn(), TimeRemainingColumn(),
                         disable=not main)
     with progress:
-        task = progress.add_task(f"NFE {o.num_steps - 1 - int(o.afs)}", total=trainer.iterations,
+        nfes = sorted({n - 1 - int(o.afs) for n in o.step_counts})
+        label = f"NFE {nfes[0]}" if len(nfes) == 1 else f"NFE {nfes[0]}-{nfes[-1]}"
+        task = progress.add_task(label, total=trainer.iterations,
                                  completed=trainer.iteration, loss=float("nan"))
 
         def report(record: Any) -> None:
             it = int(record["iteration"])
             progress.update(task, completed=it, loss=record["loss"])
             if main and log_every and (it % log_every == 0 or it == trainer.iterations):
-                steps = " ".join(f"{record[f'loss{i}']:.5f}" for i in range(o.num_steps - 1))
+                steps = " ".join(f"{record[f'loss{i}']:.5f}" for i in range(int(record["steps"]) - 1))
+                perceptual = f"  lpips {record['lpips']:.5f}" if "lpips" in record else ""
                 progress.console.print(f"iter {it:>6d}  kimg {it * o.batch / 1000:8.2f}  lr {trainer.lr_at(it - 1):.2e}  "
-                                       f"loss {record['loss']:.5f}  per step [{steps}]", highlight=False)
+                                       f"loss {record['loss']:.5f}  per step [{steps}]{perceptual}"
+                                       + (f"  ({int(record['steps'])} sigmas)" if o.step_condition else ""),
+                                       highlight=False)
 
         trainer.train(progress=report, checkpoint=checkpoint, checkpoint_every=checkpoint_every)
     if not main:
         return
     student = trainer.result()
     path = student.save(out)
-    console.print(f"wrote {path} ({student.nfe} NFE, {trainer.elapsed_s:.1f} s of training)")
-    console.print(f"use: diffsampler sample --model {path} --solver euler --schedule sfd --schedule-opt file={path} "
+    counts = list(student.sigma_table)
+    served = f"{student.nfe} NFE" if len(counts) == 1 else f"{counts[0]}-{counts[-1]} sigmas"
+    console.print(f"wrote {path} ({served}, {trainer.elapsed_s:.1f} s of training)")
+    pick = f" --model-opt steps={student.num_steps}" if student.step_condition is not None else ""
+    console.print(f"use: diffsampler sample --model {path}{pick} --solver euler --schedule sfd "
                   f"--steps {student.num_steps}" + (" --afs" if student.afs else ""), highlight=False, soft_wrap=True)
 
 

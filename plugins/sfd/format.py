@@ -9,7 +9,7 @@ from typing import Any
 
 from diffsampler.errors import ModelLoadError
 
-__all__ = ["FORMAT", "PAPER", "is_student_file", "read_student_json"]
+__all__ = ["FORMAT", "PAPER", "is_student_file", "read_student_json", "sigma_table_of"]
 
 FORMAT = "diffsampler.sfd/1"
 PAPER = "Zhou et al. 2024, Simple and Fast Distillation of Diffusion Models, NeurIPS 2024, arXiv:2409.19681"
@@ -47,3 +47,11 @@ def read_student_json(path: str | os.PathLike[str]) -> tuple[Path, dict[str, Any
         if key not in data:
             raise ModelLoadError(f"SFD student file {str(p)!r} lacks the field {key!r}")
     return p, data
+
+
+def sigma_table_of(data: dict[str, Any]) -> dict[int, tuple[float, ...]]:
+    """Step count -> sigmas of a student JSON: ``sigmas_by_steps`` (SFD-v) plus ``sigmas``."""
+    table = {int(n): tuple(float(s) for s in v) for n, v in (data.get("sigmas_by_steps") or {}).items()}
+    main = tuple(float(s) for s in data["sigmas"])
+    table.setdefault(len(main), main)
+    return dict(sorted(table.items()))

@@ -65,8 +65,46 @@ class SFDOptions:
     ema: float = option(
         0.0, help="EMA half-life of the student in kimg (0: no EMA, the seed's choice)", validator=in_range(0, 10**6)
     )
+    step_condition: bool = option(
+        False,
+        help="SFD-v: one student for every step count min_steps..max_steps, drawn per batch "
+        "(the seed's use_step_condition; num_steps is then only the default for sampling)",
+    )
+    min_steps: int = option(4, help="SFD-v: fewest student sigmas (seed: 4 = 2 NFE with AFS)", validator=in_range(2, 1000))
+    max_steps: int = option(7, help="SFD-v: most student sigmas (seed: 7 = 5 NFE with AFS)", validator=in_range(2, 1000))
+    labels: Literal["random", "none"] = option(
+        "random",
+        help="class-conditional teachers: a random class per trajectory (the seed) or none "
+        "(EDM's all-zero label vector); ignored for unconditional teachers",
+        validator=choice("random", "none"),
+    )
+    lpips: float | None = option(
+        None,
+        help="weight of the LPIPS term on the last student step (seed: 1 in the second stage, "
+        "i.e. when the teacher is an SFD student; None = that rule; 0 = L1 only)",
+        validator=attrs.validators.optional(in_range(0, 10**6)),
+    )
+    lpips_vgg: str | None = option(None, help="local torchvision VGG16 weights (vgg16-397923af.pth) for LPIPS")
+    lpips_lin: str | None = option(
+        None, help="local LPIPS linear weights (piq's lpips_weights.pt or PerceptualSimilarity's vgg.pth)"
+    )
     seed: int = option(DEFAULT_FIRST_SEED, help="first training-noise seed", validator=in_range(0, 2**62))
     device: str = option("cpu", help="cpu, cuda or cuda:N")
+
+    def __attrs_post_init__(self) -> None:
+        if self.step_condition and self.min_steps > self.max_steps:
+            raise ValueError(f"min_steps ({self.min_steps}) must not exceed max_steps ({self.max_steps})")
+        if self.step_condition and not self.min_steps <= self.num_steps <= self.max_steps:
+            raise ValueError(
+                f"num_steps ({self.num_steps}) must lie in min_steps..max_steps ({self.min_steps}..{self.max_steps})"
+            )
+
+    @property
+    def step_counts(self) -> tuple[int, ...]:
+        """The student step counts trained: ``num_steps``, or ``min_steps..max_steps`` for SFD-v."""
+        if self.step_condition:
+            return tuple(range(self.min_steps, self.max_steps + 1))
+        return (self.num_steps,)
 
     @property
     def iterations(self) -> int:
@@ -90,4 +128,7 @@ class SFDModelOptions:
     path: str | None = option(None, help="SFD student JSON (or its .safetensors)")
     precision: str = option("fp32", help="fp32, tf32, fp16 or bf16", validator=choice("fp32", "tf32", "fp16", "bf16"))
     class_label: int | None = option(None, help="class for a class-conditional student")
+    steps: int | None = option(
+        None, help="SFD-v students: the step count to serve (sample with the same --steps; default: the trained num_steps)"
+    )
     device: str = option("cpu", help="cpu, cuda or cuda:N")

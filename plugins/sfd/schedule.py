@@ -1,4 +1,5 @@
-"""The ``sfd`` schedule: the sigmas a distilled SFD student was trained on, read from its file."""
+"""The ``sfd`` schedule: the sigmas a distilled SFD student was trained on, read from its file
+(option ``file``) or, without one, from the SFD student being sampled."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import numpy as np
 from diffsampler import Denoiser, ScheduleBase
 from diffsampler.errors import ModelLoadError, OptionError
 
-from .format import PAPER, read_student_json
+from .format import PAPER, read_student_json, sigma_table_of
 from .options import SFDScheduleOptions
 
 __all__ = ["SFDScheduleFile"]
@@ -26,34 +27,46 @@ class SFDScheduleFile(ScheduleBase):
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
-        self.stored: tuple[float, ...] | None = None
+        self.table: dict[int, tuple[float, ...]] | None = None
         self.afs = False
         if self.options.file is not None:
             try:
                 _, data = read_student_json(self.options.file)
             except ModelLoadError as exc:
                 raise OptionError(str(exc)) from None
-            self.stored = tuple(float(s) for s in data["sigmas"])
+            self.table = sigma_table_of(data)
             self.afs = bool(data.get("afs", False))
 
     def compute(
         self, num_steps: int, sigma_min: float, sigma_max: float, denoiser: Denoiser | None
     ) -> np.ndarray:
-        s = self.stored
-        if s is None:
+        table, afs, what = self.table, self.afs, repr(self.options.file)
+        served = getattr(denoiser, "sigma_table", None) is not None
+        if table is None and served:
+            table, afs, what = denoiser.sigma_table, denoiser.afs, repr(denoiser.name)  # type: ignore[union-attr]
+        if table is None:
             raise OptionError(
-                "schedule 'sfd' needs a student file: --schedule-opt file=FILE (written by diffsampler sfd train)"
+                "schedule 'sfd' needs an SFD student: sample one (--model FILE.json) or pass "
+                "--schedule-opt file=FILE (written by diffsampler sfd train)"
             )
-        if num_steps != len(s):
-            afs = " and --afs" if self.afs else ""
+        if num_steps not in table:
+            counts = " or ".join(str(n) for n in table)
+            flag = " and --afs" if afs else ""
             raise OptionError(
-                f"the SFD student {self.options.file!r} was trained on {len(s)} sigmas "
-                f"(sample with --steps {len(s)}{afs}), but {num_steps} were asked for"
+                f"the SFD student {what} was trained on {counts} sigmas "
+                f"(sample with --steps {counts}{flag}), but {num_steps} were asked for"
             )
+        serving = getattr(denoiser, "step_condition", None) if served else None
+        if serving is not None and serving != num_steps:
+            raise OptionError(
+                f"the SFD-v student serves {serving} sigmas (model option steps={serving}) but the run asks "
+                f"for {num_steps}: pass --model-opt steps={num_steps} or --steps {serving}"
+            )
+        s = table[num_steps]
         close = math.isclose
         if not (close(s[0], sigma_max, rel_tol=_RTOL) and close(s[-1], sigma_min, rel_tol=_RTOL)):
             raise OptionError(
-                f"the SFD student {self.options.file!r} spans sigma {s[-1]:g}..{s[0]:g}, "
+                f"the SFD student {what} spans sigma {s[-1]:g}..{s[0]:g}, "
                 f"but the run asks for {sigma_min:g}..{sigma_max:g}"
             )
         return np.asarray(s, dtype=np.float64)

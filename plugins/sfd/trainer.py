@@ -9,8 +9,14 @@ own ``N`` points, one at a time from its own (detached) previous output, and aft
 analytical ``d = x / sqrt(1 + sigma^2)``: no network, no update (as the seed). The learning
 rate drops tenfold after ``lr_drop`` of the training (seed: half).
 
+SFD-v (``step_condition``): the student gets a second embedding, of its number of sigmas
+``N``, and every batch draws ``N`` from ``min_steps..max_steps`` (seed: 4..7), so one network
+serves 2-5 NFE. The second stage (1 NFE; the teacher an SFD student sampled with Euler) adds an
+LPIPS term on the last step, as the seed.
+
 Noise of iteration ``k`` row ``j`` comes from seed ``seed + k * batch + j`` (per-seed
-generators), so a resumed run sees exactly the noise the uninterrupted run would.
+generators), its class (class-conditional teachers) from the same seed, and SFD-v's step count
+from ``(seed, k)``, so a resumed run sees exactly the data the uninterrupted run would.
 """
 
 from __future__ import annotations
@@ -25,13 +31,15 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 import diffsampler as ds
 from diffsampler import tensorfile
 from diffsampler.distributed import all_reduce_sum, current, shard
-from diffsampler.errors import OptionError
+from diffsampler.errors import ModelLoadError, OptionError
 from diffsampler.options import options_as_dict
+from diffsampler.plugins.edm.checkpoint import build_from_config, config_of, load_state_dict_strict
 from diffsampler.plugins.edm.denoiser import EDMDenoiser
 
 from .format import PAPER
@@ -59,6 +67,27 @@ def _same(a: list[float] | tuple[float, ...], b: list[float]) -> bool:
     return len(a) == len(b) and all(math.isclose(u, v, rel_tol=1e-9) for u, v in zip(a, b, strict=True))
 
 
+def has_step_condition(net: torch.nn.Module) -> bool:
+    """Whether an EDM network was built with SFD-v's step embedding."""
+    return getattr(getattr(net, "model", None), "map_step", None) is not None
+
+
+def student_network(teacher: torch.nn.Module, *, step_condition: bool, seed: int) -> torch.nn.Module:
+    """The student's initial network: a copy of the teacher; for SFD-v (when the teacher has no
+    step embedding yet) the same architecture with ``step_condition=True``, the teacher's weights
+    and the new step layers initialised as EDM initialises them (from ``seed``: reproducible)."""
+    if not step_condition or has_step_condition(teacher):
+        return copy.deepcopy(teacher)
+    config = config_of(teacher)  # type: ignore[arg-type]
+    config["init_kwargs"]["step_condition"] = True
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = build_from_config(config, source="the SFD-v student")
+    new = {k: v for k, v in net.state_dict().items() if "map_step" in k or "affine_step" in k}
+    load_state_dict_strict(net, {**teacher.state_dict(), **new}, source="the teacher network")
+    return net.to(next(teacher.parameters()).device)
+
+
 class SFDTrainer:
     """The state of one SFD training run: student, optimizer, EMA, iteration, loss history."""
 
@@ -72,7 +101,9 @@ class SFDTrainer:
         self.device = torch.device(options.device)
         self.teacher = copy.copy(teacher)
         self.teacher.net = teacher.net.to(self.device).eval().requires_grad_(False)
-        net = copy.deepcopy(self.teacher.net).requires_grad_(True)
+        self.conditioned = options.step_condition or has_step_condition(self.teacher.net)
+        net = student_network(self.teacher.net, step_condition=self.conditioned, seed=options.seed)
+        net.requires_grad_(True)
         net.eval()  # dropout off: the targets are deterministic (the seed trains in train mode)
         self.student = copy.copy(self.teacher)
         self.student.net = net
@@ -81,21 +112,71 @@ class SFDTrainer:
             self.ema_net = copy.deepcopy(net).requires_grad_(False)
         self.teacher_info = dict(teacher_info or {})
         self.teacher_info["fingerprint"] = fingerprint(self.teacher.net)
-        schedule = ds.get_schedule(options.schedule, rho=options.rho)
-        smin, smax = teacher.sigma_min, teacher.sigma_max
-        n, m = options.num_steps, options.M
-        self.sigmas = schedule.sigmas(n, smin, smax).tolist()
-        self.teacher_sigmas = schedule.sigmas((m + 1) * (n - 1) + 1, smin, smax)
-        if isinstance(teacher, SFDStudent) and not _same(teacher.sigmas, self.teacher_sigmas.tolist()):
-            raise OptionError(
-                f"the teacher is an SFD student trained on {len(teacher.sigmas)} sigmas; the teacher grid here has "
-                f"{len(self.teacher_sigmas)} ((M + 1) * (num_steps - 1) + 1) other sigmas: pick M and num_steps to match"
-            )
+        self._schedule = ds.get_schedule(options.schedule, rho=options.rho)
+        self._grids: dict[int, tuple[list[float], torch.Tensor]] = {}
+        for n in options.step_counts:
+            self._check_student_teacher(teacher, len(self.grid(n)[1]))
+        self.sigmas, self.teacher_sigmas = self.grid(options.num_steps)
+        self.classes = int(getattr(teacher, "label_dim", 0) or 0) if options.labels == "random" else 0
+        self.lpips_weight = options.lpips if options.lpips is not None else (1.0 if isinstance(teacher, SFDStudent) else 0.0)
+        self._lpips: torch.nn.Module | None = None
+        if self.lpips_weight > 0:
+            from .lpips import load_lpips
+
+            try:
+                self._lpips = load_lpips(vgg=options.lpips_vgg, lin=options.lpips_lin, device=self.device)
+            except ModelLoadError as exc:
+                raise ModelLoadError(f"{exc}; or train without the LPIPS term: lpips=0 (--lpips 0)") from None
         self.solver = ds.get_solver(options.teacher, **parse_pairs_text(options.teacher_options))
         self.optimizer = torch.optim.Adam(net.parameters(), lr=options.lr, betas=(0.9, 0.999), eps=1e-8)
         self.iteration = 0
         self.history: list[dict[str, float]] = []
         self.elapsed_s = 0.0
+
+    # -- grids, data ----------------------------------------------------------------------------
+    def grid(self, n: int) -> tuple[list[float], torch.Tensor]:
+        """The student's ``n`` sigmas and the teacher's ``(M + 1)(n - 1) + 1`` (float64, host)."""
+        if n not in self._grids:
+            smin, smax, m = self.teacher.sigma_min, self.teacher.sigma_max, self.options.M
+            self._grids[n] = (
+                self._schedule.sigmas(n, smin, smax).tolist(),
+                self._schedule.sigmas((m + 1) * (n - 1) + 1, smin, smax),
+            )
+        return self._grids[n]
+
+    def _check_student_teacher(self, teacher: EDMDenoiser, count: int) -> None:
+        """A student teacher (second stage) must have been trained on exactly the teacher grid."""
+        if not isinstance(teacher, SFDStudent):
+            return
+        _, grid = self._grids[next(n for n in self._grids if len(self._grids[n][1]) == count)]
+        trained = teacher.sigma_table.get(count)
+        if trained is None or not _same(trained, grid.tolist()):
+            counts = ", ".join(str(k) for k in sorted(teacher.sigma_table))
+            raise OptionError(
+                f"the teacher is an SFD student trained on {counts} sigmas; the teacher grid here has "
+                f"{count} ((M + 1) * (num_steps - 1) + 1) other sigmas: pick M and num_steps to match"
+            )
+
+    def steps_at(self, iteration: int) -> int:
+        """The student's number of sigmas in ``iteration`` (SFD-v: drawn from ``(seed, iteration)``)."""
+        o = self.options
+        if not o.step_condition:
+            return o.num_steps
+        return int(np.random.default_rng([o.seed, iteration, 7]).integers(o.min_steps, o.max_steps + 1))
+
+    def labels(self, iteration: int) -> torch.Tensor | None:
+        """This process's class indices for iteration ``iteration`` (``None``: unconditional)."""
+        if not self.classes:
+            return None
+        o = self.options
+        seeds = shard(range(o.seed + iteration * o.batch, o.seed + (iteration + 1) * o.batch))
+        drawn = [int(np.random.default_rng([s, 1]).integers(self.classes)) for s in seeds]
+        return torch.tensor(drawn, device=self.device)
+
+    def _teacher_for(self, count: int) -> EDMDenoiser:
+        if isinstance(self.teacher, SFDStudent) and self.teacher.step_condition is not None:
+            return self.teacher.with_steps(count)
+        return self.teacher
 
     # -- one iteration -----------------------------------------------------------------------
     @property
@@ -114,72 +195,97 @@ class SFDTrainer:
         seeds = shard(range(o.seed + iteration * o.batch, o.seed + (iteration + 1) * o.batch))
         return ds.seed_noise(seeds, self.teacher.shape, device=self.device) * self.sigmas[0]
 
-    def teacher_targets(self, x: torch.Tensor) -> torch.Tensor:
+    def teacher_targets(
+        self, x: torch.Tensor, *, num_steps: int | None = None, labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """The teacher trajectory at the student's time points 1..N-1: ``[N - 1, batch, ...]``."""
+        _, grid = self.grid(num_steps or self.options.num_steps)
         with torch.no_grad():
             run = self.solver.sample(
-                self.teacher, x, self.teacher_sigmas, afs=self.options.teacher_afs, return_trajectory=True
+                self._teacher_for(len(grid)), x, grid, cond=labels, afs=self.options.teacher_afs,
+                return_trajectory=True,
             )
         assert run.trajectory is not None
         return run.trajectory[self.options.M + 1 :: self.options.M + 1]
 
-    def evaluate(self, x: torch.Tensor, targets: torch.Tensor | None = None) -> dict[str, float]:
+    def evaluate(
+        self,
+        x: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        *,
+        num_steps: int | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> dict[str, float]:
         """The per-step losses of the current student on noise ``x`` (no update): Euler steps
         from its own previous outputs, each compared with the teacher (mean |error| per element)."""
-        o = self.options
-        targets = self.teacher_targets(x) if targets is None else targets
+        n = num_steps or self.options.num_steps
+        targets = self.teacher_targets(x, num_steps=n, labels=labels) if targets is None else targets
         cur = x
         out: dict[str, float] = {}
         with torch.no_grad():
-            for i in range(o.num_steps - 1):
-                cur = self.student_step(cur, i)
+            for i in range(n - 1):
+                cur = self.student_step(cur, i, num_steps=n, labels=labels)
                 out[f"loss{i}"] = float((cur - targets[i]).abs().mean())
         out["loss"] = sum(out.values()) / len(out)
         return out
 
-    def student_step(self, x: torch.Tensor, i: int) -> torch.Tensor:
+    def student_step(
+        self, x: torch.Tensor, i: int, *, num_steps: int | None = None, labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """One Euler step of the student from ``sigmas[i]`` to ``sigmas[i + 1]`` (AFS on step 0)."""
-        s0, s1 = self.sigmas[i], self.sigmas[i + 1]
+        n = num_steps or self.options.num_steps
+        sigmas, _ = self.grid(n)
+        s0, s1 = sigmas[i], sigmas[i + 1]
         if self.options.afs and i == 0:
             return x + (s1 - s0) * x / math.sqrt(1 + s0 * s0)
-        denoised = self.student(x, torch.tensor(s0, device=self.device))
+        self.student.step_condition = n if self.conditioned else None
+        denoised = self.student(x, torch.tensor(s0, device=self.device), labels)
         return x + (s1 - s0) * (x - denoised) / s0
 
     def step(self) -> dict[str, float]:
         """One training iteration (a batch of trajectories, ``N - 1`` updates); returns its losses."""
         o = self.options
         t0 = time.perf_counter()
+        n = self.steps_at(self.iteration)
         x = self.noise(self.iteration)
-        targets = self.teacher_targets(x)
+        labels = self.labels(self.iteration)
+        targets = self.teacher_targets(x, num_steps=n, labels=labels)
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr_at(self.iteration)
         params = [p for p in self.student.net.parameters() if p.requires_grad]
         cur = x
         losses: dict[str, float] = {}
-        for i in range(o.num_steps - 1):
+        for i in range(n - 1):
             target = targets[i]
             if o.afs and i == 0:
                 with torch.no_grad():
-                    out = self.student_step(cur, i)
-                    loss = (out - target).abs().sum() / o.batch
+                    out = self.student_step(cur, i, num_steps=n, labels=labels)
+                    l1 = (out - target).abs().sum() / o.batch
             else:
                 self.optimizer.zero_grad(set_to_none=True)
-                out = self.student_step(cur, i)
-                loss = (out - target).abs().sum() / o.batch
+                out = self.student_step(cur, i, num_steps=n, labels=labels)
+                l1 = (out - target).abs().sum() / o.batch
+                loss = l1
+                if self._lpips is not None and i == n - 2:
+                    # the seed adds the batch mean of LPIPS to every element's L1 error
+                    perceptual = self._lpips(out, target).sum() / o.batch
+                    loss = l1 + self.lpips_weight * math.prod(self.teacher.shape) * perceptual
+                    losses["lpips"] = all_reduce_sum(perceptual.detach().reshape(1).clone()).item()
                 loss.backward()
                 for p in params:
                     if p.grad is not None:
                         all_reduce_sum(p.grad)
                         torch.nan_to_num(p.grad, nan=0.0, posinf=1e5, neginf=-1e5, out=p.grad)
                 self.optimizer.step()
-            value = all_reduce_sum(loss.detach().reshape(1).clone()).item()
+            value = all_reduce_sum(l1.detach().reshape(1).clone()).item()
             losses[f"loss{i}"] = value / (math.prod(self.teacher.shape))
             cur = out.detach()
         self._update_ema()
         self.iteration += 1
-        losses["loss"] = sum(losses.values()) / len(losses)
+        per_step = [v for k, v in losses.items() if k.startswith("loss")]
+        losses["loss"] = sum(per_step) / len(per_step)
         self.elapsed_s += time.perf_counter() - t0
-        record = {"iteration": float(self.iteration), **losses}
+        record = {"iteration": float(self.iteration), "steps": float(n), **losses}
         self.history.append(record)
         return record
 
@@ -218,6 +324,7 @@ class SFDTrainer:
         o = self.options
         return SFDStudent(
             net, sigmas=tuple(self.sigmas), afs=o.afs,
+            sigma_table={n: tuple(self.grid(n)[0]) for n in o.step_counts},
             settings={**options_as_dict(o), "iterations_done": self.iteration, "train_seconds": self.elapsed_s},
             teacher=self.teacher_info, name="sfd-student",
             sigma_min=self.teacher.sigma_min, sigma_max=self.teacher.sigma_max,
