@@ -17,8 +17,6 @@ import diffsampler as ds
 from diffsampler.cli import build_app
 from diffsampler.errors import OptionError
 
-torch.set_num_threads(1)
-
 
 @pytest.fixture(scope="module")
 def digits():

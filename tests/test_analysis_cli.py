@@ -25,8 +25,6 @@ from diffsampler.plugins.analysis.registry import (
 )
 from diffsampler.plugins.analysis.run import analyze, write_result
 
-torch.set_num_threads(1)
-
 SMALL = ("--model", "gmm", "--model-opt", "shape=3,4,4", "--model-opt", "components=3",
          "--steps", "7", "--seeds", "0-5")
 

@@ -15,8 +15,6 @@ import diffsampler as ds
 from diffsampler.plugins.analysis import geometry as g
 from diffsampler.plugins.models.gmm import GaussianMixture
 
-torch.set_num_threads(1)
-
 SIGMAS = [80.0, 20.0, 5.0, 1.5, 0.5, 0.1, 0.02, 0.002]
 
 

@@ -21,14 +21,6 @@ SMALL = dict(shape=(3, 4, 4), components=4)
 SOLVERS = ["euler", "heun", "dpm", "dpmpp", "unipc", "deis", "ipndm", "ipndm_v"]
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def small_model():
     return ds.get_model("gmm", **SMALL)
 
@@ -191,7 +183,6 @@ def test_cond_is_passed_through():
 # -- the schedule file -------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def schedule_file(tmp_path_factory):
-    torch.set_num_threads(1)
     model = small_model()
     g = ds.get_distiller("gits", num_warmup=8, teacher_steps=13, num_steps=6, batch=8)
     sched = g.distill(model, model_info={"name": "gmm", "options": SMALL})

@@ -37,11 +37,6 @@ CM = dict(
 )
 
 
-@pytest.fixture(autouse=True)
-def _threads() -> None:
-    torch.set_num_threads(1)
-
-
 @pytest.fixture
 def registry() -> ds.Registry:
     reg = ds.discover(entry_points=True, plugins=[("guided", guided_plugin)])

@@ -23,11 +23,6 @@ transformers = pytest.importorskip("transformers")
 BETAS = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
 
 
-@pytest.fixture(autouse=True)
-def _threads() -> None:
-    torch.set_num_threads(1)
-
-
 @pytest.fixture
 def registry() -> ds.Registry:
     reg = ds.discover(entry_points=True, plugins=[("latent", latent_plugin)])

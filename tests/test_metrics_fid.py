@@ -210,7 +210,6 @@ def _assert_moments(call, f, ref_f) -> None:
 
 
 def test_fid_metric_measures_the_moments_of_directly_computed_features(weights_file, tmp_path, recorded_distance):
-    torch.set_num_threads(1)
     gen = torch.Generator().manual_seed(0)
     ref_images = torch.rand((4, 3, 16, 16), generator=gen) * 2 - 1
     samples = [torch.rand((2, 3, 16, 16), generator=gen) * 1.6 - 0.8 for _ in range(2)]

@@ -20,7 +20,6 @@ GOLDEN = Path(__file__).parent / "data" / "pytorch_fid_random_features.npz"
 
 @pytest.fixture(scope="module")
 def net() -> FIDInceptionV3:
-    torch.set_num_threads(1)
     return randomize_(FIDInceptionV3(), 0).eval()
 
 

@@ -102,7 +102,6 @@ def test_compare_runs_prdc_on_an_image_model(tmp_path, monkeypatch):
     from diffsampler.compare import CompareConfig, run_compare
     from diffsampler.plugins.metrics.inception import FIDInceptionV3, randomize_
 
-    torch.set_num_threads(1)
     weights = tmp_path / "inception.pth"
     torch.save(randomize_(FIDInceptionV3(), 0).state_dict(), weights)
     digits = (load_digits().images[:12] * (255 / 16)).round().astype(np.uint8)[..., None]

@@ -20,15 +20,6 @@ from diffsampler.plugins.edm.precond import EDMPrecond
 TINY = dict(model_channels=8, channel_mult=[1], num_blocks=1, attn_resolutions=[], dropout=0.0)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One CPU thread: the machine is shared, and these networks are too small to gain from more."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def tiny_teacher(seed: int = 0) -> EDMDenoiser:
     torch.manual_seed(seed)
     net = EDMPrecond(img_resolution=8, img_channels=1, model_type="SongUNet", **TINY)

@@ -18,8 +18,6 @@ import torch
 import diffsampler as ds
 from diffsampler.plugins.sfd.lpips import CHANNELS, LPIPS, load_lpips
 
-torch.set_num_threads(1)
-
 
 def _vgg16_state(seed: int = 0) -> dict[str, torch.Tensor]:
     """A torchvision-style VGG16 state dict with random (He-scaled) weights, classifier included."""

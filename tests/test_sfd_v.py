@@ -18,14 +18,6 @@ from diffsampler.plugins.edm.layers import UNetBlock
 from diffsampler.plugins.edm.precond import EDMPrecond
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def step_keys(net: torch.nn.Module) -> set[str]:
     return {k for k in net.state_dict() if "map_step" in k or "affine_step" in k}
 

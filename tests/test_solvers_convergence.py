@@ -36,15 +36,6 @@ from diffsampler.plugins.models.gmm import gmm
 MODEL = gmm(shape=(2,), components=3, spread=0.3, seed=0)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: intra-op threads only add overhead (and contention on a shared machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def exact_endpoint(x: torch.Tensor, sigma_max: float, sigma_min: float) -> torch.Tensor:
     """The exact ODE solution at ``sigma_min`` from ``x`` at ``sigma_max`` (float64)."""
     shape = x.shape

@@ -25,14 +25,6 @@ MODEL = gmm(shape=(3,), components=4, spread=0.3, seed=3)
 SIGMA_MAX, SIGMA_MIN = 20.0, 0.05
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def denoise(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return MODEL(x, torch.full((x.shape[0],), sigma, dtype=x.dtype))
 
