@@ -185,3 +185,18 @@ def test_fp32_switches_tf32_off_for_cuda_and_restores_the_flags() -> None:
     net = EDMPrecond(img_resolution=8, img_channels=1, model_type="SongUNet", **SMALL)
     x, sigma = torch.randn(2, 1, 8, 8), torch.tensor([0.5, 5.0])
     assert torch.equal(EDMDenoiser(net, precision="tf32")(x, sigma), EDMDenoiser(net)(x, sigma))  # CPU
+
+
+@pytest.mark.parametrize("up", [False, True])
+def test_box_filter_resampling_equals_the_depthwise_convolution(up):
+    """DDPM++'s [1, 1] filter runs as average pooling / nearest upsampling: the same values as
+    EDM's depthwise (transposed) convolution, channels-last kept."""
+    from diffsampler.plugins.edm.layers import Conv2d
+
+    torch.manual_seed(0)
+    layer = Conv2d(in_channels=8, out_channels=8, kernel=3, up=up, down=not up)
+    x = torch.randn(2, 8, 8, 8).contiguous(memory_format=torch.channels_last)
+    fast = layer(x)
+    layer._box = False  # the general FIR path
+    torch.testing.assert_close(fast, layer(x), rtol=0, atol=0)
+    assert fast.is_contiguous(memory_format=torch.channels_last)

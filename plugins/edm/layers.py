@@ -142,8 +142,15 @@ class Conv2d(nn.Module):
         taps = torch.as_tensor(list(resample_filter), dtype=torch.float32)
         filt = torch.outer(taps, taps)[None, None] / taps.sum() ** 2
         self.register_buffer("resample_filter", filt if up or down else None)
+        # DDPM++'s and ADM's [1, 1] filter is a 2x2 box: downsampling is a 2x2 average pooling and
+        # upsampling (the transposed convolution with 4 * box) repeats each pixel 2x2. Pooling and
+        # nearest interpolation compute the same values as the depthwise convolutions without
+        # their cost (cuDNN's depthwise kernels are slow, and Inductor can fuse these two).
+        self._box = len(taps) == 2 and bool(taps[0] == taps[1])
 
     def _resample(self, x: Tensor, filt: Tensor, channels: int, *, up: bool, pad: int) -> Tensor:
+        if self._box and pad == 0:
+            return F.interpolate(x, scale_factor=2.0, mode="nearest") if up else F.avg_pool2d(x, 2)
         if up:
             return F.conv_transpose2d(
                 x, (filt * 4).tile(channels, 1, 1, 1), groups=channels, stride=2, padding=pad
