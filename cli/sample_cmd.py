@@ -33,19 +33,25 @@ def _device(name: str) -> str:
 
 def sample(
     model: Annotated[str, typer.Option(help="registered model name or model file")] = "gmm",
-    solver: Annotated[str, typer.Option(help="registered solver name")] = "euler",
+    solver: Annotated[
+        Opt[str], typer.Option(help="registered solver name (default: the model's own, else euler)")
+    ] = None,
     schedule: Annotated[
         Opt[str], typer.Option(help="registered schedule (default: the solver's recommended one)")
     ] = None,
     steps: Annotated[Opt[int], typer.Option(help="number of sigmas (steps + 1)")] = None,
-    nfe: Annotated[Opt[int], typer.Option(help="denoiser evaluations per sample")] = None,
+    nfe: Annotated[
+        Opt[int], typer.Option(help="denoiser evaluations per sample (default: the model's own, else 10)")
+    ] = None,
     sigmas: Annotated[
         Opt[str], typer.Option(help="explicit decreasing sigmas, e.g. 80,10,1,0.1,0.002")
     ] = None,
     seeds: Annotated[str, typer.Option(help="seeds, e.g. 0-63,100")] = "0-63",
     batch: Annotated[int, typer.Option(help="samples per batch")] = 64,
     out: Annotated[Path, typer.Option(help="output directory")] = Path("samples"),
-    afs: Annotated[bool, typer.Option(help="analytical first step (saves one NFE)")] = False,
+    afs: Annotated[
+        Opt[bool], typer.Option("--afs/--no-afs", help="analytical first step (saves one NFE; default: the model's choice, else off)")
+    ] = None,
     denoise_to_zero: Annotated[bool, typer.Option(help="final denoising step (+1 NFE)")] = False,
     max_order: Annotated[Opt[int], typer.Option(help="solver option max_order")] = None,
     predict_x0: Annotated[Opt[bool], typer.Option(help="solver option predict_x0")] = None,
@@ -97,8 +103,6 @@ def sample(
         schedule_options["rho"] = rho
     if sigmas is not None and (steps is not None or nfe is not None):
         raise OptionError("give --sigmas, or --steps/--nfe, not both")
-    if sigmas is None and steps is None and nfe is None:
-        nfe = 10
     config = RunConfig(
         model=model, model_options=parse_pairs(model_opt, "--model-opt"),
         solver=solver, solver_options=solver_options,
@@ -140,7 +144,7 @@ def _run(config: Any, out: Path, fmt: str, dist: Any, *, as_json: bool,
     if dist.is_main:
         skipped = len(shard(plan.batches, dist)) - len(mine)
         err_console.print(
-            f"[bold]{config.solver}[/] on [bold]{config.model}[/], schedule {plan.schedule}, "
+            f"[bold]{plan.config.solver}[/] on [bold]{config.model}[/], schedule {plan.schedule}, "
             f"{len(plan.sigmas) - 1} steps, NFE {plan.nfe}"
             + (f" ({plan.nfe * plan.evaluation_cost} counting each guided evaluation as "
                f"{plan.evaluation_cost}, as the seed does)" if plan.evaluation_cost != 1 else "")

@@ -33,6 +33,7 @@ __all__ = [
     "HasBottleneck",
     "Metric",
     "SampleResult",
+    "SamplesItself",
     "Schedule",
     "Solver",
     "StepCallback",
@@ -114,6 +115,19 @@ class Compilable(Protocol):
     """A neural model that can return a ``torch.compile``-d copy of itself (same outputs)."""
 
     def compiled(self, mode: str = "default") -> Denoiser: ...
+
+
+@runtime_checkable
+class SamplesItself(Protocol):
+    """A model that knows how it is meant to be sampled (a distilled student: its solver,
+    schedule, number of sigmas, AFS). ``sample`` uses these where the user gave none.
+
+    Keys of ``sampling_defaults``: ``solver``, ``solver_options``, ``schedule``,
+    ``schedule_options``, ``num_steps``, ``afs`` (each optional).
+    """
+
+    @property
+    def sampling_defaults(self) -> dict[str, Any]: ...
 
 
 @runtime_checkable

@@ -18,16 +18,18 @@ from ._version import __version__
 from .api import get_model, get_schedule, get_solver, resolve_num_steps
 from .errors import OptionError
 from .options import from_record, options_as_dict
-from .protocols import Denoiser, Solver
+from .protocols import Denoiser, SamplesItself, Solver
 from .schedule import SigmaList
 from .seeds import Batch, plan_batches, seed_noise
 
 if TYPE_CHECKING:
     from torch import Tensor
 
-__all__ = ["RunConfig", "RunPlan", "execute", "plan_run", "seed_labels"]
+__all__ = ["DEFAULT_NFE", "RunConfig", "RunPlan", "execute", "plan_run", "seed_labels", "with_model_defaults"]
 
 _DTYPES = ("float32", "float64", "float16", "bfloat16")
+#: the NFE of a run that names neither steps, NFE nor sigmas (and whose model has no own plan)
+DEFAULT_NFE = 10
 
 
 def _frozen_dict(value: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -52,7 +54,8 @@ class RunConfig:
 
     model: str = "gmm"
     model_options: dict[str, Any] = attrs.field(factory=dict, converter=_frozen_dict)
-    solver: str = "euler"
+    #: None: the model's own solver (:class:`~diffsampler.SamplesItself`), else euler
+    solver: str | None = None
     solver_options: dict[str, Any] = attrs.field(factory=dict, converter=_frozen_dict)
     schedule: str | None = None
     schedule_options: dict[str, Any] = attrs.field(factory=dict, converter=_frozen_dict)
@@ -61,7 +64,8 @@ class RunConfig:
     sigmas: tuple[float, ...] | None = attrs.field(
         default=None, converter=lambda v: None if v is None else tuple(float(s) for s in v)
     )
-    afs: bool = False
+    #: None: the model's own choice with its own solver, else off
+    afs: bool | None = None
     denoise_to_zero: bool = False
     seeds: tuple[int, ...] = attrs.field(default=tuple(range(64)), converter=tuple)
     batch: int = 64
@@ -156,9 +160,35 @@ def seed_labels(plan: RunPlan, seeds: Iterable[int]) -> list[int] | None:
     return [int(choice)] * len(list(seeds))
 
 
+def with_model_defaults(config: RunConfig, model: Denoiser) -> RunConfig:
+    """``config`` with what it leaves open filled in: from the model's own sampling plan
+    (:class:`~diffsampler.SamplesItself`, e.g. a distilled student's solver, schedule, steps and
+    AFS) when the run uses the model's solver, else euler, the solver's schedule, no AFS and
+    :data:`DEFAULT_NFE` evaluations."""
+    own = dict(model.sampling_defaults) if isinstance(model, SamplesItself) else {}
+    solver = config.solver or own.get("solver") or "euler"
+    fits = own.get("solver") == solver  # a model's schedule and steps are made for its own solver
+    updates: dict[str, Any] = {"solver": solver}
+    if fits and config.solver is None:
+        updates["solver_options"] = {**own.get("solver_options", {}), **config.solver_options}
+    if config.afs is None:
+        updates["afs"] = bool(own.get("afs", False)) if fits else False
+    if fits and config.schedule is None and config.sigmas is None and "schedule" in own:
+        updates["schedule"] = own["schedule"]
+        updates["schedule_options"] = {**own.get("schedule_options", {}), **config.schedule_options}
+    if config.sigmas is None and config.num_steps is None and config.nfe is None:
+        if fits and "num_steps" in own:
+            updates["num_steps"] = int(own["num_steps"])
+        else:
+            updates["nfe"] = DEFAULT_NFE
+    return attrs.evolve(config, **updates)
+
+
 def plan_run(config: RunConfig) -> RunPlan:
     """Resolve the components, the sigmas and the batches of ``config`` (samples nothing)."""
     model = get_model(config.model, **config.model_options)
+    config = with_model_defaults(config, model)
+    assert config.solver is not None and config.afs is not None
     solver = get_solver(config.solver, **config.solver_options)
     schedule_options: dict[str, Any]
     if config.sigmas is not None:

@@ -235,3 +235,27 @@ def test_labels_errors(tmp_path):
     from diffsampler.runs import seed_labels
 
     assert seed_labels(plan, plan.config.seeds) == [3, 2, 5]
+
+
+class _Student:
+    """A model with its own sampling plan (a distilled student's, say)."""
+
+    @property
+    def sampling_defaults(self) -> dict:
+        return {"solver": "heun", "schedule": "time_uniform", "schedule_options": {"rho": 2.0}, "num_steps": 4,
+                "afs": True}
+
+
+def test_open_choices_come_from_the_models_own_plan():
+    from diffsampler.runs import DEFAULT_NFE, with_model_defaults
+
+    own = with_model_defaults(RunConfig(), _Student())
+    assert (own.solver, own.schedule, own.schedule_options, own.num_steps, own.nfe, own.afs) == (
+        "heun", "time_uniform", {"rho": 2.0}, 4, None, True)
+    # the user's choices win; another solver drops the model's schedule, steps and AFS
+    mine = with_model_defaults(RunConfig(afs=False, nfe=3), _Student())
+    assert (mine.solver, mine.schedule, mine.num_steps, mine.nfe, mine.afs) == ("heun", "time_uniform", None, 3, False)
+    other = with_model_defaults(RunConfig(solver="euler"), _Student())
+    assert (other.schedule, other.num_steps, other.nfe, other.afs) == (None, None, DEFAULT_NFE, False)
+    plain = with_model_defaults(RunConfig(), object())
+    assert (plain.solver, plain.nfe, plain.afs) == ("euler", DEFAULT_NFE, False)

@@ -222,3 +222,25 @@ def test_missing_lpips_weights_say_how_to_train_without(tmp_path, monkeypatch):
     teacher = stage1_student(tmp_path)
     with pytest.raises(ModelLoadError, match="lpips=0"):
         trainer(teacher, num_steps=3, M=1, teacher="euler", teacher_options="", teacher_afs=True)
+
+
+def test_sample_a_student_with_nothing_but_its_file(tmp_path):
+    """``sample --model student.json`` runs Euler on the student's own sigmas with its AFS."""
+    tr = trainer(tiny_teacher(), num_steps=5)
+    tr.step()
+    path = tr.result().save(tmp_path / "s.json")
+    runner = CliRunner()
+    res = runner.invoke(build_app(), ["sample", "--model", str(path), "--seeds", "0-1", "--out", str(tmp_path / "a")])
+    assert res.exit_code == 0, res.output
+    explicit = ["sample", "--model", str(path), "--solver", "euler", "--schedule", "sfd", "--steps", "5", "--afs",
+                "--seeds", "0-1", "--out", str(tmp_path / "b")]
+    assert runner.invoke(build_app(), explicit).exit_code == 0
+    import json
+
+    import numpy as np
+
+    record = json.loads((tmp_path / "a" / "config.json").read_text())
+    c = record["config"]
+    assert (c["solver"], c["schedule"], c["num_steps"], c["afs"], record["nfe"]) == ("euler", "sfd", 5, True, 3)
+    a, b = (np.load(tmp_path / d / "samples.npz")["samples"] for d in ("a", "b"))
+    np.testing.assert_array_equal(a, b)

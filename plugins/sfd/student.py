@@ -72,6 +72,12 @@ class SFDStudent(EDMDenoiser):
     def num_steps(self) -> int:
         return self.steps
 
+    @property
+    def sampling_defaults(self) -> dict[str, Any]:
+        """How ``sample`` runs the student unless told otherwise (:class:`diffsampler.SamplesItself`):
+        Euler on its own sigmas (the ``sfd`` schedule reads them from the model), with its AFS."""
+        return {"solver": "euler", "schedule": "sfd", "num_steps": self.steps, "afs": self.afs}
+
     def with_steps(self, steps: int) -> SFDStudent:
         """The same network serving ``steps`` sigmas (an SFD-v student; shares the weights)."""
         if steps not in self.sigma_table:
