@@ -21,7 +21,7 @@ from .protocols import Compilable
 from .seeds import seed_noise
 from .solver import steps_for_nfe
 
-__all__ = ["BenchRow", "Variant", "run_bench"]
+__all__ = ["BenchRow", "Variant", "build_model", "run_bench"]
 
 _FLAGS = {"cl": "channels_last", "channels_last": "channels_last", "compile": "compile",
           "graph": "cuda_graph", "cuda_graph": "cuda_graph"}
@@ -99,7 +99,8 @@ def _median_ms(fn: Callable[[], Any], sync: Callable[[], None], repeat: int, war
     return statistics.median(times)
 
 
-def _build_model(name: str, options: dict[str, Any], variant: Variant, compile_mode: str) -> Any:
+def build_model(name: str, options: dict[str, Any], variant: Variant, compile_mode: str = "default") -> Any:
+    """Model ``name`` set up as ``variant`` says (precision, channels-last, compiled)."""
     extra: dict[str, Any] = dict(options)
     if variant.precision != "fp32":
         extra["precision"] = variant.precision
@@ -151,7 +152,7 @@ def run_bench(
         for variant in variants:
             if variant.cuda_graph and dev.type != "cuda":
                 raise OptionError(f"variant {variant.label!r}: CUDA graphs need --device cuda")
-            net = _build_model(model, dict(model_options or {}), variant, compile_mode)
+            net = build_model(model, dict(model_options or {}), variant, compile_mode)
             for batch in batches:
                 row = _measure(net, sol, sigmas, variant, batch, nfe, references[batch], dev,
                                sync, repeat, warmup)
