@@ -123,7 +123,8 @@ class SamplesItself(Protocol):
     schedule, number of sigmas, AFS). ``sample`` uses these where the user gave none.
 
     Keys of ``sampling_defaults``: ``solver``, ``solver_options``, ``schedule``,
-    ``schedule_options``, ``num_steps``, ``afs`` (each optional).
+    ``schedule_options``, ``num_steps``, ``afs`` (used with the model's own solver only) and
+    ``labels`` (``sample --labels``; always), each optional.
     """
 
     @property

@@ -163,7 +163,7 @@ def seed_labels(plan: RunPlan, seeds: Iterable[int]) -> list[int] | None:
 def with_model_defaults(config: RunConfig, model: Denoiser) -> RunConfig:
     """``config`` with what it leaves open filled in: from the model's own sampling plan
     (:class:`~diffsampler.SamplesItself`, e.g. a distilled student's solver, schedule, steps and
-    AFS) when the run uses the model's solver, else euler, the solver's schedule, no AFS and
+    AFS, and class labels whatever the solver) when the run uses the model's solver, else euler, the solver's schedule, no AFS and
     :data:`DEFAULT_NFE` evaluations."""
     own = dict(model.sampling_defaults) if isinstance(model, SamplesItself) else {}
     solver = config.solver or own.get("solver") or "euler"
@@ -176,6 +176,8 @@ def with_model_defaults(config: RunConfig, model: Denoiser) -> RunConfig:
     if fits and config.schedule is None and config.sigmas is None and "schedule" in own:
         updates["schedule"] = own["schedule"]
         updates["schedule_options"] = {**own.get("schedule_options", {}), **config.schedule_options}
+    if config.labels is None and own.get("labels") is not None:
+        updates["labels"] = str(own["labels"])
     if config.sigmas is None and config.num_steps is None and config.nfe is None:
         if fits and "num_steps" in own:
             updates["num_steps"] = int(own["num_steps"])

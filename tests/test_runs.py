@@ -243,7 +243,7 @@ class _Student:
     @property
     def sampling_defaults(self) -> dict:
         return {"solver": "heun", "schedule": "time_uniform", "schedule_options": {"rho": 2.0}, "num_steps": 4,
-                "afs": True}
+                "afs": True, "labels": "random"}
 
 
 def test_open_choices_come_from_the_models_own_plan():
@@ -257,5 +257,7 @@ def test_open_choices_come_from_the_models_own_plan():
     assert (mine.solver, mine.schedule, mine.num_steps, mine.nfe, mine.afs) == ("heun", "time_uniform", None, 3, False)
     other = with_model_defaults(RunConfig(solver="euler"), _Student())
     assert (other.schedule, other.num_steps, other.nfe, other.afs) == (None, None, DEFAULT_NFE, False)
+    assert (own.labels, other.labels, with_model_defaults(RunConfig(labels="seed"), _Student()).labels) == (
+        "random", "random", "seed")
     plain = with_model_defaults(RunConfig(), object())
     assert (plain.solver, plain.nfe, plain.afs) == ("euler", DEFAULT_NFE, False)

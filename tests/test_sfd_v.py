@@ -244,3 +244,16 @@ def test_sample_a_student_with_nothing_but_its_file(tmp_path):
     assert (c["solver"], c["schedule"], c["num_steps"], c["afs"], record["nfe"]) == ("euler", "sfd", 5, True, 3)
     a, b = (np.load(tmp_path / d / "samples.npz")["samples"] for d in ("a", "b"))
     np.testing.assert_array_equal(a, b)
+
+
+def test_a_student_trained_on_random_classes_samples_random_classes(tmp_path):
+    tr = trainer(conditional_teacher())
+    tr.step()
+    path = tr.result().save(tmp_path / "c.json")
+    assert ds.get_model(str(path)).sampling_defaults["labels"] == "random"
+    assert "labels" not in ds.get_model(str(path), class_label=1).sampling_defaults
+    none = trainer(conditional_teacher(), labels="none")
+    assert "labels" not in none.result().sampling_defaults
+    from diffsampler.runs import RunConfig, plan_run
+
+    assert plan_run(RunConfig(model=str(path), seeds=(0, 1))).config.labels == "random"

@@ -75,8 +75,12 @@ class SFDStudent(EDMDenoiser):
     @property
     def sampling_defaults(self) -> dict[str, Any]:
         """How ``sample`` runs the student unless told otherwise (:class:`diffsampler.SamplesItself`):
-        Euler on its own sigmas (the ``sfd`` schedule reads them from the model), with its AFS."""
-        return {"solver": "euler", "schedule": "sfd", "num_steps": self.steps, "afs": self.afs}
+        Euler on its own sigmas (the ``sfd`` schedule reads them from the model), with its AFS;
+        a class-conditional student trained on random classes gets a random class per seed."""
+        plan: dict[str, Any] = {"solver": "euler", "schedule": "sfd", "num_steps": self.steps, "afs": self.afs}
+        if self.label_dim and self.class_label is None and self.settings.get("labels") == "random":
+            plan["labels"] = "random"
+        return plan
 
     def with_steps(self, steps: int) -> SFDStudent:
         """The same network serving ``steps`` sigmas (an SFD-v student; shares the weights)."""
