@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from diffsampler import DenoiserBase
 from diffsampler.errors import OptionError, SamplingError
 
 __all__ = ["ADMDenoiser", "CMDenoiser", "VPParams", "make_denoiser"]
@@ -46,7 +47,7 @@ class VPParams:
         return (torch.sqrt(self.beta_min**2 + 2 * self.beta_d * torch.log1p(sigma**2)) - self.beta_min) / self.beta_d
 
 
-class _ADMBase:
+class _ADMBase(DenoiserBase):
     """An ADM U-Net (``vp``) or a Consistency-Models EDM U-Net (``edm``) as a Denoiser, with
     optional classifier guidance (``vp`` only). ``cond``: class indices (an int, a sequence or an
     integer tensor of ``batch`` indices); ``None`` uses ``class_label``.
@@ -95,10 +96,12 @@ class _ADMBase:
         default_min, default_max = (
             (float(self.vp.sigma(self.vp.epsilon_t)), float(self.vp.sigma(1.0))) if precond == "vp" else (0.002, 80.0)
         )
-        self._sigma_min = float(sigma_min if sigma_min is not None else default_min)
-        self._sigma_max = float(sigma_max if sigma_max is not None else default_max)
-        if not 0 < self._sigma_min < self._sigma_max:
-            raise OptionError(f"need 0 < sigma_min < sigma_max, got {self._sigma_min} and {self._sigma_max}")
+        size = int(getattr(unet, "image_size"))  # noqa: B009
+        self._init_denoiser(
+            (int(getattr(unet, "in_channels")), size, size),  # noqa: B009
+            sigma_min if sigma_min is not None else default_min,
+            sigma_max if sigma_max is not None else default_max,
+        )
         self.info = dict(info or {})
         self.info.setdefault("precond", precond)
         self.info.setdefault("nfe_per_evaluation", 1)
@@ -112,19 +115,6 @@ class _ADMBase:
         return int(getattr(self.classifier, "num_classes", 0) or 0)
 
     # -- Denoiser ------------------------------------------------------------------------------
-    @property
-    def shape(self) -> tuple[int, ...]:
-        size = int(getattr(self.unet, "image_size"))  # noqa: B009
-        return (int(getattr(self.unet, "in_channels")), size, size)  # noqa: B009
-
-    @property
-    def sigma_min(self) -> float:
-        return self._sigma_min
-
-    @property
-    def sigma_max(self) -> float:
-        return self._sigma_max
-
     def __call__(self, x: Tensor, sigma: Tensor, cond: Any = None) -> Tensor:
         device = x.device
         if next(self.unet.parameters()).device != device:
