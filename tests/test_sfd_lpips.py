@@ -173,6 +173,9 @@ def test_lookup_through_env_and_cache(files, tmp_path, monkeypatch):
     monkeypatch.setenv("DIFFSAMPLER_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("DIFFSAMPLER_LPIPS_VGG16", str(files["vgg"]))
     monkeypatch.delenv("DIFFSAMPLER_LPIPS_LIN", raising=False)
+    import diffsampler.plugins.sfd.lpips as module
+
+    monkeypatch.setattr(module, "installed_lin_weights", lambda: None)  # no `lpips` package either
     with pytest.raises(ds.ModelLoadError, match=r"lpips_weights\.pt is not available locally"):
         load_lpips(allow_download=False)
     (tmp_path / "cache" / "lpips").mkdir(parents=True)
@@ -228,3 +231,48 @@ def test_bad_files_raise_one_clear_error(files, tmp_path):
     for path, message in cases_lin:
         with pytest.raises(ds.ModelLoadError, match=message):
             load_lpips(vgg=files["vgg"], lin=path, allow_download=False)
+
+
+def _import_lpips() -> Any | None:
+    """The paper's own package (``lpips``, richzhang/PerceptualSimilarity), importable beside the
+    CPU torch with the torchvision trick above; it ships the real linear weights."""
+    if _import_piq() is None:  # sets up torchvision
+        return None
+    try:
+        import lpips
+    except Exception:
+        return None
+    return lpips
+
+
+def test_equals_the_papers_lpips_package_with_its_real_linear_weights(tmp_path):
+    """The reference implementation with its shipped v0.1 VGG weights (the real file, read by our
+    loader) and a random trunk (no ImageNet weights here), copied into ours: same distances."""
+    from diffsampler.plugins.sfd.lpips import installed_lin_weights, read_lin_weights
+
+    lpips = _import_lpips()
+    if lpips is None:
+        pytest.skip("lpips not importable: pip install --no-deps --target ~/.cache/diffsampler-fidref lpips==0.1.4")
+    real = installed_lin_weights()
+    assert real is not None and real.name == "vgg.pth"
+    lin = read_lin_weights(real)
+    assert [w.numel() for w in lin] == list(CHANNELS) and all(bool((w >= 0).all()) for w in lin)
+    torch.manual_seed(0)
+    reference = lpips.LPIPS(net="vgg", pretrained=True, pnet_rand=True, verbose=False).eval()
+    trunk = {}
+    for part in (reference.net.slice1, reference.net.slice2, reference.net.slice3, reference.net.slice4,
+                 reference.net.slice5):
+        for name, module in part.named_children():
+            if isinstance(module, torch.nn.Conv2d):
+                trunk[f"features.{name}.weight"] = module.weight.detach().clone()
+                trunk[f"features.{name}.bias"] = module.bias.detach().clone()
+    torch.save(trunk, tmp_path / "vgg16.pth")
+    ours = load_lpips(vgg=tmp_path / "vgg16.pth", pooling="max", resize=None, allow_download=False)
+    for got, want in zip(ours.lin_weights(), lin, strict=True):
+        torch.testing.assert_close(got, want)
+    x, y = _images(2, 32, seed=4), _images(2, 32, seed=5)
+    with torch.no_grad():
+        want = reference(x, y).reshape(-1)
+        got = ours(x, y)
+    assert bool((want > 0).all())
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=0)

@@ -32,7 +32,9 @@ environment variable, cache ``$DIFFSAMPLER_CACHE/lpips``, else a download):
   ``classifier.*`` keys are ignored), ``DIFFSAMPLER_LPIPS_VGG16``;
 * the linear weights: piq's ``lpips_weights.pt`` (a list of 5 tensors), or richzhang/
   PerceptualSimilarity's ``lpips/weights/v0.1/vgg.pth`` (a state dict ``linK.model.1.weight``,
-  each [1, C, 1, 1]), ``DIFFSAMPLER_LPIPS_LIN``.
+  each [1, C, 1, 1]), ``DIFFSAMPLER_LPIPS_LIN``. When no copy is found locally, the
+  ``vgg.pth`` inside an installed ``lpips`` package (``pip install lpips``, which ships it) is
+  used before anything is downloaded.
 
 Both are read with ``torch.load(..., weights_only=True)``: a file cannot run pickled code.
 """
@@ -57,6 +59,7 @@ __all__ = [
     "LPIPS",
     "RICHZHANG_LIN_URL",
     "VGG16_WEIGHTS",
+    "installed_lin_weights",
     "load_lpips",
     "read_lin_weights",
     "read_vgg16_features",
@@ -95,6 +98,21 @@ RICHZHANG_LIN_URL = (
 )
 
 Pooling = Literal["avg", "max"]
+
+
+def installed_lin_weights() -> Path | None:
+    """``weights/v0.1/vgg.pth`` of an installed ``lpips`` package (found without importing it)."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec("lpips")
+    except (ImportError, ValueError):
+        return None
+    for folder in (spec.submodule_search_locations or []) if spec is not None else []:
+        candidate = Path(folder) / "weights" / "v0.1" / "vgg.pth"
+        if candidate.is_file():
+            return candidate
+    return None
 
 
 def _conv_indices() -> list[tuple[int, int, int]]:
@@ -295,6 +313,8 @@ def load_lpips(
     """LPIPS with the published VGG16 and linear weights; a :class:`ModelLoadError` if unusable."""
     model = LPIPS(pooling=pooling, resize=resize)  # options checked before any download
     vgg_path = locate(VGG16_WEIGHTS, path=vgg, allow_download=allow_download)
+    if lin is None and LIN_WEIGHTS.local_copy() is None:
+        lin = installed_lin_weights()
     lin_path = locate(LIN_WEIGHTS, path=lin, allow_download=allow_download)
     model.features.load_state_dict(read_vgg16_features(vgg_path))
     for buffer, w in zip(model.lin_weights(), read_lin_weights(lin_path), strict=True):
