@@ -57,10 +57,10 @@ def main() -> None:
     teacher_targets = trainer.teacher_targets
     spent: dict[str, float] = {}
 
-    def timed_targets(x: torch.Tensor) -> torch.Tensor:
+    def timed_targets(x: torch.Tensor, **kwargs: object) -> torch.Tensor:
         sync()
         t0 = time.perf_counter()
-        out = teacher_targets(x)
+        out = teacher_targets(x, **kwargs)
         sync()
         spent["teacher"] = time.perf_counter() - t0
         return out
