@@ -257,3 +257,45 @@ def test_a_student_trained_on_random_classes_samples_random_classes(tmp_path):
     from diffsampler.runs import RunConfig, plan_run
 
     assert plan_run(RunConfig(model=str(path), seeds=(0, 1))).config.labels == "random"
+
+
+# -- the sfd solver: a student as a row of its teacher's comparison ----------------------------
+def test_sfd_solver_runs_the_student_in_place_of_its_teacher(tmp_path):
+    teacher = tiny_teacher()
+    tr = trainer(teacher, step_condition=True, min_steps=3, max_steps=4, num_steps=4, lr=1e-3)
+    tr.step()
+    path = str(tr.result().save(tmp_path / "s.json"))
+    solver = ds.get_solver("sfd", student=path)
+    assert solver.recommended_schedule == ("sfd", {"file": path})
+    x = tr.noise(0)
+    for n in (3, 4):
+        sigmas = ds.get_schedule("sfd", file=path).sigmas(n, teacher.sigma_min, teacher.sigma_max)
+        with torch.no_grad():
+            row = solver.sample(teacher, x, sigmas, afs=True)
+            alone = ds.get_solver("euler").sample(ds.get_model(path, steps=n), x, sigmas, afs=True)
+        assert row.nfe == n - 2 == solver.nfe(n, afs=True)
+        torch.testing.assert_close(row.x, alone.x, rtol=0, atol=0)
+    with pytest.raises(OptionError, match="trained with AFS"):
+        solver.sample(teacher, x, sigmas)
+    with pytest.raises(OptionError, match="distilled from another network"):
+        solver.sample(tiny_teacher(seed=1), x, sigmas, afs=True)
+    poly = ds.get_schedule("polynomial", rho=3.0).sigmas(4, teacher.sigma_min, teacher.sigma_max)
+    with pytest.raises(OptionError, match="runs on its own"):
+        solver.sample(teacher, x, poly, afs=True)
+    with pytest.raises(OptionError, match="needs a student"):
+        ds.get_solver("sfd").sample(teacher, x, sigmas, afs=True)
+
+
+def test_compare_puts_the_student_beside_the_solvers(tmp_path):
+    from diffsampler.compare import CompareConfig, run_compare
+
+    tr = trainer(ds.get_model("digits"), num_steps=4, batch=4, total_kimg=0.004, labels="none")
+    tr.train()
+    path = str(tr.result().save(tmp_path / "d.json"))
+    config = CompareConfig(model="digits", solvers=(f"sfd[student={path}]", "euler"), nfes=(2, 3), afs=True,
+                           seeds=tuple(range(4)), metrics=("l2-teacher[teacher_steps=9]",))
+    result = run_compare(config)
+    cells = {(c.row.split("[")[0].split(" ")[0], c.nfe): c for c in result.cells}
+    assert cells[("sfd", 3)].values is None  # a 2-NFE student has no 3-NFE cell
+    student, euler = cells[("sfd", 2)].values, cells[("euler", 2)].values
+    assert student is not None and euler is not None and set(student) == set(euler)

@@ -5,8 +5,9 @@ arXiv:2409.19681): fine-tune a copy of the teacher network so that plain Euler s
 schedule land where a finer teacher solver lands (1-5 NFE).
 
 Registers the distiller ``sfd``, the model ``sfd`` (a student file: ``--model student.json``),
-the schedule ``sfd`` (the student's stored sigmas, ``--schedule-opt file=student.json``) and the
-command ``diffsampler sfd train``. This module imports no torch: the factories import the
+the schedule ``sfd`` (the student's stored sigmas), the solver ``sfd`` (the student sampling in
+place of its teacher: a row of the teacher's comparison, ``--solver "sfd[student=FILE]"``) and
+the command ``diffsampler sfd train``. This module imports no torch: the factories import the
 implementation when they run.
 """
 
@@ -19,7 +20,7 @@ from diffsampler import hookimpl
 from diffsampler.hookspecs import Register
 
 from .format import PAPER, is_student_file
-from .options import SFDModelOptions, SFDOptions, SFDScheduleOptions
+from .options import SFDModelOptions, SFDOptions, SFDScheduleOptions, SFDSolverOptions
 
 if TYPE_CHECKING:
     import typer
@@ -55,7 +56,15 @@ def sfd_schedule(**options: Any) -> Any:
     return SFDScheduleFile(**options)
 
 
+def sfd_solver(**options: Any) -> Any:
+    """Euler with an SFD student in place of its teacher (option student=FILE): compare it beside solvers."""
+    from .solver import SFDSolver
+
+    return SFDSolver(**options)
+
+
 sfd.paper = PAPER  # type: ignore[attr-defined]
+sfd_solver.paper = PAPER  # type: ignore[attr-defined]
 sfd_model.paper = PAPER  # type: ignore[attr-defined]
 sfd_schedule.paper = PAPER  # type: ignore[attr-defined]
 sfd_model.loads_file = loads_file  # type: ignore[attr-defined]
@@ -69,6 +78,11 @@ def register_distillers(register: Register) -> None:
 @hookimpl
 def register_models(register: Register) -> None:
     register("sfd", sfd_model, options=SFDModelOptions)
+
+
+@hookimpl
+def register_solvers(register: Register) -> None:
+    register("sfd", sfd_solver, options=SFDSolverOptions)
 
 
 @hookimpl

@@ -8,7 +8,14 @@ import attrs
 
 from diffsampler import choice, in_range, option, positive
 
-__all__ = ["DEFAULT_FIRST_SEED", "SFDModelOptions", "SFDOptions", "SFDScheduleOptions", "parse_pairs_text"]
+__all__ = [
+    "DEFAULT_FIRST_SEED",
+    "SFDModelOptions",
+    "SFDOptions",
+    "SFDScheduleOptions",
+    "SFDSolverOptions",
+    "parse_pairs_text",
+]
 
 #: Training noise uses seeds ``seed + k * batch + j`` (iteration k, row j): far from the seeds
 #: that ``sample`` and ``compare`` use (0-63) and from GITS's warm-up seeds.
@@ -119,6 +126,13 @@ class SFDScheduleOptions:
     """Options of the ``sfd`` schedule: the sigmas stored in a student file."""
 
     file: str | None = option(None, help="SFD student JSON written by diffsampler sfd train (required)")
+
+
+@attrs.frozen(kw_only=True)
+class SFDSolverOptions:
+    """Options of the ``sfd`` solver: the student that samples in place of its teacher."""
+
+    student: str | None = option(None, help="SFD student JSON written by diffsampler sfd train (required)")
 
 
 @attrs.frozen(kw_only=True)
