@@ -299,3 +299,25 @@ def test_compare_puts_the_student_beside_the_solvers(tmp_path):
     assert cells[("sfd", 3)].values is None  # a 2-NFE student has no 3-NFE cell
     student, euler = cells[("sfd", 2)].values, cells[("euler", 2)].values
     assert student is not None and euler is not None and set(student) == set(euler)
+
+
+def test_half_precision_training_through_the_teachers_precision_option():
+    """``--model-opt precision=bf16``: teacher and student forwards run under autocast, the weights
+    and Adam stay float32; the targets stay close to float32's and training still learns."""
+    teacher = tiny_teacher()
+    half = EDMDenoiser(copy_net(teacher.net), name="tiny", precision="bf16")
+    tr, ref = trainer(half, lr=1e-3), trainer(teacher, lr=1e-3)
+    x = ref.noise(0)
+    a, b = tr.teacher_targets(x), ref.teacher_targets(x)
+    assert float((a - b).norm() / b.norm()) < 0.05
+    before = tr.evaluate(x, b)["loss"]
+    for _ in range(3):
+        tr.step()
+    assert all(p.dtype == torch.float32 for p in tr.student.net.parameters())
+    assert tr.evaluate(x, b)["loss"] < before
+
+
+def copy_net(net):
+    import copy
+
+    return copy.deepcopy(net)
