@@ -232,20 +232,26 @@ def execute(
     batches: Iterable[Batch] | None = None,
     on_batch: Callable[[Batch, Tensor], None],
     device: str | None = None,
+    overlap: bool = True,
 ) -> None:
     """Sample ``batches`` (default: all of the plan) and pass each finished one to ``on_batch``.
 
     The samples handed over are in the model's output space (decoded for latent models), on
-    the CPU, in float32. ``device`` overrides the configured one (a rank's own GPU).
+    the CPU, in float32, in order. ``device`` overrides the configured one (a rank's own GPU).
+    With ``overlap`` (default) ``on_batch`` runs on a background thread while the next batch is
+    sampled, fed on CUDA by pinned, non-blocking copies (:class:`~diffsampler.handoff.BatchHandoff`);
+    every batch finished before a failure is still handed over.
     """
     import torch
 
+    from .handoff import BatchHandoff
     from .protocols import Decodable
 
     dtype = getattr(torch, plan.config.dtype)
     target = torch.device(device or plan.config.device)
     first = float(plan.sigmas[0])
-    for batch in plan.batches if batches is None else batches:
+
+    def sample(batch: Batch) -> Tensor:
         noise = seed_noise(batch.seeds, plan.model.shape, dtype=dtype, device=target)
         labels = seed_labels(plan, batch.seeds)
         result = plan.solver.sample(
@@ -254,9 +260,16 @@ def execute(
             afs=plan.config.afs, denoise_to_zero=plan.config.denoise_to_zero,
         )
         x = result.x
-        if isinstance(plan.model, Decodable):
-            x = plan.model.decode(x)
-        on_batch(batch, x.detach().to("cpu", torch.float32))
+        return plan.model.decode(x) if isinstance(plan.model, Decodable) else x
+
+    todo = plan.batches if batches is None else batches
+    if not overlap:
+        for batch in todo:
+            on_batch(batch, sample(batch).detach().to("cpu", torch.float32))
+        return
+    with BatchHandoff(on_batch) as handoff:
+        for batch in todo:
+            handoff.put(batch, sample(batch))
 
 
 def dumps(data: Mapping[str, Any]) -> str:
