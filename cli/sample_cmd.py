@@ -77,6 +77,18 @@ def sample(
     labels: Annotated[
         Opt[str], typer.Option(help="class-conditional models: 'random' (per seed), 'seed' (seed mod classes: the seed-th prompt), or a class index")
     ] = None,
+    precision: Annotated[
+        Opt[str], typer.Option(help="neural models: fp32 (exact), tf32, fp16 or bf16 (model option precision)")
+    ] = None,
+    channels_last: Annotated[
+        bool, typer.Option("--channels-last", help="neural models: channels-last memory format")
+    ] = False,
+    compile_model: Annotated[
+        bool, typer.Option("--compile", help="run the model through torch.compile (first batch compiles)")
+    ] = False,
+    cuda_graph: Annotated[
+        bool, typer.Option("--cuda-graph", help="capture each batch size's whole run in one CUDA graph (CUDA)")
+    ] = False,
     dtype: Annotated[str, typer.Option(help="float32 or float64")] = "float32",
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1 or auto")] = "auto",
     fmt: Annotated[
@@ -103,8 +115,13 @@ def sample(
         schedule_options["rho"] = rho
     if sigmas is not None and (steps is not None or nfe is not None):
         raise OptionError("give --sigmas, or --steps/--nfe, not both")
+    model_options: dict[str, Any] = parse_pairs(model_opt, "--model-opt")
+    if precision is not None:
+        model_options["precision"] = precision
+    if channels_last:
+        model_options["channels_last"] = "true"
     config = RunConfig(
-        model=model, model_options=parse_pairs(model_opt, "--model-opt"),
+        model=model, model_options=model_options, compile=compile_model, cuda_graph=cuda_graph,
         solver=solver, solver_options=solver_options,
         schedule=schedule, schedule_options=schedule_options,
         num_steps=steps, nfe=nfe, sigmas=parse_sigma_list(sigmas) if sigmas else None,

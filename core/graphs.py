@@ -18,14 +18,23 @@ from .protocols import Denoiser, Solver
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["GraphedSampler"]
+__all__ = ["GraphedSampler", "capturing"]
+
+
+def capturing() -> bool:
+    """Whether a CUDA graph is being captured now: value checks that would synchronise the host
+    (``bool(tensor)``) must be skipped then; the warm-up runs before the capture made them."""
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
 
 
 class GraphedSampler:
     """``sampler(x)`` = ``solver.sample(model, x, sigmas, ...).x``, replayed from a CUDA graph.
 
     ``x`` must have the captured shape, dtype and device. The output is a fresh tensor (the
-    graph's own output buffer is overwritten by the next replay).
+    graph's own output buffer is overwritten by the next replay). A tensor ``cond`` given at
+    capture (class labels) is a static input too: each call may pass new values of its shape.
     """
 
     def __init__(
@@ -46,7 +55,9 @@ class GraphedSampler:
             raise OptionError("CUDA-graph capture needs a CUDA device (use --device cuda)")
         self.shape, self.dtype, self.device = example.shape, example.dtype, example.device
         self._static_in = example.detach().clone()
-        kwargs = dict(cond=cond, afs=afs, denoise_to_zero=denoise_to_zero, check_finite=False)
+        self._static_cond = cond.detach().clone() if isinstance(cond, torch.Tensor) else None
+        static_cond = self._static_cond if self._static_cond is not None else cond
+        kwargs = dict(cond=static_cond, afs=afs, denoise_to_zero=denoise_to_zero, check_finite=False)
 
         def run() -> torch.Tensor:
             return solver.sample(model, self._static_in, sigmas, **kwargs).x
@@ -62,12 +73,18 @@ class GraphedSampler:
         with torch.cuda.graph(self.graph):
             self._static_out = run()
 
-    def __call__(self, x: torch.Tensor, *, check_finite: bool = True) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, *, cond: Any = None, check_finite: bool = True) -> torch.Tensor:
         if x.shape != self.shape or x.dtype != self.dtype or x.device != self.device:
             raise SamplingError(
                 f"graphed sampler was captured for {tuple(self.shape)} {self.dtype} on {self.device}, "
                 f"got {tuple(x.shape)} {x.dtype} on {x.device}"
             )
+        if self._static_cond is not None:
+            if cond is None or tuple(cond.shape) != tuple(self._static_cond.shape):
+                raise SamplingError(f"this graph was captured with cond shaped {tuple(self._static_cond.shape)}")
+            self._static_cond.copy_(cond)
+        elif cond is not None:
+            raise SamplingError("this graph was captured without cond")
         self._static_in.copy_(x)
         self.graph.replay()
         out = self._static_out.clone()

@@ -221,7 +221,8 @@ class RunDirectory:
                 earlier = json.loads(self.config_path.read_text())
             except (OSError, json.JSONDecodeError):
                 raise OptionError(f"{self.config_path} is unreadable; remove it or use another --out") from None
-            differences = _differences(earlier.get("config", {}), record["config"])
+            now = json.loads(json.dumps(record["config"]))  # as it would be on disk (tuples -> lists)
+            differences = _differences(earlier.get("config", {}), now)
             if earlier.get("format") != self.format.name:
                 differences.insert(0, f"format: {earlier.get('format')!r} on disk, {self.format.name!r} now")
             if differences:
@@ -285,7 +286,7 @@ class RunDirectory:
 def _differences(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
     out = []
     for key in sorted(set(before) | set(now)):
-        if key == "device":  # the same samples may be finished on another device
+        if key in ("device", "compile", "cuda_graph"):  # how, not what: the same samples, another way
             continue
         if before.get(key) != now.get(key):
             out.append(f"{key}: {before.get(key)!r} on disk, {now.get(key)!r} now")

@@ -18,7 +18,7 @@ from ._version import __version__
 from .api import get_model, get_schedule, get_solver, resolve_num_steps
 from .errors import OptionError
 from .options import from_record, options_as_dict
-from .protocols import Denoiser, SamplesItself, Solver
+from .protocols import Compilable, Denoiser, SamplesItself, Solver
 from .schedule import SigmaList
 from .seeds import Batch, plan_batches, seed_noise
 
@@ -77,6 +77,10 @@ class RunConfig:
     labels: str | None = attrs.field(
         default=None, converter=lambda v: None if v is None else str(v), validator=_check_labels
     )
+    #: run the model through ``torch.compile`` (:class:`~diffsampler.Compilable` models)
+    compile: bool = False
+    #: capture each batch shape's whole sampling run in one CUDA graph and replay it
+    cuda_graph: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         data = attrs.asdict(self)
@@ -188,7 +192,13 @@ def with_model_defaults(config: RunConfig, model: Denoiser) -> RunConfig:
 
 def plan_run(config: RunConfig) -> RunPlan:
     """Resolve the components, the sigmas and the batches of ``config`` (samples nothing)."""
+    if config.cuda_graph and not str(config.device).startswith("cuda"):
+        raise OptionError(f"--cuda-graph needs a CUDA device; this run samples on {config.device}")
     model = get_model(config.model, **config.model_options)
+    if config.compile:
+        if not isinstance(model, Compilable):
+            raise OptionError(f"model {config.model!r} cannot be compiled (it has no compiled() method): drop --compile")
+        model = model.compiled()
     config = with_model_defaults(config, model)
     assert config.solver is not None and config.afs is not None
     solver = get_solver(config.solver, **config.solver_options)
@@ -250,16 +260,29 @@ def execute(
     dtype = getattr(torch, plan.config.dtype)
     target = torch.device(device or plan.config.device)
     first = float(plan.sigmas[0])
+    graphs: dict[int, Any] = {}  # one captured run per batch size
+    if plan.config.cuda_graph and target.type != "cuda":
+        raise OptionError(f"--cuda-graph needs a CUDA device; this run samples on {target}")
 
     def sample(batch: Batch) -> Tensor:
-        noise = seed_noise(batch.seeds, plan.model.shape, dtype=dtype, device=target)
+        noise = seed_noise(batch.seeds, plan.model.shape, dtype=dtype, device=target) * first
         labels = seed_labels(plan, batch.seeds)
-        result = plan.solver.sample(
-            plan.model, noise * first, plan.sigmas,
-            cond=None if labels is None else torch.tensor(labels, device=target),
-            afs=plan.config.afs, denoise_to_zero=plan.config.denoise_to_zero,
-        )
-        x = result.x
+        cond = None if labels is None else torch.tensor(labels, device=target)
+        if plan.config.cuda_graph:
+            from .graphs import GraphedSampler
+
+            size = len(batch.seeds)
+            if size not in graphs:
+                graphs[size] = GraphedSampler(
+                    plan.solver, plan.model, plan.sigmas, noise, cond=cond,
+                    afs=bool(plan.config.afs), denoise_to_zero=plan.config.denoise_to_zero,
+                )
+            x = graphs[size](noise, cond=cond)
+        else:
+            x = plan.solver.sample(
+                plan.model, noise, plan.sigmas, cond=cond,
+                afs=plan.config.afs, denoise_to_zero=plan.config.denoise_to_zero,
+            ).x
         return plan.model.decode(x) if isinstance(plan.model, Decodable) else x
 
     todo = plan.batches if batches is None else batches

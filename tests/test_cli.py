@@ -108,6 +108,9 @@ def test_sample_writes_grid_npz_and_config_and_is_reproducible(tmp_path):
         (("--schedule", "nope"), "unknown schedule 'nope'"),
         (("--batch", "0"), "batch size must be a positive integer"),
         (("--dtype", "float8"), "dtype must be one of"),
+        (("--precision", "fp16"), "has no option 'precision'"),
+        (("--compile",), "cannot be compiled"),
+        (("--cuda-graph", "--device", "cpu"), "--cuda-graph needs a CUDA device"),
     ],
 )
 def test_sample_user_errors_give_one_clear_line(tmp_path, args, expected):
@@ -135,3 +138,16 @@ def test_unknown_list_kind_is_a_clear_error():
 
 def test_info_unknown_name():
     assert "no component named 'eulerr'; did you mean 'euler'" in _one_clear_line(cli("info", "eulerr"))
+
+
+def test_inference_flags_are_the_models_options(tmp_path):
+    """--precision / --channels-last set the neural model's options (recorded in config.json)."""
+    flags = cli("sample", "--model", "digits", "--precision", "bf16", "--channels-last", "--nfe", "2",
+                "--seeds", "0-1", "--out", str(tmp_path / "a"))
+    opts = cli("sample", "--model", "digits", "--model-opt", "precision=bf16", "--model-opt", "channels_last=true",
+               "--nfe", "2", "--seeds", "0-1", "--out", str(tmp_path / "b"))
+    assert flags.returncode == 0 and opts.returncode == 0, flags.stderr + opts.stderr
+    a, b = (np.load(tmp_path / d / "samples.npz")["samples"] for d in ("a", "b"))
+    np.testing.assert_array_equal(a, b)
+    recorded = json.loads((tmp_path / "a" / "config.json").read_text())["config"]["model_options"]
+    assert recorded["precision"] == "bf16" and recorded["channels_last"] in (True, "true")

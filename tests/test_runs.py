@@ -261,3 +261,54 @@ def test_open_choices_come_from_the_models_own_plan():
         "random", "random", "seed")
     plain = with_model_defaults(RunConfig(), object())
     assert (plain.solver, plain.nfe, plain.afs) == ("euler", DEFAULT_NFE, False)
+
+
+def test_compile_runs_the_models_compiled_twin(monkeypatch):
+    import diffsampler.runs as runs_module
+
+    real = runs_module.get_model
+    calls = []
+
+    class Twin:
+        def __init__(self, model):
+            self.model = model
+            self.shape, self.sigma_min, self.sigma_max = model.shape, model.sigma_min, model.sigma_max
+
+        def __call__(self, x, sigma, cond=None):
+            calls.append(len(x))
+            return self.model(x, sigma, cond)
+
+    class CompilableGMM:
+        def __init__(self, model):
+            self.model = model
+            self.shape, self.sigma_min, self.sigma_max = model.shape, model.sigma_min, model.sigma_max
+
+        def __call__(self, x, sigma, cond=None):
+            raise AssertionError("the eager model ran although --compile was given")
+
+        def compiled(self, mode="default"):
+            return Twin(self.model)
+
+    monkeypatch.setattr(runs_module, "get_model", lambda name, **o: CompilableGMM(real(name, **o)))
+    plan = plan_run(RunConfig(model="gmm", model_options={"shape": (2, 2, 2)}, nfe=3, seeds=range(2), compile=True))
+    execute(plan, on_batch=lambda b, x: None)
+    assert calls == [2, 2, 2]
+
+
+def test_compile_and_cuda_graph_fail_clearly_where_they_cannot_work():
+    with pytest.raises(OptionError, match="cannot be compiled"):
+        plan_run(RunConfig(model="gmm", nfe=3, compile=True))
+    with pytest.raises(OptionError, match="--cuda-graph needs a CUDA device"):
+        plan_run(RunConfig(model="gmm", nfe=3, seeds=range(2), cuda_graph=True, device="cpu"))
+    plan = plan_run(RunConfig(model="gmm", nfe=3, seeds=range(2), cuda_graph=True, device="cuda"))
+    with pytest.raises(OptionError, match="--cuda-graph needs a CUDA device"):  # a CPU rank after all
+        execute(plan, on_batch=lambda b, x: None, device="cpu")
+
+
+def test_how_a_run_is_computed_does_not_block_its_resume(tmp_path):
+    rundir = RunDirectory(tmp_path / "r", "npz", (2, 2, 2))
+    config = RunConfig(model="gmm", model_options={"shape": (2, 2, 2)}, nfe=3, seeds=range(2))
+    record = plan_run(config).record()
+    assert rundir.prepare(record) is False
+    again = plan_run(RunConfig(**{**config.to_dict(), "cuda_graph": True, "device": "cuda"}))
+    assert rundir.prepare(again.record()) is True

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from diffsampler.errors import OptionError, SamplingError
+from diffsampler.graphs import capturing
 
 from .precond import Precond
 
@@ -179,7 +180,7 @@ class EDMDenoiser:
         index = index.reshape(-1).long()
         if index.numel() not in (1, batch):
             raise SamplingError(f"got {index.numel()} class labels for a batch of {batch}")
-        if bool(((index < 0) | (index >= self.label_dim)).any()):
+        if not capturing() and bool(((index < 0) | (index >= self.label_dim)).any()):
             raise SamplingError(f"class labels must be in 0..{self.label_dim - 1}, got {_short(cond)}")
         return torch.nn.functional.one_hot(index, self.label_dim).to(torch.float32)
 

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from diffsampler import DenoiserBase
 from diffsampler.errors import OptionError, SamplingError
+from diffsampler.graphs import capturing
 
 __all__ = ["ADMDenoiser", "CMDenoiser", "VPParams", "make_denoiser"]
 
@@ -200,7 +201,7 @@ class _ADMBase(DenoiserBase):
             index = index.expand(batch)
         if index.numel() != batch:
             raise SamplingError(f"got {index.numel()} class labels for a batch of {batch}")
-        if bool(((index < 0) | (index >= classes)).any()):
+        if not capturing() and bool(((index < 0) | (index >= classes)).any()):
             raise SamplingError(f"class labels must be in 0..{classes - 1}, got {cond!r:.60}")
         return index
 
