@@ -91,14 +91,18 @@ def test_iddpm_precond_matches_table_1() -> None:
     assert set(rounded.tolist()) <= set(net.u.tolist())
 
 
-def test_attention_equals_the_explicit_softmax_formula() -> None:
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_attention_equals_the_explicit_softmax_formula(channels_last: bool) -> None:
     torch.manual_seed(0)
     block = UNetBlock(in_channels=64, out_channels=64, emb_channels=8, attention=True, num_heads=2).eval()
     with torch.no_grad():
         for p in block.parameters():
             p.copy_(torch.randn_like(p) * 0.3)
     h = torch.randn(3, 64, 4, 4)
+    if channels_last:
+        h = h.contiguous(memory_format=torch.channels_last)
     got = (block._attend(h) + h)
+    assert got.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     # Independent: per head, weights = softmax_k(q_.q . k_.k / sqrt(c)); out_c,q = sum_k w_qk v_c,k
     qkv = block.qkv(block.norm2(h)).double().reshape(3 * 2, 32, 3, 16)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]

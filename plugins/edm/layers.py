@@ -235,6 +235,12 @@ class FourierEmbedding(nn.Module):
         return torch.cat([angles.cos(), angles.sin()], dim=1)
 
 
+def _qkv_blocks(t: Tensor) -> Tensor:
+    """EDM's interleaved qkv output channels ``[channel, {q, k, v}]`` as ``[{q, k, v}, channel]``
+    (of a 1x1 convolution's weight ``[3c, c, 1, 1]`` or bias ``[3c]``)."""
+    return t.reshape(t.shape[0] // 3, 3, *t.shape[1:]).transpose(0, 1).reshape(t.shape)
+
+
 @recorded
 class UNetBlock(nn.Module):
     """Residual block with optional up/downsampling and self-attention (DDPM++, NCSN++, ADM).
@@ -320,11 +326,20 @@ class UNetBlock(nn.Module):
     def _attend(self, x: Tensor) -> Tensor:
         b, c, h, w = x.shape
         heads = self.num_heads
-        # EDM's channel layout: qkv channel index = (head * c/heads + channel) * 3 + {q, k, v}.
-        qkv = self.qkv(self.norm2(x)).reshape(b * heads, c // heads, 3, h * w)
-        q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))  # [b*heads, h*w, c/heads]
-        out = F.scaled_dot_product_attention(q, k, v)
-        return self.proj(out.transpose(1, 2).reshape(b, c, h, w))
+        # EDM's qkv channel index is (head * c/heads + channel) * 3 + {q, k, v}. The 1x1 weights are
+        # reordered to ({q, k, v}, head, channel) (the same products): q, k and v are then blocks
+        # of channels, and in channels-last memory the attention's inputs [b, heads, h*w, c/heads]
+        # are views with a contiguous last dimension, as flash attention wants (no copies).
+        weight = _qkv_blocks(self.qkv.weight).to(x.dtype)
+        bias = _qkv_blocks(self.qkv.bias).to(x.dtype) if self.qkv.bias is not None else None
+        qkv = F.conv2d(self.norm2(x), weight, bias)  # [b, 3c, h, w]
+        qkv = qkv.flatten(2).transpose(1, 2).reshape(b, h * w, 3, heads, c // heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each [b, heads, h*w, c/heads]
+        out = F.scaled_dot_product_attention(q, k, v)  # [b, heads, h*w, c/heads]
+        out = out.transpose(1, 2).reshape(b, h, w, c).permute(0, 3, 1, 2)  # channels-last layout
+        if not x.is_contiguous(memory_format=torch.channels_last):
+            out = out.contiguous()  # keep a channels-first network channels-first
+        return self.proj(out)
 
     def forward(self, x: Tensor, emb: Tensor, emb_step: Tensor | None = None) -> Tensor:
         h = self.conv0(F.silu(self.norm0(x)))
