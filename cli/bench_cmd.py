@@ -21,7 +21,7 @@ def bench(
     batch: Annotated[str, typer.Option(help="batch sizes, e.g. 128,512")] = "128",
     variant: Annotated[
         Opt[list[str]],
-        typer.Option(help="inference variant, e.g. fp32, bf16+cl, fp16+compile+graph (repeatable; "
+        typer.Option(help="inference variant, e.g. fp32, bf16+cl, fp16+compile+graph+tune (repeatable; "
                           "fp32 eager is always measured as the reference)"),
     ] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto")] = "auto",

@@ -89,6 +89,10 @@ def sample(
     cuda_graph: Annotated[
         bool, typer.Option("--cuda-graph", help="capture each batch size's whole run in one CUDA graph (CUDA)")
     ] = False,
+    cudnn_benchmark: Annotated[
+        bool, typer.Option("--cudnn-benchmark", help="let cuDNN time its convolution algorithms (faster; "
+                                                     "GPU results then not bit-reproducible)")
+    ] = False,
     dtype: Annotated[str, typer.Option(help="float32 or float64")] = "float32",
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1 or auto")] = "auto",
     fmt: Annotated[
@@ -122,6 +126,7 @@ def sample(
         model_options["channels_last"] = "true"
     config = RunConfig(
         model=model, model_options=model_options, compile=compile_model, cuda_graph=cuda_graph,
+        cudnn_benchmark=cudnn_benchmark,
         solver=solver, solver_options=solver_options,
         schedule=schedule, schedule_options=schedule_options,
         num_steps=steps, nfe=nfe, sigmas=parse_sigma_list(sigmas) if sigmas else None,

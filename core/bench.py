@@ -20,11 +20,12 @@ from .errors import OptionError
 from .protocols import Compilable
 from .seeds import seed_noise
 from .solver import steps_for_nfe
+from .tuning import cudnn_autotune
 
 __all__ = ["BenchRow", "Variant", "build_model", "run_bench"]
 
 _FLAGS = {"cl": "channels_last", "channels_last": "channels_last", "compile": "compile",
-          "graph": "cuda_graph", "cuda_graph": "cuda_graph"}
+          "graph": "cuda_graph", "cuda_graph": "cuda_graph", "tune": "autotune", "autotune": "autotune"}
 _PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 
 
@@ -36,6 +37,7 @@ class Variant:
     channels_last: bool = False
     compile: bool = False
     cuda_graph: bool = False
+    autotune: bool = False  # cuDNN picks its convolution algorithms by timing them (CUDA)
 
     @classmethod
     def parse(cls, text: str) -> Variant:
@@ -48,7 +50,7 @@ class Variant:
                 flags[_FLAGS[part]] = True
             else:
                 raise OptionError(
-                    f"bad variant {text!r}: parts are fp32|bf16|fp16, cl, compile, graph (joined by +)"
+                    f"bad variant {text!r}: parts are fp32|tf32|bf16|fp16, cl, compile, graph, tune (joined by +)"
                 )
         return cls(precision=precision, **flags)
 
@@ -56,7 +58,7 @@ class Variant:
     def label(self) -> str:
         parts = [self.precision]
         parts += [name for name, on in (("cl", self.channels_last), ("compile", self.compile),
-                                         ("graph", self.cuda_graph)) if on]
+                                         ("graph", self.cuda_graph), ("tune", self.autotune)) if on]
         return "+".join(parts)
 
     @property
@@ -154,8 +156,9 @@ def run_bench(
                 raise OptionError(f"variant {variant.label!r}: CUDA graphs need --device cuda")
             net = build_model(model, dict(model_options or {}), variant, compile_mode)
             for batch in batches:
-                row = _measure(net, sol, sigmas, variant, batch, nfe, references[batch], dev,
-                               sync, repeat, warmup)
+                with cudnn_autotune(variant.autotune):
+                    row = _measure(net, sol, sigmas, variant, batch, nfe, references[batch], dev,
+                                   sync, repeat, warmup)
                 rows.append(row)
                 if on_row is not None:
                     on_row(row)

@@ -286,7 +286,7 @@ class RunDirectory:
 def _differences(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
     out = []
     for key in sorted(set(before) | set(now)):
-        if key in ("device", "compile", "cuda_graph"):  # how, not what: the same samples, another way
+        if key in ("device", "compile", "cuda_graph", "cudnn_benchmark"):  # how, not what: the same samples, another way
             continue
         if before.get(key) != now.get(key):
             out.append(f"{key}: {before.get(key)!r} on disk, {now.get(key)!r} now")

@@ -81,6 +81,8 @@ class RunConfig:
     compile: bool = False
     #: capture each batch shape's whole sampling run in one CUDA graph and replay it
     cuda_graph: bool = False
+    #: let cuDNN time its convolution algorithms (faster; not bit-reproducible on a GPU)
+    cudnn_benchmark: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         data = attrs.asdict(self)
@@ -256,6 +258,7 @@ def execute(
 
     from .handoff import BatchHandoff
     from .protocols import Decodable
+    from .tuning import cudnn_autotune
 
     dtype = getattr(torch, plan.config.dtype)
     target = torch.device(device or plan.config.device)
@@ -287,10 +290,11 @@ def execute(
 
     todo = plan.batches if batches is None else batches
     if not overlap:
-        for batch in todo:
-            on_batch(batch, sample(batch).detach().to("cpu", torch.float32))
+        with cudnn_autotune(plan.config.cudnn_benchmark):
+            for batch in todo:
+                on_batch(batch, sample(batch).detach().to("cpu", torch.float32))
         return
-    with BatchHandoff(on_batch) as handoff:
+    with cudnn_autotune(plan.config.cudnn_benchmark), BatchHandoff(on_batch) as handoff:
         for batch in todo:
             handoff.put(batch, sample(batch))
 

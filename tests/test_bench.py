@@ -22,6 +22,27 @@ def test_variant_parsing():
     assert v.label == "fp16+cl+compile+graph" and Variant.parse("fp32").is_reference
     with pytest.raises(ds.OptionError, match="bad variant 'fp8'"):
         Variant.parse("fp8")
+    tuned = Variant.parse("tf32+cl+tune")
+    assert tuned.autotune and tuned.label == "tf32+cl+tune" and not tuned.is_reference
+
+
+def test_cudnn_autotune_is_scoped_to_the_block():
+    import torch
+
+    from diffsampler.tuning import cudnn_autotune
+
+    before = torch.backends.cudnn.benchmark
+    try:
+        torch.backends.cudnn.benchmark = False
+        with cudnn_autotune(True):
+            assert torch.backends.cudnn.benchmark
+        assert not torch.backends.cudnn.benchmark
+        torch.backends.cudnn.benchmark = True  # the caller's own choice is kept
+        with cudnn_autotune(False):
+            assert torch.backends.cudnn.benchmark
+        assert torch.backends.cudnn.benchmark
+    finally:
+        torch.backends.cudnn.benchmark = before
 
 
 def test_every_cpu_variant_is_finite_and_close_to_fp32():

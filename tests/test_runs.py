@@ -310,5 +310,5 @@ def test_how_a_run_is_computed_does_not_block_its_resume(tmp_path):
     config = RunConfig(model="gmm", model_options={"shape": (2, 2, 2)}, nfe=3, seeds=range(2))
     record = plan_run(config).record()
     assert rundir.prepare(record) is False
-    again = plan_run(RunConfig(**{**config.to_dict(), "cuda_graph": True, "device": "cuda"}))
+    again = plan_run(RunConfig(**{**config.to_dict(), "cuda_graph": True, "cudnn_benchmark": True, "device": "cuda"}))
     assert rundir.prepare(again.record()) is True
