@@ -91,7 +91,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seed-dir", type=Path, default=None, help="the seed's diff-solvers-main folder")
     p.add_argument("--batches", default="128,512")
-    p.add_argument("--variants", default="fp32,fp16+cl,fp16+cl+compile+graph,tf32+cl+compile+graph")
+    p.add_argument("--variants", default="fp32,fp16+cl,fp16+cl+compile+graph,fp16+cl+compile+graph+tune,tf32+cl+compile+graph+tune")
     p.add_argument("--compile-mode", default="default")
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--profile", default="", help="a variant to profile at the largest batch")
