@@ -70,17 +70,20 @@ def profile(model: str, variant: str, batch: int, top: int = 25) -> list[dict[st
     """Top CUDA kernels of one sampling run of ``variant`` (after warm-up; no CUDA graph)."""
     import diffsampler as ds
     from diffsampler.bench import Variant, build_model
+    from diffsampler.tuning import cudnn_autotune
 
-    denoiser = build_model(model, {"device": "cuda"}, Variant.parse(variant))
+    v = Variant.parse(variant)
+    denoiser = build_model(model, {"device": "cuda"}, v)
     sigmas = ds.get_schedule("polynomial", rho=7.0).sigmas(6, 0.002, 80.0)
     x = torch.randn(batch, 3, 32, 32, device="cuda") * 80
     solver = ds.get_solver("ipndm", max_order=4)
-    for _ in range(3):
-        solver.sample(denoiser, x, sigmas, check_finite=False)
-    torch.cuda.synchronize()
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        solver.sample(denoiser, x, sigmas, check_finite=False)
+    with cudnn_autotune(v.autotune):
+        for _ in range(3):
+            solver.sample(denoiser, x, sigmas, check_finite=False)
         torch.cuda.synchronize()
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            solver.sample(denoiser, x, sigmas, check_finite=False)
+            torch.cuda.synchronize()
     rows = []
     for e in sorted(prof.key_averages(), key=lambda e: -e.device_time_total)[:top]:
         rows.append({"kernel": e.key[:100], "calls": e.count, "ms": e.device_time_total / 1000})
