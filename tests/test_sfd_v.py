@@ -321,3 +321,19 @@ def copy_net(net):
     import copy
 
     return copy.deepcopy(net)
+
+
+def test_second_stage_from_an_sfdv_student_keeps_the_step_condition(tmp_path):
+    stage1 = trainer(tiny_teacher(), step_condition=True, min_steps=4, max_steps=7, num_steps=4)
+    stage1.step()
+    teacher = ds.get_model(str(stage1.result().save(tmp_path / "v.json")))
+    tr = trainer(teacher, num_steps=3, M=2, teacher="euler", teacher_options="", teacher_afs=True, lpips=0, lr=1e-3)
+    x = tr.noise(0)
+    targets = tr.teacher_targets(x)
+    served = teacher.with_steps(7)  # (M + 1)(num_steps - 1) + 1 = 7 sigmas, step condition 7
+    with torch.no_grad():
+        full = ds.get_solver("euler").sample(served, x, torch.tensor(served.sigmas, dtype=torch.float64), afs=True)
+    torch.testing.assert_close(targets[-1], full.x)
+    tr.step()
+    student = tr.result()
+    assert student.step_condition == 3 and sorted(student.sigma_table) == [3] and student.nfe == 1
