@@ -57,10 +57,12 @@ class GraphedSampler:
         self._static_in = example.detach().clone()
         self._static_cond = cond.detach().clone() if isinstance(cond, torch.Tensor) else None
         static_cond = self._static_cond if self._static_cond is not None else cond
-        kwargs = dict(cond=static_cond, afs=afs, denoise_to_zero=denoise_to_zero, check_finite=False)
+        extra: dict[str, Any] = {"check_finite": False}  # ODESolver's: no host sync inside the graph
 
         def run() -> torch.Tensor:
-            return solver.sample(model, self._static_in, sigmas, **kwargs).x
+            return solver.sample(
+                model, self._static_in, sigmas, cond=static_cond, afs=afs, denoise_to_zero=denoise_to_zero, **extra
+            ).x
 
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())

@@ -284,7 +284,7 @@ def execute(
         else:
             x = plan.solver.sample(
                 plan.model, noise, plan.sigmas, cond=cond,
-                afs=plan.config.afs, denoise_to_zero=plan.config.denoise_to_zero,
+                afs=bool(plan.config.afs), denoise_to_zero=plan.config.denoise_to_zero,
             ).x
         return plan.model.decode(x) if isinstance(plan.model, Decodable) else x
 
