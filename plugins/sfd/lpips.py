@@ -134,6 +134,9 @@ class LPIPS(nn.Module):
     Built with default-initialised, untrained weights; :func:`load_lpips` loads the real ones.
     """
 
+    shift: torch.Tensor
+    scale: torch.Tensor
+
     def __init__(self, *, pooling: Pooling = "avg", resize: int | None = 224) -> None:
         super().__init__()
         if pooling not in ("avg", "max"):

@@ -78,7 +78,7 @@ def student_network(teacher: torch.nn.Module, *, step_condition: bool, seed: int
     and the new step layers initialised as EDM initialises them (from ``seed``: reproducible)."""
     if not step_condition or has_step_condition(teacher):
         return copy.deepcopy(teacher)
-    config = config_of(teacher)  # type: ignore[arg-type]
+    config = config_of(teacher)
     config["init_kwargs"]["step_condition"] = True
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
