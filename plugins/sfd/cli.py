@@ -49,9 +49,9 @@ def train(
 ) -> None:
     """Distil a teacher into an Euler student with SFD (Zhou et al. NeurIPS 2024) and save it.
 
-    Sample it: diffsampler sample --model FILE.json --solver euler --schedule sfd
-    --schedule-opt file=FILE.json --steps N [--afs]. Runs under torchrun (gradients are summed
-    over the processes; every process takes its share of each batch).
+    Sample it: diffsampler sample --model FILE.json (Euler on its own sigmas). Runs under
+    torchrun (gradients are summed over the processes; every process takes its share of each
+    batch).
     """
     import torch
 
@@ -134,8 +134,8 @@ def _train(distiller: Any, model_name: str, model_options: dict[str, Any], out: 
     served = f"{student.nfe} NFE" if len(counts) == 1 else f"{counts[0]}-{counts[-1]} sigmas"
     console.print(f"wrote {path} ({served}, {trainer.elapsed_s:.1f} s of training)")
     pick = f" --model-opt steps={student.num_steps}" if student.step_condition is not None else ""
-    console.print(f"use: diffsampler sample --model {path}{pick} --solver euler --schedule sfd "
-                  f"--steps {student.num_steps}" + (" --afs" if student.afs else ""), highlight=False, soft_wrap=True)
+    console.print(f"use: diffsampler sample --model {path}{pick}   (Euler on its own sigmas"
+                  + (", with AFS)" if student.afs else ")"), highlight=False, soft_wrap=True)
 
 
 def add_commands(app: typer.Typer) -> None:
