@@ -81,7 +81,7 @@ VGG16_WEIGHTS = WeightsFile(
     url="https://download.pytorch.org/models/vgg16-397923af.pth",
     env_var="DIFFSAMPLER_LPIPS_VGG16",
     subdir="lpips",
-    option="vgg",
+    option="--lpips-vgg",
     sha256_prefix="397923af",
 )
 LIN_WEIGHTS = WeightsFile(
@@ -90,7 +90,7 @@ LIN_WEIGHTS = WeightsFile(
     url="https://github.com/photosynthesis-team/photosynthesis.metrics/releases/download/v0.4.0/lpips_weights.pt",
     env_var="DIFFSAMPLER_LPIPS_LIN",
     subdir="lpips",
-    option="lin",
+    option="--lpips-lin",
 )
 # The same weights as published with the paper's code (state dict format); usable as ``lin=``.
 RICHZHANG_LIN_URL = (
