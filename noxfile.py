@@ -36,7 +36,9 @@ def lint(session: nox.Session) -> None:
 def typecheck(session: nox.Session) -> None:
     _install(session)
     session.install("mypy>=1.10")
-    session.run("mypy", "core")
+    # every plugin but edm (its networks mirror EDM's untyped module code; not yet typed)
+    plugins = ["solvers", "schedules", "models", "metrics", "gits", "amed", "sfd", "analysis", "guided", "latent"]
+    session.run("mypy", "core", *(f"plugins/{p}" for p in plugins))
 
 
 @nox.session

@@ -33,12 +33,20 @@ PAPER = (
 _RANGE_RTOL = 1e-6
 
 
+def _int_tuple(values: Any) -> tuple[int, ...]:
+    return tuple(int(v) for v in values)
+
+
+def _sigmas(values: Any) -> tuple[float, ...]:
+    return sigma_tuple(values)
+
+
 @attrs.frozen(kw_only=True)
 class GITSSchedule:
     """A searched schedule (the artefact of the ``gits`` distiller); it saves itself as JSON."""
 
-    sigmas: tuple[float, ...] = attrs.field(converter=sigma_tuple)
-    indices: tuple[int, ...] = attrs.field(converter=tuple)
+    sigmas: tuple[float, ...] = attrs.field(converter=_sigmas)
+    indices: tuple[int, ...] = attrs.field(converter=_int_tuple)
     afs: bool
     settings: dict[str, Any]
     model: dict[str, Any]

@@ -6,13 +6,12 @@ Torch and the search are imported when the command runs.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
 __all__ = ["add_commands", "search"]
 
-Opt = Optional
 
 
 def _coeffs(text: str) -> list[float]:
@@ -37,14 +36,14 @@ def out_paths(out: Path, coeffs: list[float]) -> list[Path]:
 def search(
     out: Annotated[Path, typer.Option(help="schedule file to write (JSON)")] = Path("gits.json"),
     model: Annotated[str, typer.Option(help="registered model name or model file")] = "gmm",
-    model_opt: Annotated[Opt[list[str]], typer.Option("--model-opt", help="model option key=value")] = None,
+    model_opt: Annotated[list[str] | None, typer.Option("--model-opt", help="model option key=value")] = None,
     solver: Annotated[str, typer.Option(help="student solver (sets --nfe's steps and the AFS search)")] = "ipndm",
-    opt: Annotated[Opt[list[str]], typer.Option("--opt", help="student solver option key=value")] = None,
-    steps: Annotated[Opt[int], typer.Option(help="sigmas of the schedule (steps + 1), without the AFS point")] = None,
-    nfe: Annotated[Opt[int], typer.Option(help="NFE of the student solver with the schedule")] = None,
+    opt: Annotated[list[str] | None, typer.Option("--opt", help="student solver option key=value")] = None,
+    steps: Annotated[int | None, typer.Option(help="sigmas of the schedule (steps + 1), without the AFS point")] = None,
+    nfe: Annotated[int | None, typer.Option(help="NFE of the student solver with the schedule")] = None,
     afs: Annotated[bool, typer.Option(help="search a free first step (sample with --afs)")] = False,
     teacher: Annotated[str, typer.Option(help="teacher solver")] = "ipndm",
-    teacher_opt: Annotated[Opt[list[str]], typer.Option("--teacher-opt", help="teacher solver option key=value")] = None,
+    teacher_opt: Annotated[list[str] | None, typer.Option("--teacher-opt", help="teacher solver option key=value")] = None,
     teacher_steps: Annotated[int, typer.Option(help="teacher time points (seed README: 61)")] = 61,
     teacher_schedule: Annotated[str, typer.Option(help="teacher grid schedule")] = "polynomial",
     teacher_rho: Annotated[float, typer.Option(help="teacher grid rho")] = 7.0,
@@ -52,7 +51,7 @@ def search(
     coeff: Annotated[str, typer.Option(help="DP coefficient(s), e.g. 1.15 or 1.1,1.15,1.2 (one file each)")] = "1.15",
     num_warmup: Annotated[int, typer.Option(help="teacher trajectories")] = 256,
     batch: Annotated[int, typer.Option(help="trajectories per batch (memory bound)")] = 64,
-    seed: Annotated[Opt[int], typer.Option(help="first warm-up seed")] = None,
+    seed: Annotated[int | None, typer.Option(help="first warm-up seed")] = None,
     dtype: Annotated[str, typer.Option(help="float32 or float64")] = "float32",
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,

@@ -62,7 +62,7 @@ class ExactEndpointError:
         x = _stack(batches)
         key = (id(analytic), tuple(int(s) for s in seeds))
         if key not in self._truth:  # one comparison asks for the same seeds in every cell
-            self._truth[key] = exact_endpoints(analytic, seeds).endpoints.reshape(len(seeds), -1)  # type: ignore[arg-type]
+            self._truth[key] = exact_endpoints(analytic, seeds).endpoints.reshape(len(seeds), -1)
         truth = self._truth[key]
         if truth.shape != x.shape:
             raise OptionError(f"{x.shape[0]} samples for {len(seeds)} seeds")

@@ -77,7 +77,7 @@ class AdamsBashforthSolver(ODESolver):
     """
 
     @property
-    def order(self) -> int:  # type: ignore[override]
+    def order(self) -> int:
         return int(self.options.max_order)
 
     def step_weights(self, sigmas: tuple[float, ...], i: int, order: int) -> tuple[float, ...]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import attrs
 import numpy as np
@@ -85,14 +85,14 @@ class DPMSolverPP(ODESolver):
     """
 
     Options = DPMPPOptions
-    recommended_schedule = ("logsnr", {})  # the seed README pairs DPM-Solver++ with logSNR
+    recommended_schedule: ClassVar[tuple[str, dict[str, Any]]] = ("logsnr", {})  # the seed README pairs DPM-Solver++ with logSNR
     paper = (
         "Lu et al. 2022, DPM-Solver++: Fast Solver for Guided Sampling of Diffusion Probabilistic "
         "Models, arXiv:2211.01095, Algorithm 2 (multistep)"
     )
 
     @property
-    def order(self) -> int:  # type: ignore[override]
+    def order(self) -> int:
         return int(self.options.max_order)
 
     def prepare(self, sigmas: tuple[float, ...]) -> list[tuple[float, tuple[float, ...]]]:

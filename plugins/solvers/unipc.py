@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import attrs
 import numpy as np
@@ -100,14 +100,14 @@ class UniPC(ODESolver):
     """
 
     Options = UniPCOptions
-    recommended_schedule = ("logsnr", {})  # the seed README pairs UniPC with logSNR
+    recommended_schedule: ClassVar[tuple[str, dict[str, Any]]] = ("logsnr", {})  # the seed README pairs UniPC with logSNR
     paper = (
         "Zhao et al. 2023, UniPC: A Unified Predictor-Corrector Framework for Fast Sampling of "
         "Diffusion Models, arXiv:2302.04867, Algorithms 2-3"
     )
 
     @property
-    def order(self) -> int:  # type: ignore[override]
+    def order(self) -> int:
         return int(self.options.max_order)
 
     def prepare(self, sigmas: tuple[float, ...]) -> list[UniPCStep]:
