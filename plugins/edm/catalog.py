@@ -87,7 +87,7 @@ def _optional_path(value: object) -> str | None:
     import os
 
     if isinstance(value, os.PathLike):
-        return os.fspath(value)  # type: ignore[return-value]
+        return os.fspath(value)
     raise TypeError(f"expected a path, got {value!r}")
 
 

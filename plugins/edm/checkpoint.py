@@ -193,7 +193,7 @@ def build_from_config(config: Mapping[str, Any], *, source: str) -> Precond:
 
 def config_of(net: Precond, **extra: Any) -> dict[str, Any]:
     """The JSON config that rebuilds ``net`` (its recorded constructor arguments)."""
-    kwargs = _jsonable(net.init_kwargs)  # type: ignore[attr-defined]
+    kwargs = _jsonable(net.init_kwargs)
     arch = kwargs.pop("model_type", net.model_type)
     return {
         "format": CONFIG_FORMAT,

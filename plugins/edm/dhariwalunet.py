@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .layers import Conv2d, GroupNorm, Linear, PositionalEmbedding, UNetBlock, recorded
-from .songunet import bottleneck_key
+from .songunet import _channels, bottleneck_key
 
 __all__ = ["DhariwalUNet"]
 
@@ -46,9 +47,9 @@ class DhariwalUNet(nn.Module):
         self.img_resolution = img_resolution
         self.label_dropout = label_dropout
         emb_channels = model_channels * channel_mult_emb
-        init = dict(init_mode="kaiming_uniform", init_weight=math.sqrt(1 / 3), init_bias=math.sqrt(1 / 3))
-        init_zero = dict(init_mode="kaiming_uniform", init_weight=0, init_bias=0)
-        block = dict(
+        init: dict[str, Any] = dict(init_mode="kaiming_uniform", init_weight=math.sqrt(1 / 3), init_bias=math.sqrt(1 / 3))
+        init_zero: dict[str, Any] = dict(init_mode="kaiming_uniform", init_weight=0, init_bias=0)
+        block: dict[str, Any] = dict(
             emb_channels=emb_channels, channels_per_head=64, dropout=dropout, init=init,
             init_zero=init_zero, step_condition=step_condition,
         )
@@ -91,7 +92,7 @@ class DhariwalUNet(nn.Module):
                 self.enc[f"{res}x{res}_block{idx}"] = UNetBlock(
                     in_channels=cin, out_channels=cout, attention=res in attn_resolutions, **block
                 )
-        skips = [m.out_channels for m in self.enc.values()]
+        skips = [_channels(m) for m in self.enc.values()]
 
         # Decoder.
         self.dec = nn.ModuleDict()
@@ -113,7 +114,7 @@ class DhariwalUNet(nn.Module):
 
     @property
     def bottleneck_channels(self) -> int:
-        return int(self.enc[self.bottleneck_key].out_channels)
+        return _channels(self.enc[self.bottleneck_key])
 
     def forward(
         self,
@@ -149,7 +150,7 @@ class DhariwalUNet(nn.Module):
             emb_step = self.map_step_layer0(self.map_step(step_condition))
             emb_step = F.silu(self.map_step_layer1(F.silu(emb_step)))
 
-        skips = []
+        skips: list[Tensor] = []
         features = x
         for name, block in self.enc.items():
             x = block(x, emb, emb_step) if isinstance(block, UNetBlock) else block(x)

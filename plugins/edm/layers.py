@@ -106,6 +106,10 @@ class Conv2d(nn.Module):
     resampling with the convolution (NCSN++'s residual encoder uses it).
     """
 
+    weight: nn.Parameter | None
+    bias: nn.Parameter | None
+    resample_filter: Tensor | None
+
     def __init__(
         self,
         in_channels: int,
@@ -226,6 +230,8 @@ class PositionalEmbedding(nn.Module):
 class FourierEmbedding(nn.Module):
     """Random Fourier features of the noise label (NCSN++): buffer ``freqs ~ N(0, scale^2)``."""
 
+    freqs: Tensor
+
     def __init__(self, num_channels: int, scale: float = 16):
         super().__init__()
         self.register_buffer("freqs", torch.randn(num_channels // 2) * scale)
@@ -330,6 +336,7 @@ class UNetBlock(nn.Module):
         # reordered to ({q, k, v}, head, channel) (the same products): q, k and v are then blocks
         # of channels, and in channels-last memory the attention's inputs [b, heads, h*w, c/heads]
         # are views with a contiguous last dimension, as flash attention wants (no copies).
+        assert self.qkv.weight is not None  # a 1x1 convolution, never a pure resampling layer
         weight = _qkv_blocks(self.qkv.weight).to(x.dtype)
         bias = _qkv_blocks(self.qkv.bias).to(x.dtype) if self.qkv.bias is not None else None
         qkv = F.conv2d(self.norm2(x), weight, bias)  # [b, 3c, h, w]

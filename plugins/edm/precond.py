@@ -124,9 +124,9 @@ class Precond(nn.Module):
         result = self.model(
             c_in * x, c_noise.flatten(), labels, augment_labels, return_features=return_features, **extra
         )
-        raw, features = result if return_features else (result, None)
+        raw, features = result if isinstance(result, tuple) else (result, None)
         denoised = c_skip * x + c_out * raw[:, : self.img_channels].to(torch.float32)
-        return (denoised, features) if return_features else denoised
+        return (denoised, features) if features is not None else denoised
 
 
 @recorded
@@ -200,6 +200,8 @@ class iDDPMPrecond(Precond):
     The network predicts ``2 * img_channels`` channels (mean and variance); the first
     ``img_channels`` are the noise estimate.
     """
+
+    u: Tensor
 
     def __init__(
         self,

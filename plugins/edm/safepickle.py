@@ -94,7 +94,7 @@ def _container(name: str) -> type[ContainerRecord]:
     return type(f"{name}Record", (ContainerRecord,), {"class_name": name})
 
 
-class _EasyDict(dict):  # type: ignore[type-arg]
+class _EasyDict(dict[str, Any]):
     """Stand-in for ``dnnlib.EasyDict`` (a dict with attribute access): a plain dict here."""
 
 

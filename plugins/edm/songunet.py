@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +31,11 @@ from .layers import (
 )
 
 __all__ = ["SongUNet", "bottleneck_key"]
+
+
+def _channels(module: nn.Module) -> int:
+    """A layer's ``out_channels`` (an int attribute of our Conv2d and UNetBlock)."""
+    return int(module.out_channels)  # type: ignore[arg-type]
 
 
 def bottleneck_key(enc: nn.ModuleDict, img_resolution: int) -> str:
@@ -80,10 +86,10 @@ class SongUNet(nn.Module):
         self.label_dropout = label_dropout
         emb_channels = model_channels * channel_mult_emb
         noise_channels = model_channels * channel_mult_noise
-        init = dict(init_mode="xavier_uniform")
-        init_zero = dict(init_mode="xavier_uniform", init_weight=1e-5)
-        init_attn = dict(init_mode="xavier_uniform", init_weight=math.sqrt(0.2))
-        block = dict(
+        init: dict[str, Any] = dict(init_mode="xavier_uniform")
+        init_zero: dict[str, Any] = dict(init_mode="xavier_uniform", init_weight=1e-5)
+        init_attn: dict[str, Any] = dict(init_mode="xavier_uniform", init_weight=math.sqrt(0.2))
+        block: dict[str, Any] = dict(
             emb_channels=emb_channels, num_heads=1, dropout=dropout, skip_scale=math.sqrt(0.5),
             eps=1e-6, resample_filter=resample_filter, resample_proj=True, adaptive_scale=False,
             init=init, init_zero=init_zero, init_attn=init_attn, step_condition=step_condition,
@@ -143,7 +149,7 @@ class SongUNet(nn.Module):
                 self.enc[f"{res}x{res}_block{idx}"] = UNetBlock(
                     in_channels=cin, out_channels=cout, attention=res in attn_resolutions, **block
                 )
-        skips = [m.out_channels for name, m in self.enc.items() if "aux" not in name]
+        skips = [_channels(m) for name, m in self.enc.items() if "aux" not in name]
 
         # Decoder.
         self.dec = nn.ModuleDict()
@@ -174,7 +180,7 @@ class SongUNet(nn.Module):
 
     @property
     def bottleneck_channels(self) -> int:
-        return int(self.enc[self.bottleneck_key].out_channels)
+        return _channels(self.enc[self.bottleneck_key])
 
     def _embed(
         self, x: Tensor, noise_labels: Tensor, class_labels: Tensor | None, augment_labels: Tensor | None
@@ -223,7 +229,7 @@ class SongUNet(nn.Module):
         emb_step = self._embed_steps(step_condition)
         features = x
 
-        skips = []
+        skips: list[Tensor] = []
         aux = x
         for name, block in self.enc.items():
             if "aux_down" in name:

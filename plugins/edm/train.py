@@ -68,7 +68,7 @@ def digits_dataset(resolution: int = 8) -> tuple[Any, Any]:
     from diffsampler.errors import require
 
     datasets = require("sklearn.datasets", extra="digits", purpose="training on the digits data")
-    bunch = datasets.load_digits()  # type: ignore[attr-defined]
+    bunch = datasets.load_digits()
     images = torch.as_tensor(bunch.images, dtype=torch.float32)[:, None] / 8.0 - 1.0
     if resolution != 8:
         images = torch.nn.functional.interpolate(
