@@ -36,7 +36,7 @@ def lint(session: nox.Session) -> None:
 def typecheck(session: nox.Session) -> None:
     _install(session)
     session.install("mypy>=1.10")
-    session.run("mypy", "core", "plugins")
+    session.run("mypy", "core", "plugins", "cli")
 
 
 @nox.session

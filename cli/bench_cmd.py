@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import platform
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
 from ._common import err_console, parse_pairs, print_json, table_console
-
-Opt = Optional
 
 
 def bench(
@@ -20,7 +18,7 @@ def bench(
     nfe: Annotated[int, typer.Option(help="denoiser evaluations per sample")] = 5,
     batch: Annotated[str, typer.Option(help="batch sizes, e.g. 128,512")] = "128",
     variant: Annotated[
-        Opt[list[str]],
+        list[str] | None,
         typer.Option(help="inference variant, e.g. fp32, bf16+cl, fp16+compile+graph+tune (repeatable; "
                           "fp32 eager is always measured as the reference)"),
     ] = None,
@@ -28,8 +26,8 @@ def bench(
     repeat: Annotated[int, typer.Option(help="timed repetitions (median reported)")] = 5,
     warmup: Annotated[int, typer.Option(help="untimed warm-up runs")] = 2,
     compile_mode: Annotated[str, typer.Option(help="torch.compile mode")] = "default",
-    model_opt: Annotated[Opt[list[str]], typer.Option("--model-opt", help="model option key=value")] = None,
-    opt: Annotated[Opt[list[str]], typer.Option("--opt", help="solver option key=value")] = None,
+    model_opt: Annotated[list[str] | None, typer.Option("--model-opt", help="model option key=value")] = None,
+    opt: Annotated[list[str] | None, typer.Option("--opt", help="solver option key=value")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
     """Sampling speed per inference variant: images/s, ms/forward, overhead, memory, deviation.

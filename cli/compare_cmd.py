@@ -7,7 +7,7 @@ import io
 import json
 import math
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -20,33 +20,31 @@ from diffsampler.seeds import parse_seeds
 
 from ._common import console, err_console, parse_pairs, print_json, table_console
 
-Opt = Optional
-
 
 def compare(
     model: Annotated[str, typer.Option(help="registered model or model file")] = "gmm",
     solver: Annotated[
-        Opt[list[str]],
+        list[str] | None,
         typer.Option(help="row spec NAME[key=value,...][@SCHEDULE[key=value]] (repeatable; "
                           "default: the seed's eight solvers)"),
     ] = None,
     schedule: Annotated[
-        Opt[list[str]], typer.Option(help="run every solver with each of these schedules")
+        list[str] | None, typer.Option(help="run every solver with each of these schedules")
     ] = None,
     nfe: Annotated[str, typer.Option(help="NFEs, e.g. 3-10 or 4,6,8")] = "3-10",
     seeds: Annotated[str, typer.Option(help="seeds, e.g. 0-63")] = "0-63",
     metric: Annotated[
-        Opt[list[str]],
+        list[str] | None,
         typer.Option(help="metric NAME or NAME[key=value,...], e.g. fid[ref=stats.npz] "
                           "(repeatable; default on analytic models: l2-exact, fd-exact)"),
     ] = None,
-    model_opt: Annotated[Opt[list[str]], typer.Option("--model-opt", help="model option key=value")] = None,
+    model_opt: Annotated[list[str] | None, typer.Option("--model-opt", help="model option key=value")] = None,
     afs: Annotated[bool, typer.Option(help="analytical first step in every run")] = False,
     dtype: Annotated[str, typer.Option(help="float64 (default) or float32")] = "float64",
     batch: Annotated[int, typer.Option(help="samples per batch")] = 64,
     out: Annotated[Path, typer.Option(help="directory for results.json/.csv, plot.png")] = Path("compare"),
     config: Annotated[
-        Opt[Path], typer.Option(help="rerun the comparison saved in a results.json or config.json")
+        Path | None, typer.Option(help="rerun the comparison saved in a results.json or config.json")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the results as JSON")] = False,
 ) -> None:

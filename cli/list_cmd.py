@@ -30,7 +30,7 @@ def list_components(
         wanted = _ALIASES.get(kind, kind)
         if wanted not in KINDS:
             raise OptionError(f"unknown kind {kind!r}; expected one of {', '.join(KINDS)}")
-    components = registry.components(wanted)  # type: ignore[arg-type]
+    components = registry.components(wanted)
     if as_json:
         print_json(
             {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -20,7 +20,6 @@ from ._common import err_console, parse_pairs, print_json
 _SOLVER_FLAGS = ("max_order", "predict_x0", "lower_order_final", "variant", "deis_mode", "r",
                  "thresholding")
 
-Opt = Optional
 
 
 def _device(name: str) -> str:
@@ -34,51 +33,51 @@ def _device(name: str) -> str:
 def sample(
     model: Annotated[str, typer.Option(help="registered model name or model file")] = "gmm",
     solver: Annotated[
-        Opt[str], typer.Option(help="registered solver name (default: the model's own, else euler)")
+        str | None, typer.Option(help="registered solver name (default: the model's own, else euler)")
     ] = None,
     schedule: Annotated[
-        Opt[str], typer.Option(help="registered schedule (default: the solver's recommended one)")
+        str | None, typer.Option(help="registered schedule (default: the solver's recommended one)")
     ] = None,
-    steps: Annotated[Opt[int], typer.Option(help="number of sigmas (steps + 1)")] = None,
+    steps: Annotated[int | None, typer.Option(help="number of sigmas (steps + 1)")] = None,
     nfe: Annotated[
-        Opt[int], typer.Option(help="denoiser evaluations per sample (default: the model's own, else 10)")
+        int | None, typer.Option(help="denoiser evaluations per sample (default: the model's own, else 10)")
     ] = None,
     sigmas: Annotated[
-        Opt[str], typer.Option(help="explicit decreasing sigmas, e.g. 80,10,1,0.1,0.002")
+        str | None, typer.Option(help="explicit decreasing sigmas, e.g. 80,10,1,0.1,0.002")
     ] = None,
     seeds: Annotated[str, typer.Option(help="seeds, e.g. 0-63,100")] = "0-63",
     batch: Annotated[int, typer.Option(help="samples per batch")] = 64,
     out: Annotated[Path, typer.Option(help="output directory")] = Path("samples"),
     afs: Annotated[
-        Opt[bool], typer.Option("--afs/--no-afs", help="analytical first step (saves one NFE; default: the model's choice, else off)")
+        bool | None, typer.Option("--afs/--no-afs", help="analytical first step (saves one NFE; default: the model's choice, else off)")
     ] = None,
     denoise_to_zero: Annotated[bool, typer.Option(help="final denoising step (+1 NFE)")] = False,
-    max_order: Annotated[Opt[int], typer.Option(help="solver option max_order")] = None,
-    predict_x0: Annotated[Opt[bool], typer.Option(help="solver option predict_x0")] = None,
+    max_order: Annotated[int | None, typer.Option(help="solver option max_order")] = None,
+    predict_x0: Annotated[bool | None, typer.Option(help="solver option predict_x0")] = None,
     lower_order_final: Annotated[
-        Opt[bool], typer.Option(help="solver option lower_order_final")
+        bool | None, typer.Option(help="solver option lower_order_final")
     ] = None,
-    variant: Annotated[Opt[str], typer.Option(help="solver option variant (unipc)")] = None,
-    deis_mode: Annotated[Opt[str], typer.Option(help="solver option deis_mode")] = None,
-    r: Annotated[Opt[float], typer.Option("--r", help="solver option r (dpm)")] = None,
+    variant: Annotated[str | None, typer.Option(help="solver option variant (unipc)")] = None,
+    deis_mode: Annotated[str | None, typer.Option(help="solver option deis_mode")] = None,
+    r: Annotated[float | None, typer.Option("--r", help="solver option r (dpm)")] = None,
     thresholding: Annotated[
-        Opt[str], typer.Option(help="solver option thresholding (dpmpp, unipc)")
+        str | None, typer.Option(help="solver option thresholding (dpmpp, unipc)")
     ] = None,
-    rho: Annotated[Opt[float], typer.Option(help="schedule option rho")] = None,
+    rho: Annotated[float | None, typer.Option(help="schedule option rho")] = None,
     opt: Annotated[
-        Opt[list[str]], typer.Option("--opt", help="any solver option, key=value (repeatable)")
+        list[str] | None, typer.Option("--opt", help="any solver option, key=value (repeatable)")
     ] = None,
     schedule_opt: Annotated[
-        Opt[list[str]], typer.Option("--schedule-opt", help="schedule option key=value")
+        list[str] | None, typer.Option("--schedule-opt", help="schedule option key=value")
     ] = None,
     model_opt: Annotated[
-        Opt[list[str]], typer.Option("--model-opt", help="model option key=value")
+        list[str] | None, typer.Option("--model-opt", help="model option key=value")
     ] = None,
     labels: Annotated[
-        Opt[str], typer.Option(help="class-conditional models: 'random' (per seed), 'seed' (seed mod classes: the seed-th prompt), or a class index")
+        str | None, typer.Option(help="class-conditional models: 'random' (per seed), 'seed' (seed mod classes: the seed-th prompt), or a class index")
     ] = None,
     precision: Annotated[
-        Opt[str], typer.Option(help="neural models: fp32 (exact), tf32, fp16 or bf16 (model option precision)")
+        str | None, typer.Option(help="neural models: fp32 (exact), tf32, fp16 or bf16 (model option precision)")
     ] = None,
     channels_last: Annotated[
         bool, typer.Option("--channels-last", help="neural models: channels-last memory format")
