@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from diffsampler import DenoiserBase
 from diffsampler.errors import OptionError, SamplingError
 from diffsampler.graphs import capturing
 
@@ -51,7 +52,7 @@ def _cuda_fp32(allow_tf32: bool) -> Iterator[None]:
         cudnn.allow_tf32, matmul.allow_tf32 = old
 
 
-class EDMDenoiser:
+class EDMDenoiser(DenoiserBase):
     """An EDM network (``VPPrecond``, ``VEPrecond``, ``iDDPMPrecond``, ``EDMPrecond``) as a Denoiser.
 
     ``cond``: ``None`` (unconditional; for a class-conditional network ``class_label`` if set,
@@ -83,12 +84,10 @@ class EDMDenoiser:
     ) -> None:
         if precision not in PRECISIONS:
             raise OptionError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-        if not 0 < sigma_min < sigma_max:
-            raise OptionError(f"need 0 < sigma_min < sigma_max, got {sigma_min} and {sigma_max}")
+        size = int(net.img_resolution)
+        self._init_denoiser((int(net.img_channels), size, size), sigma_min, sigma_max)
         self.net = net.eval()
         self.name = name
-        self._sigma_min = float(sigma_min)
-        self._sigma_max = float(sigma_max)
         self.precision = precision
         self.channels_last = bool(channels_last)
         self.info = dict(info or {})
@@ -104,19 +103,7 @@ class EDMDenoiser:
         if device is not None:
             self.net = self.net.to(device)
 
-    # -- Denoiser protocol -------------------------------------------------------------------
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return (int(self.net.img_channels), int(self.net.img_resolution), int(self.net.img_resolution))
-
-    @property
-    def sigma_min(self) -> float:
-        return self._sigma_min
-
-    @property
-    def sigma_max(self) -> float:
-        return self._sigma_max
-
+    # -- Denoiser protocol (shape, sigma_min, sigma_max from DenoiserBase) ----------------------
     def __call__(self, x: Tensor, sigma: Tensor, cond: Any = None) -> Tensor:
         """``D(x; sigma)`` in ``x``'s dtype."""
         return self._run(x, sigma, cond, features=False)  # type: ignore[return-value]
