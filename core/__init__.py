@@ -40,6 +40,7 @@ from .options import build_options, choice, describe_options, in_range, option, 
 from .protocols import (
     Analytic,
     Artifact,
+    ChecksRun,
     ClassConditional,
     Compilable,
     Decodable,
@@ -62,6 +63,7 @@ from .solver import ODESolver, Run, steps_for_nfe
 __all__ = [
     "Analytic",
     "Artifact",
+    "ChecksRun",
     "ClassConditional",
     "Compilable",
     "Decodable",

@@ -9,6 +9,7 @@ bit for bit, on the same machine.
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -19,8 +20,9 @@ import attrs
 from .api import get_metric, get_model, get_schedule, get_solver
 from .errors import OptionError
 from .options import from_record, options_as_dict, parse_inline
-from .protocols import Analytic, Decodable
+from .protocols import Analytic, ChecksRun, Decodable
 from .seeds import plan_batches, seed_noise
+from .sigmas import sigma_tuple
 from .solver import steps_for_nfe
 
 __all__ = [
@@ -235,25 +237,45 @@ def run_compare(
     dtype = getattr(torch, config.dtype)
 
     rows = _rows(config)
-    plans: list[tuple[str, Any, Any, list[int | None]]] = []
+    built: list[tuple[SolverSpec, Any, str, Any]] = []
     for spec in rows:
         solver = get_solver(spec.solver, **spec.options)
         name, recommended = getattr(solver, "recommended_schedule", ("polynomial", {"rho": 7.0}))
         if spec.schedule is not None:
             name, recommended = spec.schedule, spec.schedule_options
-        schedule = get_schedule(name, **recommended)
-        steps: list[int | None] = []
+        built.append((spec, solver, name, get_schedule(name, **recommended)))
+    labels = [_row_label(spec, name, schedule, _short) for spec, _, name, schedule in built]
+    if len(set(labels)) < len(labels):  # two files of the same name: show the paths as given
+        labels = [_row_label(spec, name, schedule, str) for spec, _, name, schedule in built]
+    # (row label, solver, per NFE: sigmas or None where the row cannot reach that NFE)
+    plans: list[tuple[str, Any, list[Any]]] = []
+    for (_, solver, _, schedule), label in zip(built, labels, strict=True):
+        row_sigmas: list[Any] = []
+        refusal: OptionError | None = None
         for nfe in config.nfes:
             try:
-                steps.append(steps_for_nfe(solver, nfe, afs=config.afs))
-            except OptionError:
-                steps.append(None)
-        plans.append((_row_label(spec, name, schedule), solver, schedule, steps))
+                num_steps = steps_for_nfe(solver, nfe, afs=config.afs)
+            except OptionError:  # this solver's NFE per step cannot make ``nfe``
+                row_sigmas.append(None)
+                continue
+            try:
+                # a searched (GITS) schedule or a learned solver may fit some step counts only
+                sigmas = schedule.sigmas(num_steps, model.sigma_min, model.sigma_max, denoiser=model)
+                if isinstance(solver, ChecksRun):
+                    solver.check(model, sigma_tuple(sigmas), afs=config.afs)
+            except OptionError as error:
+                row_sigmas.append(None)
+                refusal = refusal or error
+            else:
+                row_sigmas.append(sigmas)
+        if refusal is not None and all(c is None for c in row_sigmas):
+            raise OptionError(f"{label}: no NFE of {', '.join(map(str, config.nfes))} can run: {refusal}")
+        plans.append((label, solver, row_sigmas))
     for k, nfe in enumerate(config.nfes):
-        if all(p[3][k] is None for p in plans):
+        if all(p[2][k] is None for p in plans):
             raise OptionError(f"NFE {nfe} is not reachable by any solver in the comparison")
     if on_start is not None:
-        on_start(sum(1 for p in plans for s in p[3] if s is not None))
+        on_start(sum(1 for p in plans for s in p[2] if s is not None))
 
     batches = plan_batches(config.seeds, config.batch)
     noise = [seed_noise(b.seeds, model.shape, dtype=dtype) for b in batches]
@@ -273,24 +295,19 @@ def run_compare(
         reference = measure([torch.from_numpy(truth.endpoints)])
 
     cells: list[Cell] = []
-    for row, solver, schedule, steps in plans:
-        for nfe, num_steps in zip(config.nfes, steps, strict=True):
-            if num_steps is None:
+    for row, solver, row_sigmas in plans:
+        for nfe, sigmas in zip(config.nfes, row_sigmas, strict=True):
+            if sigmas is None:
                 cells.append(Cell(row=row, nfe=nfe, num_steps=None, values=None, seconds=0.0))
                 continue
             t0 = time.perf_counter()
-            try:
-                sigmas = schedule.sigmas(num_steps, model.sigma_min, model.sigma_max, denoiser=model)
-            except OptionError:  # e.g. a searched (GITS) schedule made for another step count
-                cells.append(Cell(row=row, nfe=nfe, num_steps=None, values=None, seconds=0.0))
-                continue
             first = float(sigmas[0])
             samples = [
                 solver.sample(model, z * first, sigmas, afs=config.afs).x for z in noise
             ]
             if isinstance(model, Decodable) and not analytic:  # image metrics see images
                 samples = [model.decode(x) for x in samples]
-            cell = Cell(row=row, nfe=nfe, num_steps=num_steps, values=measure(samples),
+            cell = Cell(row=row, nfe=nfe, num_steps=len(sigmas), values=measure(samples),
                         seconds=time.perf_counter() - t0)
             cells.append(cell)
             if on_cell is not None:
@@ -302,8 +319,24 @@ def run_compare(
     )
 
 
-def _row_label(spec: SolverSpec, schedule_name: str, schedule: Any) -> str:
+def _short(value: Any) -> str:
+    """An option value for a row label: a file by its name, a float compactly."""
+    if isinstance(value, float):
+        return f"{value:g}"
+    text = os.fspath(value) if isinstance(value, os.PathLike) else str(value)
+    return os.path.basename(text) if os.sep in text else text
+
+
+def _row_label(spec: SolverSpec, schedule_name: str, schedule: Any, show: Callable[[Any], str]) -> str:
+    """``SOLVER[opts] @ SCHEDULE[opts]``; the schedule's options leave out a file the solver's
+    already name (an SFD student's or AMED predictor's own schedule)."""
+    solver_opts = ",".join(f"{k}={show(v)}" for k, v in spec.options.items())
+    given = {os.path.abspath(v) for v in map(str, spec.options.values()) if os.sep in v or os.path.exists(v)}
     opts = options_as_dict(getattr(schedule, "options", None))
-    shown = ",".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in opts.items())
-    solver = SolverSpec(solver=spec.solver, options=spec.options).label
-    return f"{solver} @ {schedule_name}" + (f"[{shown}]" if shown else "")
+    shown = ",".join(
+        f"{k}={show(v) if isinstance(v, str) else _short(v)}" for k, v in opts.items()
+        if not (isinstance(v, str) and os.path.abspath(v) in given)
+    )
+    return (f"{spec.solver}[{solver_opts}]" if solver_opts else spec.solver) + f" @ {schedule_name}" + (
+        f"[{shown}]" if shown else ""
+    )

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Analytic",
     "Artifact",
+    "ChecksRun",
     "ClassConditional",
     "Compilable",
     "Decodable",
@@ -207,6 +208,16 @@ class Solver(Protocol):
     ) -> SampleResult: ...
 
     def nfe(self, num_steps: int, *, afs: bool = False, denoise_to_zero: bool = False) -> int: ...
+
+
+@runtime_checkable
+class ChecksRun(Protocol):
+    """A solver that can refuse a run before anything is sampled (a learned solver whose file was
+    made for another model, NFE or AFS setting). ``check`` raises an
+    :class:`~diffsampler.errors.OptionError` saying what was expected; ``sample`` and
+    ``diffsampler sample``/``compare`` call it before the first evaluation."""
+
+    def check(self, denoiser: Denoiser, sigmas: Sequence[float], *, afs: bool = False) -> None: ...
 
 
 @runtime_checkable

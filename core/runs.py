@@ -18,9 +18,10 @@ from ._version import __version__
 from .api import get_model, get_schedule, get_solver, resolve_num_steps
 from .errors import OptionError
 from .options import from_record, options_as_dict
-from .protocols import Compilable, Denoiser, SamplesItself, Solver
+from .protocols import ChecksRun, Compilable, Denoiser, SamplesItself, Solver
 from .schedule import SigmaList
 from .seeds import Batch, plan_batches, seed_noise
+from .sigmas import sigma_tuple
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -229,6 +230,8 @@ def plan_run(config: RunConfig) -> RunPlan:
         )
         sigmas = schedule.sigmas(steps, model.sigma_min, model.sigma_max, denoiser=model)
     nfe = solver.nfe(len(sigmas), afs=config.afs, denoise_to_zero=config.denoise_to_zero)
+    if isinstance(solver, ChecksRun):
+        solver.check(model, sigma_tuple(sigmas), afs=config.afs)
     plan = RunPlan(
         config=config, model=model, solver=solver, schedule=schedule_name,
         schedule_options=schedule_options, sigmas=sigmas, nfe=nfe,

@@ -146,6 +146,18 @@ class ODESolver:
         """Host-side (float64) coefficients for this schedule; stored as ``run.coefficients``."""
         return None
 
+    def check(self, denoiser: Denoiser, sigmas: Sequence[float], *, afs: bool = False) -> None:
+        """Refuse a run this solver cannot do with an :class:`OptionError` (:class:`ChecksRun`).
+
+        Called by :meth:`sample` and by ``diffsampler sample``/``compare`` before anything is
+        sampled; a learned solver checks here that its file fits the model, sigmas and AFS.
+        """
+
+    def denoiser_for_run(self, denoiser: Denoiser, sigmas: tuple[float, ...]) -> Denoiser:
+        """The denoiser the steps evaluate: ``denoiser`` itself, unless the solver brings its own
+        network in the model's place (a distilled SFD student)."""
+        return denoiser
+
     def step(self, run: Run, x: Tensor, i: int) -> Tensor:
         """Advance ``x`` from ``run.sigmas[i]`` to ``run.sigmas[i + 1]``."""
         raise NotImplementedError
@@ -183,7 +195,8 @@ class ODESolver:
             raise SamplingError(
                 f"x has sample shape {tuple(x.shape[1:])} but the model expects {tuple(shape)}"
             )
-        run = Run(denoiser, levels, cond=cond, afs=afs, coefficients=self.prepare(levels),
+        self.check(denoiser, levels, afs=afs)
+        run = Run(self.denoiser_for_run(denoiser, levels), levels, cond=cond, afs=afs, coefficients=self.prepare(levels),
                   check_finite=check_finite)
         points = [x] if return_trajectory else []
         total = len(levels) - 1

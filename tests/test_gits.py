@@ -227,6 +227,18 @@ def test_compare_row_with_the_file(schedule_file):
     # the file holds one step count: at other NFEs the cell is unreachable, the rest runs
     assert result.value(gits_row, 4, "l2") is None
     assert result.value(result.rows[1], 4, "l2") is not None
+    assert result.rows == ("ipndm @ gits[file=s.json]", "ipndm @ polynomial[rho=7]")  # files by name
+
+
+def test_compare_rows_show_paths_where_file_names_collide(schedule_file, tmp_path):
+    from diffsampler.compare import CompareConfig, run_compare
+
+    path, _ = schedule_file
+    other = tmp_path / "s.json"
+    other.write_bytes(path.read_bytes())
+    config = CompareConfig(model="gmm", model_options=SMALL, nfes=(5,), seeds=(0,), metrics=("l2-exact",),
+                           solvers=[f"ipndm@gits[file={path}]", f"ipndm@gits[file={other}]"])
+    assert run_compare(config).rows == (f"ipndm @ gits[file={path}]", f"ipndm @ gits[file={other}]")
 
 
 def test_file_errors(schedule_file, tmp_path):

@@ -161,6 +161,14 @@ def test_configuration_mismatch_on_resume_is_refused(tmp_path):
     assert again.returncode == 0 and "nothing to do" in again.stderr
 
 
+@pytest.mark.parametrize(("solver", "needs"), [("sfd", "needs a student"), ("amed-ipndm", "needs a predictor")])
+def test_a_learned_solver_without_its_file_is_refused_before_the_run_starts(tmp_path, solver, needs):
+    out = tmp_path / "run"
+    done = cli("sample", "--model", "digits", "--solver", solver, "--nfe", "4", "--seeds", "0-1", "--out", str(out))
+    assert done.returncode == 2 and needs in done.stderr and "Traceback" not in done.stderr
+    assert not out.exists()  # no config.json, no header: the check runs while planning
+
+
 def test_image_formats_refuse_non_image_models(tmp_path):
     with pytest.raises(OptionError, match="needs image-shaped samples"):
         RunDirectory(tmp_path, "png", (2,))

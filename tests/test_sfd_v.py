@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import attrs
 import pytest
 import torch
 from test_sfd import TINY, params, tiny_teacher, trainer
@@ -299,6 +300,10 @@ def test_compare_puts_the_student_beside_the_solvers(tmp_path):
     assert cells[("sfd", 3)].values is None  # a 2-NFE student has no 3-NFE cell
     student, euler = cells[("sfd", 2)].values, cells[("euler", 2)].values
     assert student is not None and euler is not None and set(student) == set(euler)
+    started: list[int] = []
+    with pytest.raises(OptionError, match=r"^sfd\[student=d.json\] @ sfd: no NFE of 3 can run: .*trained on 4 sigmas"):  # a 2-NFE student only
+        run_compare(attrs.evolve(config, nfes=(3,)), on_start=started.append)
+    assert not started  # refused while planning, before the first cell
 
 
 def test_half_precision_training_through_the_teachers_precision_option():

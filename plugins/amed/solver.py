@@ -103,9 +103,16 @@ class AMEDSolver(ODESolver):
             )
         return self.predictor
 
-    def prepare(self, sigmas: tuple[float, ...]) -> None:
+    def check(self, denoiser: Any, sigmas: Sequence[float], *, afs: bool = False) -> None:
+        """The predictor must exist and fit the model, these sigmas and the AFS setting."""
         pred = self._need()
+        pred.check_model(denoiser)
         s = pred.settings
+        if bool(afs) != bool(s["afs"]):
+            way = "with" if s["afs"] else "without"
+            raise OptionError(
+                f"the AMED predictor {self.options.predictor!r} was trained {way} AFS: sample {way} --afs"
+            )
         if len(sigmas) != pred.num_steps:
             nfe = 2 * (pred.num_steps - 1) - int(s["afs"])
             raise OptionError(
@@ -126,15 +133,7 @@ class AMEDSolver(ODESolver):
         self, denoiser: Any, x: Tensor, sigmas: Tensor | Sequence[float], *, afs: bool = False,
         **kwargs: Any,
     ) -> SampleResult:
-        pred = self._need()
-        pred.check_model(denoiser)
-        if bool(afs) != bool(pred.settings["afs"]):
-            raise OptionError(
-                f"the AMED predictor {self.options.predictor!r} was trained "
-                f"{'with' if pred.settings['afs'] else 'without'} AFS: sample "
-                f"{'with' if pred.settings['afs'] else 'without'} --afs"
-            )
-        pred.to(x.device)
+        self._need().to(x.device)
         result = super().sample(denoiser, x, sigmas, afs=afs, **kwargs)
         # the evaluations here bypass Run.denoise's per-evaluation flags: check the end point once
         if kwargs.get("check_finite", True) and not bool(torch.isfinite(result.x).all()):

@@ -24,8 +24,6 @@ from .options import SFDSolverOptions
 if TYPE_CHECKING:
     from torch import Tensor
 
-    from diffsampler.protocols import SampleResult
-
     from .student import SFDStudent
 
 __all__ = ["SFDSolver"]
@@ -77,15 +75,14 @@ class SFDSolver(ODESolver):
             )
         self._teachers_checked.add(id(net))
 
-    def sample(
-        self, denoiser: Any, x: Tensor, sigmas: Tensor | Sequence[float], *, afs: bool = False, **kwargs: Any
-    ) -> SampleResult:
+    def check(self, denoiser: Any, sigmas: Sequence[float], *, afs: bool = False) -> None:
+        """The student must exist, come from ``denoiser``, and fit these sigmas and AFS setting."""
         student = self._need()
         self._check_teacher(denoiser)
         if bool(afs) != student.afs:
             way = "with" if student.afs else "without"
             raise OptionError(f"the SFD student {self.options.student!r} was trained {way} AFS: run {way} --afs")
-        levels = [float(s) for s in (sigmas.tolist() if hasattr(sigmas, "tolist") else sigmas)]
+        levels = [float(s) for s in sigmas]
         trained = student.sigma_table.get(len(levels))
         if trained is None or not all(math.isclose(a, b, rel_tol=_RTOL) for a, b in zip(levels, trained, strict=True)):
             counts = " or ".join(str(n) for n in student.sigma_table)
@@ -93,7 +90,9 @@ class SFDSolver(ODESolver):
                 f"the SFD student {self.options.student!r} runs on its own {counts} sigmas "
                 f"(schedule sfd[file={self.options.student}]), not on these {len(levels)}"
             )
-        return super().sample(student.with_steps(len(levels)), x, sigmas, afs=afs, **kwargs)
+
+    def denoiser_for_run(self, denoiser: Any, sigmas: tuple[float, ...]) -> Any:
+        return self._need().with_steps(len(sigmas))
 
     def step(self, run: Run, x: Tensor, i: int) -> Tensor:
         sigma, sigma_next = run.sigmas[i], run.sigmas[i + 1]
