@@ -38,6 +38,7 @@ def bench(
     import torch
 
     from diffsampler.bench import Variant, run_bench
+    from diffsampler.devices import resolve_device
     from diffsampler.errors import OptionError
 
     try:
@@ -46,8 +47,7 @@ def bench(
         raise OptionError(f"--batch expects sizes like 128,512, got {batch!r}") from None
     if not batches or min(batches) < 1:
         raise OptionError(f"--batch expects positive sizes, got {batch!r}")
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(device)
     variants = [Variant()] + [v for v in (Variant.parse(t) for t in variant or []) if not v.is_reference]
     rows = run_bench(
         model=model, model_options=parse_pairs(model_opt, "--model-opt"), solver=solver,

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from diffsampler.devices import resolve_device
 from diffsampler.distributed import barrier, device_for_rank, shard
 from diffsampler.errors import OptionError
 from diffsampler.seeds import parse_seeds
@@ -22,12 +23,6 @@ _SOLVER_FLAGS = ("max_order", "predict_x0", "lower_order_final", "variant", "dei
 
 
 
-def _device(name: str) -> str:
-    if name != "auto":
-        return name
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def sample(
@@ -130,7 +125,7 @@ def sample(
         schedule=schedule, schedule_options=schedule_options,
         num_steps=steps, nfe=nfe, sigmas=parse_sigma_list(sigmas) if sigmas else None,
         afs=afs, denoise_to_zero=denoise_to_zero, seeds=parse_seeds(seeds), batch=batch,
-        dtype=dtype, device=_device(device), labels=labels,
+        dtype=dtype, device=resolve_device(device), labels=labels,
     )
     dist = setup(config.device)
     try:

@@ -33,7 +33,7 @@ from .errors import OptionError
 from .images import is_image_shape, make_grid, to_uint8, write_png
 from .seeds import Batch
 
-__all__ = ["FORMATS", "RunDirectory", "atomic_write_bytes", "png_name"]
+__all__ = ["FORMATS", "RunDirectory", "atomic_write_bytes", "check_output_file", "png_name"]
 
 PREVIEW = 64
 
@@ -290,4 +290,22 @@ def _differences(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
             continue
         if before.get(key) != now.get(key):
             out.append(f"{key}: {before.get(key)!r} on disk, {now.get(key)!r} now")
+    return out
+
+
+def check_output_file(path: str | os.PathLike[str], *, flag: str = "--out") -> Path:
+    """Refuse, before any work, an output file that cannot be written: an existing folder, or a
+    parent that exists but is not a writable folder. A missing parent folder is created."""
+    out = Path(path)
+    if out.is_dir():
+        raise OptionError(f"{flag} {str(out)!r} is a folder; give a file name")
+    parent = out.parent
+    if parent.exists() and not parent.is_dir():
+        raise OptionError(f"{flag} {str(out)!r}: {str(parent)!r} is not a folder")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OptionError(f"{flag} {str(out)!r}: cannot create its folder ({exc.strerror})") from None
+    if not os.access(parent, os.W_OK):
+        raise OptionError(f"{flag} {str(out)!r}: the folder {str(parent)!r} is not writable")
     return out

@@ -166,8 +166,18 @@ class Registry:
                 raise PluginError(f"invalid {kind} name {name!r} (letters, digits, _ . + -)")
             if not callable(factory):
                 raise PluginError(f"{kind} {name!r}: factory {factory!r} is not callable")
+            declared = getattr(factory, "Options", None)
+            if options is None and isinstance(declared, type) and attrs.has(declared):
+                options = declared  # a class's own Options is enough
+            elif options is not None and declared is not None and options is not declared:
+                raise PluginError(
+                    f"{kind} {name!r}: options={getattr(options, '__name__', options)!r} is not "
+                    f"{getattr(factory, '__name__', factory)}.Options; give one of the two"
+                )
             if options is not None and not attrs.has(options):
                 raise PluginError(f"{kind} {name!r}: options must be an attrs class")
+            if any(c.name == name for c in staged):
+                raise PluginError(f"plugin {impl.plugin_name!r} registered {kind} {name!r} twice")
             staged.append(
                 Component(
                     kind=kind, name=name, factory=factory, options=options,
@@ -178,6 +188,11 @@ class Registry:
 
         try:
             impl.function(register=register)
+            for component in staged:  # all or nothing: check every name before adding any
+                if any(c.plugin == component.plugin for c in self._components[kind].get(component.name, [])):
+                    raise PluginError(
+                        f"plugin {component.plugin!r} registered {kind} {component.name!r} twice"
+                    )
             for component in staged:
                 self.add(component)
         except Exception as exc:
@@ -233,9 +248,17 @@ class Registry:
     def register_commands(self, app: Any) -> None:
         """Call every plugin's ``register_commands(app)``; failures are recorded."""
         for impl in self.plugin_manager.hook.register_commands.get_hookimpls():
+            commands, groups = len(app.registered_commands), len(app.registered_groups)
+            taken = _command_names(app)
             try:
                 impl.function(app=app)
+                added = _command_names(app, commands, groups)
+                clash = sorted(set(added) & set(taken)) or sorted({n for n in added if added.count(n) > 1})
+                if clash:
+                    raise PluginError(f"command {clash[0]!r} already exists; a plugin cannot replace it")
             except Exception as exc:
+                # a failed hook adds no command at all
+                del app.registered_commands[commands:], app.registered_groups[groups:]
                 record = next((p for p in self.plugins if p.name == impl.plugin_name), None)
                 self.failures.append(
                     PluginFailure(
@@ -245,6 +268,22 @@ class Registry:
                         stage="register_commands", error=_describe(exc),
                     )
                 )
+
+
+def _command_names(app: Any, commands: int = 0, groups: int = 0) -> list[str]:
+    """Names of ``app``'s commands and sub-apps from the given positions on (Typer's naming:
+    an explicit name, else the callback's name with dashes)."""
+
+    def named(info: Any) -> str:
+        if info.name:
+            return str(info.name)
+        callback = getattr(info, "callback", None) or getattr(getattr(info, "typer_instance", None), "info", None)
+        callback = getattr(callback, "callback", callback)
+        return str(getattr(callback, "__name__", "")).lower().replace("_", "-")
+
+    return [named(c) for c in app.registered_commands[commands:]] + [
+        named(g) for g in app.registered_groups[groups:]
+    ]
 
 
 def _describe(exc: BaseException) -> str:

@@ -16,7 +16,7 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from .errors import OptionError, SamplingError
+from .errors import OptionError, PluginError, SamplingError
 from .options import build_options
 from .protocols import Denoiser, SampleResult, StepCallback
 from .sigmas import sigma_tuple
@@ -203,7 +203,13 @@ class ODESolver:
         with torch.no_grad():
             for i in range(total):
                 run.step_index = i
-                x = self.step(run, x, i)
+                new = self.step(run, x, i)
+                if new.shape != x.shape:  # host-side metadata: no synchronisation
+                    raise PluginError(
+                        f"solver {type(self).__name__}: step {i} returned shape {tuple(new.shape)} "
+                        f"for a state shaped {tuple(x.shape)}"
+                    )
+                x = new
                 if return_trajectory:
                     points.append(x)
                 if callback is not None:
@@ -216,7 +222,10 @@ class ODESolver:
         run.raise_if_not_finite()
         expected = self.nfe(len(levels), afs=afs, denoise_to_zero=denoise_to_zero)
         if run.nfe != expected:  # a solver whose nfe() disagrees with its step() is a bug
-            raise AssertionError(f"{type(self).__name__}: spent {run.nfe} NFE, nfe() says {expected}")
+            raise PluginError(
+                f"solver {type(self).__name__}: spent {run.nfe} NFE but its nfe() says {expected} "
+                "(set evals_per_step or override nfe())"
+            )
         return SampleResult(
             x=x,
             nfe=run.nfe,

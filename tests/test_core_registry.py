@@ -90,6 +90,65 @@ def test_plugin_raising_in_hook_is_reported_and_others_survive():
     assert reg.names("schedule") == []
 
 
+def test_a_name_registered_twice_by_one_hook_registers_nothing_of_it():
+    @ds.hookimpl
+    def register_solvers(register):
+        register("once", _Solver)
+        register("twice", _Solver)
+        register("twice", _Solver)
+
+    reg = discover(entry_points=False, plugins=[("p", types.SimpleNamespace(register_solvers=register_solvers))])
+    assert "registered solver 'twice' twice" in reg.failures[0].error
+    assert reg.names("solver") == []
+
+
+def test_options_come_from_the_factorys_own_options_class():
+    @attrs.frozen(kw_only=True)
+    class Other:
+        g: int = 1
+
+    @ds.hookimpl
+    def implicit(register):
+        register("implicit", _Solver)  # _Solver.Options is used
+
+    @ds.hookimpl
+    def clash(register):
+        register("clash", _Solver, options=Other)
+
+    reg = discover(entry_points=False, plugins=[("p", types.SimpleNamespace(register_solvers=implicit)),
+                                                ("q", types.SimpleNamespace(register_solvers=clash))])
+    assert reg.get("solver", "implicit").options is _Opts
+    assert reg.create("solver", "implicit", k=3).options.k == 3
+    assert "is not _Solver.Options" in reg.failures[0].error
+    assert reg.names("solver") == ["implicit"]
+
+
+def test_a_plugin_command_cannot_replace_a_builtin_one():
+    import typer
+
+    from diffsampler.cli import build_app
+
+    def hello():
+        """Say hello."""
+
+    @ds.hookimpl
+    def register_commands(app):
+        app.command("hello")(hello)
+        app.command("sample")(hello)
+
+    reg = discover(entry_points=True, plugins=[("p", types.SimpleNamespace(register_commands=register_commands))])
+    ds.reset_registry(reg)
+    try:
+        app = build_app()
+        names = [c.name or c.callback.__name__ for c in app.registered_commands]
+        assert names.count("sample") == 1 and "hello" not in names  # all or nothing
+        (failure,) = [f for f in reg.failures if f.plugin == "p"]
+        assert "command 'sample' already exists" in failure.error
+        assert isinstance(app, typer.Typer)
+    finally:
+        ds.reset_registry(None)
+
+
 def test_invalid_registration_is_reported():
     @ds.hookimpl
     def register_models(register):

@@ -71,6 +71,26 @@ def test_wrong_output_shape_is_refused():
         ds.get_solver("euler").sample(_Bad(0, wrong_shape=True), torch.ones(1, 2), [4.0, 1.0])
 
 
+class _HalfBatch(ds.ODESolver):
+    def step(self, run, x, i):
+        return x[:1]
+
+
+class _TwoEvals(ds.ODESolver):  # spends two evaluations per step but says one
+    def step(self, run, x, i):
+        run.denoise(x, run.sigmas[i])
+        return x + (run.sigmas[i + 1] - run.sigmas[i]) * run.derivative(x, run.sigmas[i])
+
+
+@pytest.mark.parametrize(("solver", "message"), [
+    (_HalfBatch, r"_HalfBatch: step 0 returned shape \(1, 2\) for a state shaped \(2, 2\)"),
+    (_TwoEvals, r"_TwoEvals: spent 4 NFE but its nfe\(\) says 2 \(set evals_per_step"),
+])
+def test_a_solver_breaking_the_contract_is_named(solver, message):
+    with pytest.raises(ds.PluginError, match=message):
+        solver().sample(_small_gmm(), torch.ones(2, 2), [4.0, 2.0, 1.0])
+
+
 @pytest.mark.parametrize(
     "sigmas, message",
     [

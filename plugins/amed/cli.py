@@ -68,10 +68,10 @@ def train(
 
     import diffsampler as ds
     from diffsampler.cli._common import console, parse_pairs, print_json
+    from diffsampler.devices import resolve_device
 
     torch.set_num_threads(threads)
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(device)
     num_steps = steps_for(solver, steps=steps, nfe=nfe, afs=afs)
     options: dict[str, Any] = dict(
         solver=solver, num_steps=num_steps, teacher=teacher, m=m, schedule=schedule, rho=rho, afs=afs,

@@ -13,6 +13,7 @@ import attrs
 import numpy as np
 
 from diffsampler import Analytic, get_model, get_schedule, get_solver, resolve_num_steps, seed_noise
+from diffsampler.devices import resolve_device
 from diffsampler.errors import OptionError
 from diffsampler.options import options_as_dict
 
@@ -83,8 +84,7 @@ def collect(
         raise OptionError(f"dtype must be one of {', '.join(_DTYPES)} or auto, got {dtype!r}")
     if batch < 1:
         raise OptionError(f"batch must be >= 1, got {batch}")
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(device)
     seeds = tuple(int(s) for s in seeds)
     if not seeds:
         raise OptionError("no seeds given")

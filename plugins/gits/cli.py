@@ -62,6 +62,7 @@ def search(
     Runs under torchrun: the trajectories are shared among the processes.
     """
     import diffsampler as ds
+    from diffsampler.devices import resolve_device
     from diffsampler.distributed import setup, teardown
     from diffsampler.errors import OptionError
     from diffsampler.options import parse_pairs
@@ -72,10 +73,7 @@ def search(
         else:
             raise OptionError("give --steps or --nfe, not both")
     coeffs = _coeffs(coeff)
-    if device == "auto":
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(device)
     solver_options = parse_pairs(opt, "--opt")
     student = ds.get_solver(solver, **solver_options)
     if nfe is not None:

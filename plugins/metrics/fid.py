@@ -163,11 +163,9 @@ def count_warnings(count: int, ref_count: int | None) -> list[str]:
 
 
 def _device(name: str) -> str:
-    if name != "auto":
-        return name
-    import torch
+    from diffsampler.devices import resolve_device
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return resolve_device(name)
 
 
 def load_inception(weights: str | os.PathLike[str] | None = None, *, device: str = "cpu",

@@ -57,12 +57,12 @@ def train(
 
     import diffsampler as ds
     from diffsampler.cli._common import parse_pairs
+    from diffsampler.devices import resolve_device
     from diffsampler.distributed import device_for_rank, setup, teardown
 
     if threads is not None:
         torch.set_num_threads(threads)
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(device)
     dist = setup(device)
     device = device_for_rank(device, dist)
     options: dict[str, Any] = dict(
