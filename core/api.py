@@ -48,6 +48,10 @@ def get_distiller(name: str, **options: Any) -> Any:
     return get_registry().create("distiller", name, **options)
 
 
+# suffixes that make an unknown model name a missing file rather than a mistyped name
+_MODEL_FILE_SUFFIXES = (".json", ".safetensors", ".pt", ".pth", ".pkl", ".ckpt", ".bin", ".npz")
+
+
 def _file_loaders(path: Path) -> list[Component]:
     out = []
     for component in get_registry().components("model"):
@@ -61,7 +65,8 @@ def get_model(name: str | os.PathLike[str], **options: Any) -> Denoiser:
     """A registered model by name, or a model file that a model plugin can load.
 
     For a path, the model plugins whose factory has a ``loads_file(path)`` predicate are asked;
-    the one that accepts it is called with ``path=...`` and ``options``.
+    the one that accepts it is called with ``path=...`` and ``options``. A factory's
+    ``file_format`` (one line) describes what it reads, for the error when none accepts a file.
     """
     registry = get_registry()
     text = os.fspath(name)
@@ -70,10 +75,18 @@ def get_model(name: str | os.PathLike[str], **options: Any) -> Denoiser:
     except UnknownComponentError:
         path = Path(text)
         if not path.exists():
+            if os.sep in text or path.suffix.lower() in _MODEL_FILE_SUFFIXES:
+                raise ModelLoadError(f"model file {text!r} does not exist") from None
             raise
     loaders = _file_loaders(path)
     if not loaders:
-        raise ModelLoadError(f"no installed model plugin can load {text!r}")
+        formats = "; ".join(
+            f"{c.name}: {c.factory.file_format}" for c in get_registry().components("model")
+            if getattr(c.factory, "file_format", None)
+        )
+        raise ModelLoadError(
+            f"no installed model plugin can load {text!r}" + (f". Model files they read: {formats}" if formats else "")
+        )
     if len(loaders) > 1:
         names = ", ".join(c.qualified_name for c in loaders)
         raise ModelLoadError(f"several model plugins can load {text!r}: {names}; pick one by name")

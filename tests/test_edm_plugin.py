@@ -127,3 +127,14 @@ def test_save_network_writes_a_loadable_pair(tmp_path: Path) -> None:
     json_path = save_network(net, tmp_path / "pair", metadata={"k": "v"})
     assert json_path.with_suffix(".safetensors").is_file()
     assert ds.get_model(json_path).shape == (1, 8, 8)
+
+
+def test_missing_and_unreadable_model_files_say_what_was_expected(tmp_path: Path) -> None:
+    with pytest.raises(ds.ModelLoadError, match="model file 'nope.json' does not exist"):
+        ds.get_model("nope.json")
+    with pytest.raises(ds.UnknownComponentError, match="did you mean 'digits'"):
+        ds.get_model("digitz")  # a mistyped name stays a name
+    bare = tmp_path / "weights.safetensors"
+    bare.write_bytes(b"\0" * 16)
+    with pytest.raises(ds.ModelLoadError, match=r"no installed model plugin can load .*edm: .*JSON config beside"):
+        ds.get_model(str(bare))

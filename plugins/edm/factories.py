@@ -83,6 +83,10 @@ def edm_file(
 
 
 edm_file.loads_file = loads_file  # type: ignore[attr-defined]
+edm_file.file_format = (  # type: ignore[attr-defined]
+    "an EDM network pickle (.pkl), or .safetensors/.pt/.pth weights with a diffsampler.edm JSON config "
+    "beside them (<stem>.json or config.json, written by train-denoiser or save_network)"
+)
 edm_file.paper = PAPER  # type: ignore[attr-defined]
 
 

@@ -104,6 +104,7 @@ def adm_file(
 
 
 adm_file.loads_file = loads_file  # type: ignore[attr-defined]
+adm_file.file_format = "ADM .pt/.pth weights with a diffsampler.adm JSON config of the same stem"  # type: ignore[attr-defined]
 adm_file.paper = PAPER  # type: ignore[attr-defined]
 
 

@@ -32,6 +32,7 @@ def latent_file(*, path: str, **opts: Any) -> LatentDenoiser:
 
 
 latent_file.loads_file = loads_file  # type: ignore[attr-defined]
+latent_file.file_format = "a diffusers model folder with unet/ and scheduler/ (extra [diffusers])"  # type: ignore[attr-defined]
 latent_file.paper = PAPER  # type: ignore[attr-defined]
 
 

@@ -211,3 +211,4 @@ def loads_file(path: Path) -> bool:
 
 gmm.paper = GaussianMixture.paper  # type: ignore[attr-defined]
 gmm.loads_file = loads_file  # type: ignore[attr-defined]
+gmm.file_format = "a Gaussian-mixture spec (.json written by GaussianMixture.save_spec)"  # type: ignore[attr-defined]

@@ -68,6 +68,7 @@ sfd_solver.paper = PAPER  # type: ignore[attr-defined]
 sfd_model.paper = PAPER  # type: ignore[attr-defined]
 sfd_schedule.paper = PAPER  # type: ignore[attr-defined]
 sfd_model.loads_file = loads_file  # type: ignore[attr-defined]
+sfd_model.file_format = "an SFD student (.json written by diffsampler sfd train, weights beside it)"  # type: ignore[attr-defined]
 
 
 @hookimpl
