@@ -23,7 +23,7 @@ def test_a_bad_or_missing_device_is_one_clear_error():
     if not torch.cuda.is_available():
         with pytest.raises(OptionError, match="--device cuda: no CUDA device is available"):
             resolve_device("cuda")
-    with pytest.raises(OptionError, match="^--dev cuda:99:"):
+    with pytest.raises(OptionError, match=r"^--dev cuda:99:"):
         resolve_device("cuda:99", flag="--dev")
 
 

@@ -130,7 +130,7 @@ def test_save_network_writes_a_loadable_pair(tmp_path: Path) -> None:
 
 
 def test_missing_and_unreadable_model_files_say_what_was_expected(tmp_path: Path) -> None:
-    with pytest.raises(ds.ModelLoadError, match="model file 'nope.json' does not exist"):
+    with pytest.raises(ds.ModelLoadError, match=r"model file 'nope\.json' does not exist"):
         ds.get_model("nope.json")
     with pytest.raises(ds.UnknownComponentError, match="did you mean 'digits'"):
         ds.get_model("digitz")  # a mistyped name stays a name
