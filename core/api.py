@@ -132,7 +132,7 @@ def sample(
     *,
     model: Denoiser | str = "gmm",
     solver: Solver | str = "euler",
-    schedule: Schedule | str = "polynomial",
+    schedule: Schedule | str | None = None,
     num_steps: int | None = None,
     nfe: int | None = None,
     sigmas: Sequence[float] | Tensor | None = None,
@@ -151,7 +151,9 @@ def sample(
 
     ``noise`` is ``[batch, *model.shape]`` unit Gaussian noise; it is scaled by the first sigma.
     Components are objects or registered names (with ``*_options``). Give ``sigmas`` directly,
-    or ``num_steps`` or ``nfe`` for the schedule.
+    or ``num_steps`` or ``nfe`` for the schedule; without ``schedule`` the solver's
+    ``recommended_schedule`` is used (with ``schedule_options`` on top), as ``diffsampler sample``
+    does.
     """
     den = get_model(model, **(model_options or {})) if isinstance(model, str) else model
     sol = get_solver(solver, **(solver_options or {})) if isinstance(solver, str) else solver
@@ -161,11 +163,13 @@ def sample(
         sched: Schedule = SigmaList(sigmas)
         steps = len(sched.values)  # type: ignore[attr-defined]
     else:
-        sched = (
-            get_schedule(schedule, **(schedule_options or {}))
-            if isinstance(schedule, str)
-            else schedule
-        )
+        if schedule is None:
+            name, recommended = getattr(sol, "recommended_schedule", ("polynomial", {"rho": 7.0}))
+            sched = get_schedule(name, **{**recommended, **(schedule_options or {})})
+        elif isinstance(schedule, str):
+            sched = get_schedule(schedule, **(schedule_options or {}))
+        else:
+            sched = schedule
         steps = resolve_num_steps(
             sol, num_steps=num_steps, nfe=nfe, afs=afs, denoise_to_zero=denoise_to_zero
         )

@@ -109,10 +109,12 @@ def parse_nfes(text: str) -> tuple[int, ...]:
             continue
         lo, sep, hi = part.partition("-")
         try:
-            values = range(int(lo), int(hi) + 1) if sep else [int(lo)]
+            first, last = int(lo), int(hi) if sep else int(lo)
         except ValueError:
             raise OptionError(f"bad NFE list {text!r}: expected e.g. 3-10 or 4,6,8") from None
-        out.update(values)
+        if last < first:
+            raise OptionError(f"bad NFE list {text!r}: in {part!r} the end is below the start")
+        out.update(range(first, last + 1))
     if not out or min(out) < 1:
         raise OptionError(f"bad NFE list {text!r}: NFEs are positive integers")
     return tuple(sorted(out))

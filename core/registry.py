@@ -232,11 +232,13 @@ class Registry:
 
     def _unknown_message(self, kind: Kind, name: str) -> str:
         known = self.names(kind)
-        close = difflib.get_close_matches(name.rpartition(":")[2], known, n=3, cutoff=0.5)
+        bare = name.rpartition(":")[2]
+        close = difflib.get_close_matches(bare, known, n=3, cutoff=0.5)
+        close += [k for k in known if k.startswith(bare) and k not in close][: 3 - len(close)]
         msg = f"unknown {kind} {name!r}"
         if close:
             msg += f"; did you mean {' or '.join(repr(c) for c in close)}?"
-        msg += f" Available: {', '.join(known) if known else 'none'}"
+        msg += f"; available: {', '.join(known) if known else 'none'}"
         broken = [f.plugin for f in self.failures]
         if broken:
             msg += f" (plugins that failed to load: {', '.join(sorted(set(broken)))})"

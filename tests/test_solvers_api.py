@@ -217,3 +217,19 @@ def test_high_level_sample_api_with_every_solver():
     for name in NAMES:
         result = ds.sample(noise(2), model=BASE, solver=name, schedule="logsnr", nfe=6)
         assert result.nfe == 6 and result.x.shape == (2, *BASE.shape)
+
+
+@pytest.mark.parametrize("name", ["dpmpp", "euler"])
+def test_the_one_call_api_uses_the_solvers_recommended_schedule_like_the_cli(name):
+    from diffsampler.runs import RunConfig, execute, plan_run
+
+    plan = plan_run(RunConfig(solver=name, nfe=6, seeds=(0, 1)))
+    got = []
+    execute(plan, on_batch=lambda batch, x: got.append(x), overlap=False)
+    one_call = ds.sample(ds.seed_noise([0, 1], plan.model.shape), solver=name, nfe=6)
+    torch.testing.assert_close(one_call.x, got[0], rtol=0, atol=0)
+
+
+def test_unknown_names_suggest_prefix_matches():
+    with pytest.raises(ds.UnknownComponentError, match=r"did you mean 'l2-exact' or 'l2-teacher'\?; available: "):
+        ds.get_metric("l2")
