@@ -96,6 +96,8 @@ def test_missing_matplotlib_names_the_plot_extra(monkeypatch):
     with pytest.raises(ds.MissingExtraError, match=r"diffsampler\[plot\]") as info:
         pyplot()
     assert info.value.package == "matplotlib" and info.value.extra == "plot"
+    assert str(info.value) == ("diffsampler analyze --plot (the default) needs the 'matplotlib' package: "
+                               "pip install 'diffsampler[plot]'")
 
 
 def test_numbers_are_written_without_plots(tmp_path):
@@ -174,3 +176,49 @@ def test_an_edm_network_file_and_the_empirical_model(tmp_path):
         rel = result.arrays["relative_deviation"]
         assert rel[0].max() < 1e-12 and rel[-1].max() < 1e-12 and np.isfinite(rel).all()
         np.testing.assert_allclose(rel, g.deviation(setup.trajectory, relative=True))
+
+
+def test_help_shows_the_plot_extra_and_afs():
+    """Rich markup used to swallow ``[plot]`` in the help ("(needs )")."""
+    proc = subprocess.run([sys.executable, "-m", "diffsampler", "analyze", "curvature", "--help"],
+                          capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "250", "TERMINAL_WIDTH": "250"})
+    assert proc.returncode == 0, proc.stderr
+    assert "(needs the [plot] extra)" in proc.stdout
+    assert "--afs" in proc.stdout and "--no-afs" in proc.stdout
+
+
+def test_afs_reaches_the_solver_and_the_record(tmp_path):
+    plain = collect(model="gmm", model_options={"shape": (2, 3)}, num_steps=5, seeds=[0, 1])
+    afs = collect(model="gmm", model_options={"shape": (2, 3)}, num_steps=5, seeds=[0, 1], afs=True)
+    assert (plain.nfe, afs.nfe) == (4, 3)  # Euler: the first step is free with AFS
+    assert plain.config["afs"] is False and afs.config["afs"] is True
+    assert not torch.allclose(plain.trajectory[1], afs.trajectory[1])
+
+
+def test_an_amed_predictor_trained_with_afs_is_analysed_with_afs(tmp_path):
+    """AMED trains with AFS by default; analyze had no --afs, so such a predictor was unusable."""
+    import math
+
+    from diffsampler.plugins.amed.predictor import AMEDPredictor, model_identity
+
+    digits = ds.get_model("digits")
+    settings = dict(solver="ipndm", num_steps=4, afs=True, scale_dir=0.0, scale_time=0.0, max_order=3,
+                    predict_x0=True, lower_order_final=True, schedule="polynomial",
+                    schedule_options={"rho": 7.0})
+    sigmas = ds.get_schedule("polynomial", rho=7.0).sigmas(4, digits.sigma_min, digits.sigma_max)
+    settings["sigmas"] = sigmas.tolist()
+    pred = AMEDPredictor(settings, model_identity(digits, name="digits"), hidden_dim=8)
+    with torch.no_grad():  # a constant r = 0.5
+        pred.fc_r.weight.zero_()
+        pred.fc_r.bias.fill_(math.log(0.5 / 0.5))
+    path = tmp_path / "p.safetensors"
+    pred.save(path)
+    args = ("analyze", "deviation", "--model", "digits", "--solver", "amed-ipndm", "--opt", f"predictor={path}",
+            "--steps", "4", "--seeds", "0-1", "--no-plot")
+    refused = cli(*args, "--out", str(tmp_path / "no"))
+    assert refused.returncode == 2 and "trained with AFS" in refused.stderr, refused.stderr
+    done = cli(*args, "--afs", "--out", str(tmp_path / "yes"))
+    assert done.returncode == 0, done.stderr
+    config = json.loads((tmp_path / "yes" / "deviation.json").read_text())["config"]
+    assert config["afs"] is True and config["solver"] == "amed-ipndm"

@@ -49,7 +49,12 @@ def make_command(kind: str) -> Callable[..., None]:
         device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto")] = "cpu",
         batch: Annotated[int, typer.Option(help="trajectories sampled at once")] = 64,
         out: Annotated[Path, typer.Option(help="output directory")] = Path("analysis"),
-        plot: Annotated[bool, typer.Option(help="write the PNG and PDF plots (needs [plot])")] = True,
+        afs: Annotated[
+            bool, typer.Option(help="analytical first step (as sample --afs; AMED predictors are trained with it)")
+        ] = False,
+        plot: Annotated[
+            bool, typer.Option(help="write the PNG and PDF plots (needs the \\[plot] extra)")
+        ] = True,
     ) -> None:
         from diffsampler.seeds import parse_seeds
 
@@ -70,7 +75,7 @@ def make_command(kind: str) -> Callable[..., None]:
             model=model, model_options=parse_pairs(model_opt, "--model-opt"), solver=solver,
             solver_options=parse_pairs(opt, "--opt"), schedule=schedule,
             schedule_options=parse_pairs(schedule_opt, "--schedule-opt"), num_steps=steps,
-            seeds=parse_seeds(seeds), dtype=dtype, device=device, batch=batch,
+            seeds=parse_seeds(seeds), dtype=dtype, device=device, batch=batch, afs=afs,
         )
         result, options = analyze(kind, setup, params)
         files = write_result(out, result, config=setup.config, options=options, plot=plot)

@@ -61,10 +61,12 @@ def collect(
     dtype: str = "auto",
     device: str = "cpu",
     batch: int = 64,
+    afs: bool = False,
 ) -> Setup:
     """Sample the trajectories of ``seeds`` (``num_steps`` sigmas: ``num_steps - 1`` steps).
 
     ``schedule=None`` takes the solver's recommended schedule (as ``diffsampler sample`` does).
+    ``afs``: the analytical first step (Zhou et al. 2024), as ``diffsampler sample --afs``.
     """
     import torch
 
@@ -94,7 +96,7 @@ def collect(
     for start in range(0, len(seeds), batch):
         chunk = seeds[start : start + batch]
         noise = seed_noise(chunk, den.shape, dtype=getattr(torch, dtype), device=device)
-        result = sol.sample(den, noise * float(sigmas[0]), sigmas, return_trajectory=True)
+        result = sol.sample(den, noise * float(sigmas[0]), sigmas, afs=afs, return_trajectory=True)
         parts.append(result.trajectory)
         nfe = result.nfe
     trajectory = torch.cat(parts, dim=1)
@@ -108,6 +110,7 @@ def collect(
         "schedule": schedule,
         "schedule_options": options_as_dict(getattr(sched, "options", None)) or sched_opts,
         "num_steps": steps,
+        "afs": afs,
         "nfe": nfe,
         "sigmas": [float(s) for s in sigmas],
         "seeds": list(seeds),

@@ -20,7 +20,7 @@ def pyplot() -> Any:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as exc:
-        raise MissingExtraError("matplotlib", "plot", "diffsampler analyze's plots") from exc
+        raise MissingExtraError("matplotlib", "plot", "diffsampler analyze --plot (the default)") from exc
     plt.rcParams.update({
         "font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9, "legend.fontsize": 8,
         "mathtext.fontset": "cm", "axes.spines.top": False, "axes.spines.right": False,
