@@ -25,7 +25,7 @@ def compare(
     model: Annotated[str, typer.Option(help="registered model or model file")] = "gmm",
     solver: Annotated[
         list[str] | None,
-        typer.Option(help="row spec NAME[key=value,...][@SCHEDULE[key=value]] (repeatable; "
+        typer.Option(help="row spec NAME\\[key=value,...]\\[@SCHEDULE\\[key=value]] (repeatable; "
                           "default: the seed's eight solvers)"),
     ] = None,
     schedule: Annotated[
@@ -35,7 +35,7 @@ def compare(
     seeds: Annotated[str, typer.Option(help="seeds, e.g. 0-63")] = "0-63",
     metric: Annotated[
         list[str] | None,
-        typer.Option(help="metric NAME or NAME[key=value,...], e.g. fid[ref=stats.npz] "
+        typer.Option(help="metric NAME or NAME\\[key=value,...], e.g. fid\\[ref=stats.npz] "
                           "(repeatable; default on analytic models: l2-exact, fd-exact)"),
     ] = None,
     model_opt: Annotated[list[str] | None, typer.Option("--model-opt", help="model option key=value")] = None,
@@ -44,7 +44,7 @@ def compare(
     batch: Annotated[int, typer.Option(help="samples per batch")] = 64,
     out: Annotated[Path, typer.Option(help="directory for results.json/.csv, plot.png")] = Path("compare"),
     config: Annotated[
-        Path | None, typer.Option(help="rerun the comparison saved in a results.json or config.json")
+        Path | None, typer.Option(help="rerun the comparison saved in a results.json (no other flags but --out/--json)")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the results as JSON")] = False,
 ) -> None:
@@ -53,14 +53,17 @@ def compare(
     On analytic models the cells are the mean RMS error to the exact ODE endpoint and the Frechet
     distance to the true data moments; the best per column is marked.
     """
-    from diffsampler.compare import CompareConfig, parse_nfes, run_compare
+    from diffsampler.compare import CompareConfig, CompareInterrupted, parse_nfes, run_compare
 
     if config is not None:
-        try:
-            data = json.loads(config.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise OptionError(f"cannot read comparison configuration {str(config)!r}: {exc}") from None
-        cfg = CompareConfig.from_dict(data.get("config", data))
+        flags = {"--model": (model, "gmm"), "--solver": (solver, None), "--schedule": (schedule, None),
+                 "--nfe": (nfe, "3-10"), "--seeds": (seeds, "0-63"), "--metric": (metric, None),
+                 "--model-opt": (model_opt, None), "--afs": (afs, False), "--dtype": (dtype, "float64"),
+                 "--batch": (batch, 64)}
+        given = [flag for flag, (value, default) in flags.items() if value not in (default, [])]
+        if given:
+            raise OptionError(f"--config reruns a saved comparison as it was; drop {', '.join(given)}")
+        cfg = CompareConfig.from_dict(_read_config(config))
     else:
         kwargs: dict[str, Any] = {}
         if solver:
@@ -73,13 +76,21 @@ def compare(
     _prepare(out)
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), console=err_console, transient=True)
-    with progress:
-        task = progress.add_task("ground truth and cells", total=None)
-        result = run_compare(
-            cfg,
-            on_start=lambda n: progress.update(task, total=n, description="cells"),
-            on_cell=lambda cell: progress.advance(task),
-        )
+    try:
+        with progress:
+            task = progress.add_task("ground truth and cells", total=None)
+            result = run_compare(
+                cfg,
+                on_start=lambda n: progress.update(task, total=n, description="cells"),
+                on_cell=lambda cell: progress.advance(task),
+            )
+    except CompareInterrupted as stop:
+        done = sum(c.values is not None for c in stop.partial.cells)
+        _write(out, stop.partial)
+        err_console.print(escape(
+            f"interrupted: the {done} finished cells are in {out / 'results.json'} (marked incomplete)"
+        ))
+        raise typer.Exit(130) from None
     files = _write(out, result)
     if as_json:
         print_json(result.to_dict())
@@ -93,7 +104,18 @@ def compare(
             f"{result.ground_truth_accuracy:.1e}); {len(cfg.seeds)} seeds; "
             f"'exact' row = the metric of the exact endpoints themselves"
         )
-    err_console.print(f"{result.seconds:.1f} s; wrote {', '.join(files)} in {out}")
+    err_console.print(escape(f"{result.seconds:.1f} s; wrote {', '.join(files)} in {out}"))
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    """The configuration in a ``results.json`` written by ``compare`` (or the bare config)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise OptionError(f"cannot read comparison configuration {str(path)!r}: {exc}") from None
+    if isinstance(data, dict) and isinstance(data.get("config", data), dict):
+        return dict(data.get("config", data))
+    raise OptionError(f"{str(path)!r} is not a comparison configuration (a results.json written by compare)")
 
 
 def _prepare(out: Path) -> None:
@@ -151,7 +173,7 @@ def _write(out: Path, result: Any) -> list[str]:
         _plot(out / "plot.png", result)
         files.append("plot.png")
     except MissingExtraError as exc:
-        err_console.print(f"[yellow]no plot:[/] {exc}")
+        err_console.print(f"[yellow]no plot:[/] {escape(str(exc))}")
     return files
 
 

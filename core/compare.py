@@ -29,6 +29,7 @@ __all__ = [
     "DEFAULT_SOLVERS",
     "Cell",
     "CompareConfig",
+    "CompareInterrupted",
     "CompareResult",
     "SolverSpec",
     "parse_metric",
@@ -179,6 +180,7 @@ class CompareResult:
     ground_truth_accuracy: float | None
     seconds: float
     model_spec: dict[str, Any] | None = None  # the exact problem (analytic models)
+    complete: bool = True  # False: interrupted, only the cells finished before that
 
     def value(self, row: str, nfe: int, key: str) -> float | None:
         for cell in self.cells:
@@ -203,6 +205,7 @@ class CompareResult:
             "ground_truth_accuracy": self.ground_truth_accuracy,
             "seconds": self.seconds,
             "model_spec": self.model_spec,
+            "complete": self.complete,
         }
 
 
@@ -297,28 +300,41 @@ def run_compare(
         reference = measure([torch.from_numpy(truth.endpoints)])
 
     cells: list[Cell] = []
-    for row, solver, row_sigmas in plans:
-        for nfe, sigmas in zip(config.nfes, row_sigmas, strict=True):
-            if sigmas is None:
-                cells.append(Cell(row=row, nfe=nfe, num_steps=None, values=None, seconds=0.0))
-                continue
-            t0 = time.perf_counter()
-            first = float(sigmas[0])
-            samples = [
-                solver.sample(model, z * first, sigmas, afs=config.afs).x for z in noise
-            ]
-            if isinstance(model, Decodable) and not analytic:  # image metrics see images
-                samples = [model.decode(x) for x in samples]
-            cell = Cell(row=row, nfe=nfe, num_steps=len(sigmas), values=measure(samples),
-                        seconds=time.perf_counter() - t0)
-            cells.append(cell)
-            if on_cell is not None:
-                on_cell(cell)
-    return CompareResult(
-        config=config, rows=tuple(dict.fromkeys(c.row for c in cells)), cells=tuple(cells),
-        reference=reference, ground_truth_accuracy=accuracy,
-        seconds=time.perf_counter() - started, model_spec=getattr(model, "spec", None),
-    )
+
+    def result(complete: bool) -> CompareResult:
+        return CompareResult(
+            config=config, rows=tuple(dict.fromkeys(c.row for c in cells)), cells=tuple(cells),
+            reference=reference, ground_truth_accuracy=accuracy, complete=complete,
+            seconds=time.perf_counter() - started, model_spec=getattr(model, "spec", None),
+        )
+
+    try:
+        for row, solver, row_sigmas in plans:
+            for nfe, sigmas in zip(config.nfes, row_sigmas, strict=True):
+                if sigmas is None:
+                    cells.append(Cell(row=row, nfe=nfe, num_steps=None, values=None, seconds=0.0))
+                    continue
+                t0 = time.perf_counter()
+                first = float(sigmas[0])
+                samples = [solver.sample(model, z * first, sigmas, afs=config.afs).x for z in noise]
+                if isinstance(model, Decodable) and not analytic:  # image metrics see images
+                    samples = [model.decode(x) for x in samples]
+                cell = Cell(row=row, nfe=nfe, num_steps=len(sigmas), values=measure(samples),
+                            seconds=time.perf_counter() - t0)
+                cells.append(cell)
+                if on_cell is not None:
+                    on_cell(cell)
+    except KeyboardInterrupt:
+        raise CompareInterrupted(result(complete=False)) from None
+    return result(complete=True)
+
+
+class CompareInterrupted(KeyboardInterrupt):
+    """Ctrl-C during :func:`run_compare`; ``partial`` holds the cells finished before it."""
+
+    def __init__(self, partial: CompareResult) -> None:
+        super().__init__()
+        self.partial = partial
 
 
 def _short(value: Any) -> str:

@@ -214,3 +214,33 @@ def test_teacher_metric_for_models_without_an_exact_solution():
     same = run_compare(attrs.evolve(base, solvers=["heun@polynomial[rho=7]"], nfes=(10,),
                                     metrics=("l2-teacher[teacher_steps=6]",)))
     assert same.cells[0].values["l2_teacher"] == 0.0
+
+
+def test_an_interrupted_comparison_keeps_its_finished_cells(tmp_path):
+    from diffsampler.compare import CompareInterrupted
+
+    seen = []
+
+    def stop_after_two(cell):
+        seen.append(cell)
+        if len(seen) == 2:
+            raise KeyboardInterrupt
+
+    config = CompareConfig(model_options={"shape": (3, 8, 8)}, solvers=("euler", "heun"), nfes=(3, 4, 5),
+                           seeds=(0, 1), metrics=("l2-exact",))
+    with pytest.raises(CompareInterrupted) as stop:
+        run_compare(config, on_cell=stop_after_two)
+    partial = stop.value.partial
+    assert not partial.complete and partial.to_dict()["complete"] is False
+    assert [c.values for c in partial.cells] == [c.values for c in seen]
+    full = {(c.row, c.nfe): c.values for c in run_compare(config).cells}
+    assert all(full[(c.row, c.nfe)] == c.values for c in partial.cells)
+
+
+def test_compare_config_refuses_other_flags_and_foreign_files(tmp_path):
+    bad = tmp_path / "list.json"
+    bad.write_text("[1, 2]")
+    proc = cli("compare", "--config", str(bad), "--out", str(tmp_path / "o"))
+    assert proc.returncode == 2 and "is not a comparison configuration" in proc.stderr
+    proc = cli("compare", "--config", str(bad), "--nfe", "4", "--out", str(tmp_path / "o"))
+    assert proc.returncode == 2 and "drop --nfe" in proc.stderr
