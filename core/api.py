@@ -80,10 +80,8 @@ def get_model(name: str | os.PathLike[str], **options: Any) -> Denoiser:
             raise
     loaders = _file_loaders(path)
     if not loaders:
-        formats = "; ".join(
-            f"{c.name}: {c.factory.file_format}" for c in get_registry().components("model")
-            if getattr(c.factory, "file_format", None)
-        )
+        described = ((c.name, getattr(c.factory, "file_format", None)) for c in get_registry().components("model"))
+        formats = "; ".join(f"{name}: {what}" for name, what in described if what)
         raise ModelLoadError(
             f"no installed model plugin can load {text!r}" + (f". Model files they read: {formats}" if formats else "")
         )
