@@ -14,11 +14,13 @@ import typer
 __all__ = ["add_commands", "train_denoiser"]
 
 
-def _ints(text: str) -> tuple[int, ...]:
+def _ints(text: str, flag: str) -> tuple[int, ...]:
+    from diffsampler.errors import OptionError
+
     try:
         return tuple(int(t) for t in text.replace(" ", "").split(",") if t)
     except ValueError:
-        raise typer.BadParameter(f"expected comma-separated integers, got {text!r}") from None
+        raise OptionError(f"{flag} expects comma-separated integers, got {text!r}") from None
 
 
 def train_denoiser(
@@ -34,28 +36,22 @@ def train_denoiser(
     attn_resolutions: Annotated[str, typer.Option(help="resolutions with self-attention")] = "",
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
     threads: Annotated[int, typer.Option(help="torch CPU threads (0: torch's default)")] = 1,
-    device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto")] = "cpu",
 ) -> None:
-    """Train a small EDM denoiser on scikit-learn's digits (EDM loss, EMA weights)."""
-    from diffsampler.errors import DiffSamplerError
+    """Train a small EDM denoiser on scikit-learn's digits (EDM loss, EMA weights).
 
-    from .train import TrainConfig, train
+    Every option is checked, and the output files too, before the first step: errors are one
+    line (exit status 2).
+    """
+    from .train import TrainConfig, progress_printer, train
 
-    try:
-        cfg = TrainConfig(
-            steps=steps, minutes=minutes, batch_size=batch_size, lr=lr, resolution=resolution,
-            model_channels=model_channels, channel_mult=_ints(channel_mult), num_blocks=num_blocks,
-            attn_resolutions=_ints(attn_resolutions), seed=seed, threads=threads, device=device,
-        )
-
-        def report(step: int, total: int, loss: float) -> None:
-            if step % 500 == 0:
-                typer.echo(f"step {step}/{total}  loss {loss:.4f}")
-
-        path = train(cfg, out, progress=report)
-    except DiffSamplerError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+    cfg = TrainConfig(
+        steps=steps, minutes=minutes, batch_size=batch_size, lr=lr, resolution=resolution,
+        model_channels=model_channels, channel_mult=_ints(channel_mult, "--channel-mult"),
+        num_blocks=num_blocks, attn_resolutions=_ints(attn_resolutions, "--attn-resolutions"),
+        seed=seed, threads=threads, device=device,
+    )
+    path = train(cfg, out, progress=progress_printer(typer.echo))
     typer.echo(f"wrote {path} and {path.with_suffix('.safetensors')}")
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -32,33 +33,88 @@ from typing import Any
 
 import attrs
 
-__all__ = ["TrainConfig", "digits_dataset", "edm_loss", "main", "train"]
+from diffsampler.errors import DiffSamplerError, OptionError
+
+__all__ = ["TrainConfig", "digits_dataset", "edm_loss", "main", "output_paths", "progress_printer", "train"]
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _positive(_: Any, attribute: attrs.Attribute[Any], value: float) -> None:
+    if not value > 0:
+        raise OptionError(f"{_flag(attribute.name)} must be > 0, got {value!r}")
+
+
+def _at_least(low: int) -> Callable[[Any, attrs.Attribute[Any], int], None]:
+    def check(_: Any, attribute: attrs.Attribute[Any], value: int) -> None:
+        if value < low:
+            raise OptionError(f"{_flag(attribute.name)} must be >= {low}, got {value!r}")
+
+    return check
+
+
+def _fraction(_: Any, attribute: attrs.Attribute[Any], value: float) -> None:
+    if not 0 <= value < 1:
+        raise OptionError(f"{_flag(attribute.name)} must be in [0, 1), got {value!r}")
+
+
+def _optional_positive(instance: Any, attribute: attrs.Attribute[Any], value: float | None) -> None:
+    if value is not None:
+        _positive(instance, attribute, value)
 
 
 @attrs.frozen(kw_only=True)
 class TrainConfig:
-    """Everything that determines a training run (saved into the model's JSON)."""
+    """Everything that determines a training run (saved into the model's JSON).
 
-    steps: int = 3200
-    minutes: float | None = None
-    batch_size: int = 128
-    lr: float = 2e-3
-    warmup_steps: int = 200
-    resolution: int = 8
-    model_channels: int = 32
+    Invalid values raise :class:`OptionError` naming the command-line flag, before any work.
+    """
+
+    steps: int = attrs.field(default=3200, validator=_at_least(1))
+    minutes: float | None = attrs.field(default=None, validator=_optional_positive)
+    batch_size: int = attrs.field(default=128, validator=_at_least(1))
+    lr: float = attrs.field(default=2e-3, validator=_positive)
+    warmup_steps: int = attrs.field(default=200, validator=_at_least(0))
+    resolution: int = attrs.field(default=8, validator=_at_least(1))
+    model_channels: int = attrs.field(default=32, validator=_at_least(1))
     channel_mult: tuple[int, ...] = (1, 2)
-    num_blocks: int = 1
+    num_blocks: int = attrs.field(default=1, validator=_at_least(1))
     attn_resolutions: tuple[int, ...] = ()
-    dropout: float = 0.1
-    label_dropout: float = 0.2
+    dropout: float = attrs.field(default=0.1, validator=_fraction)
+    label_dropout: float = attrs.field(default=0.2, validator=_fraction)
     p_mean: float = -1.2
-    p_std: float = 1.2
-    sigma_data: float = 0.5
-    ema_halflife_kimg: float = 50.0
-    ema_rampup_ratio: float = 0.1
-    seed: int = 0
-    threads: int = 1
+    p_std: float = attrs.field(default=1.2, validator=_positive)
+    sigma_data: float = attrs.field(default=0.5, validator=_positive)
+    ema_halflife_kimg: float = attrs.field(default=50.0, validator=_positive)
+    ema_rampup_ratio: float = attrs.field(default=0.1, validator=_positive)
+    seed: int = attrs.field(default=0, validator=_at_least(0))
+    threads: int = attrs.field(default=1, validator=_at_least(0))
     device: str = "cpu"
+
+    @property
+    def resolutions(self) -> tuple[int, ...]:
+        """The network's feature-map sizes, one per ``channel_mult`` level (halved at each)."""
+        return tuple(self.resolution >> level for level in range(len(self.channel_mult)))
+
+    def __attrs_post_init__(self) -> None:
+        if not self.channel_mult or min(self.channel_mult) < 1:
+            raise OptionError(f"--channel-mult must be one or more integers >= 1, got {self.channel_mult!r}")
+        levels = len(self.channel_mult)
+        factor = 2 ** (levels - 1)
+        if self.resolution % factor:
+            raise OptionError(
+                f"--resolution {self.resolution} must be a multiple of {factor}: --channel-mult "
+                f"{','.join(map(str, self.channel_mult))} gives {levels} levels, each after the first "
+                "halving the image"
+            )
+        unknown = [r for r in self.attn_resolutions if r not in self.resolutions]
+        if unknown:
+            raise OptionError(
+                f"--attn-resolutions {','.join(map(str, unknown))}: not a resolution of the network; "
+                f"its resolutions are {','.join(map(str, self.resolutions))}"
+            )
 
 
 def digits_dataset(resolution: int = 8) -> tuple[Any, Any]:
@@ -104,6 +160,34 @@ def build_network(cfg: TrainConfig) -> Any:
     )
 
 
+def output_paths(out: str | Path) -> tuple[Path, Path]:
+    """``(<out>.safetensors, <out>.json)``, checked writable (a missing folder is created), so a
+    bad ``--out`` is refused before training rather than after it."""
+    from diffsampler.outputs import check_output_file
+
+    base = Path(out)
+    return (check_output_file(base.with_suffix(".safetensors"), flag="--out"),
+            check_output_file(base.with_suffix(".json"), flag="--out"))
+
+
+def progress_printer(
+    echo: Callable[[str], None], *, fraction: float = 0.05, seconds: float = 10.0
+) -> Callable[[int, int, float], None]:
+    """A ``progress`` callback for :func:`train` that prints ``step N/M  loss L`` about every
+    ``fraction`` of the steps, at least every ``seconds`` and at the last step."""
+    last = time.monotonic()
+
+    def report(step: int, total: int, loss: float) -> None:
+        nonlocal last
+        every = max(1, round(total * fraction))
+        now = time.monotonic()
+        if step % every == 0 or step == total or now - last >= seconds:
+            last = now
+            echo(f"step {step}/{total}  loss {loss:.4f}")
+
+    return report
+
+
 def train(
     cfg: TrainConfig,
     out: str | Path,
@@ -112,18 +196,22 @@ def train(
 ) -> Path:
     """Train, then write ``<out>.safetensors`` and ``<out>.json``; returns the JSON path.
 
-    ``progress(step, steps, loss)`` is called every 50 steps.
+    The device and the output paths are checked before the first step (:class:`OptionError`).
+    ``progress(step, steps, loss)`` is called after every step (see :func:`progress_printer`).
     """
     import copy
 
     import torch
 
+    from diffsampler.devices import resolve_device
+
     from .checkpoint import save_network
 
+    device = torch.device(resolve_device(cfg.device))
+    output_paths(out)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    device = torch.device(cfg.device)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     images, targets = digits_dataset(cfg.resolution)
     images, targets = images.to(device), targets.to(device)
@@ -164,7 +252,7 @@ def train(
                 p_ema.copy_(p_net.detach().lerp(p_ema, beta))
         value = float(loss.detach())
         avg = 0.98 * avg + 0.02 * value if step > 1 else value
-        if progress is not None and step % 50 == 0:
+        if progress is not None:
             progress(step, cfg.steps, avg)
         if time.monotonic() > deadline:
             break
@@ -212,12 +300,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.add_argument(flag, type=type(default), default=default)
     args = vars(parser.parse_args(argv))
     out = args.pop("out")
-    cfg = TrainConfig(**args)
-
-    def report(step: int, steps: int, loss: float) -> None:
-        print(f"step {step}/{steps} loss {loss:.4f}", flush=True)
-
-    path = train(cfg, out, progress=report)
+    try:
+        path = train(TrainConfig(**args), out, progress=progress_printer(lambda line: print(line, flush=True)))
+    except DiffSamplerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(f"wrote {path} and {Path(path).with_suffix('.safetensors')}")
     return 0
 
