@@ -6,7 +6,8 @@ never a traceback. Plugins add commands through the ``register_commands(app)`` h
 
 from __future__ import annotations
 
-from typing import Annotated
+import warnings
+from typing import Annotated, TextIO
 
 import typer
 from rich.markup import escape
@@ -59,14 +60,22 @@ def build_app() -> typer.Typer:
     return app
 
 
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: TextIO | None = None, line: str | None = None) -> None:
+    """Warnings as one ``warning:`` line on stderr, like errors (not Python's source-line format)."""
+    kind = "" if category is UserWarning else f" ({category.__name__})"
+    err_console.print(f"[bold yellow]warning:[/] {escape(str(message))}{kind}", highlight=False, soft_wrap=True)
+
+
 def main() -> None:
     """Entry point of the ``diffsampler`` script."""
+    warnings.showwarning = _show_warning
     try:
         app = build_app()
         app()
     except DiffSamplerError as exc:
         err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise SystemExit(2) from None
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # outside a command (Typer turns one inside into exit status 130)
         err_console.print("[bold red]interrupted[/]")
         raise SystemExit(130) from None

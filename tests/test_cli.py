@@ -151,3 +151,16 @@ def test_inference_flags_are_the_models_options(tmp_path):
     np.testing.assert_array_equal(a, b)
     recorded = json.loads((tmp_path / "a" / "config.json").read_text())["config"]["model_options"]
     assert recorded["precision"] == "bf16" and recorded["channels_last"] in (True, "true")
+
+
+def test_warnings_print_as_one_line_like_errors():
+    import warnings
+
+    from diffsampler.cli import _show_warning
+    from diffsampler.cli._common import err_console
+
+    with err_console.capture() as captured:
+        _show_warning(UserWarning("FID of 8 samples [ref=x]"), UserWarning, "f.py", 1)
+        _show_warning(FutureWarning("old API"), FutureWarning, "g.py", 2)
+    assert captured.get().splitlines() == ["warning: FID of 8 samples [ref=x]", "warning: old API (FutureWarning)"]
+    assert warnings.showwarning is not _show_warning  # installed by main() only
