@@ -52,7 +52,8 @@ def get_distiller(name: str, **options: Any) -> Any:
 _MODEL_FILE_SUFFIXES = (".json", ".safetensors", ".pt", ".pth", ".pkl", ".ckpt", ".bin", ".npz")
 
 
-def _file_loaders(path: Path) -> list[Component]:
+def file_loaders(path: Path) -> list[Component]:
+    """The registered models whose factory's ``loads_file(path)`` accepts ``path``."""
     out = []
     for component in get_registry().components("model"):
         probe = getattr(component.factory, "loads_file", None)
@@ -78,7 +79,7 @@ def get_model(name: str | os.PathLike[str], **options: Any) -> Denoiser:
             if os.sep in text or path.suffix.lower() in _MODEL_FILE_SUFFIXES:
                 raise ModelLoadError(f"model file {text!r} does not exist") from None
             raise
-    loaders = _file_loaders(path)
+    loaders = file_loaders(path)
     if not loaders:
         described = ((c.name, getattr(c.factory, "file_format", None)) for c in get_registry().components("model"))
         formats = "; ".join(f"{name}: {what}" for name, what in described if what)

@@ -11,13 +11,15 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import attrs
 
-from .api import get_model, get_schedule, get_solver
-from .errors import OptionError
+from .api import file_loaders, get_model, get_schedule, get_solver
+from .errors import OptionError, UnknownComponentError
 from .protocols import Compilable
+from .registry import get_registry
 from .seeds import seed_noise
 from .solver import steps_for_nfe
 from .tuning import cudnn_autotune
@@ -116,6 +118,30 @@ def build_model(name: str, options: dict[str, Any], variant: Variant, compile_mo
     return model
 
 
+def _check_variant(model: str, variant: Variant, device: Any) -> None:
+    """The variant's needs against the device and the model's declared options."""
+    if variant.cuda_graph and device.type != "cuda":
+        raise OptionError(f"variant {variant.label!r}: CUDA graphs need --device cuda")
+    needs = [name for name, wanted in (("precision", variant.precision != "fp32"),
+                                        ("channels_last", variant.channels_last)) if wanted]
+    if not needs:
+        return
+    try:
+        component = get_registry().get("model", model)
+    except UnknownComponentError:
+        loaders = file_loaders(Path(model))
+        if len(loaders) != 1:
+            return  # get_model reports missing or ambiguous files itself
+        component = loaders[0]
+    fields = attrs.fields_dict(component.options) if component.options is not None else {}
+    missing = [name for name in needs if name not in fields]
+    if missing:
+        raise OptionError(
+            f"variant {variant.label!r}: model {model!r} has no {' or '.join(missing)} option "
+            "(only neural models with inference options take fp16/bf16/tf32 or +cl)"
+        )
+
+
 def run_bench(
     *,
     model: str = "digits",
@@ -136,6 +162,8 @@ def run_bench(
     import torch
 
     dev = torch.device(device)
+    for variant in variants:  # refuse what cannot run before timing anything
+        _check_variant(model, variant, dev)
     sync = _timer(dev)
     sol = get_solver(solver, **(solver_options or {}))
     name, sched_options = getattr(sol, "recommended_schedule", ("polynomial", {"rho": 7.0}))
@@ -152,8 +180,6 @@ def run_bench(
             references[batch] = sol.sample(reference_model, x, sigmas).x.float()
         del reference_model
         for variant in variants:
-            if variant.cuda_graph and dev.type != "cuda":
-                raise OptionError(f"variant {variant.label!r}: CUDA graphs need --device cuda")
             net = build_model(model, dict(model_options or {}), variant, compile_mode)
             for batch in batches:
                 with cudnn_autotune(variant.autotune):

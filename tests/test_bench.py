@@ -59,12 +59,17 @@ def test_every_cpu_variant_is_finite_and_close_to_fp32():
 
 
 def test_graph_variant_needs_cuda_and_analytic_models_have_no_precision():
+    rows = []  # refused before anything is timed: not even the fp32 reference row
     with pytest.raises(ds.OptionError, match="CUDA graphs need --device cuda"):
         run_bench(model="digits", batches=(2,), variants=[Variant(), Variant.parse("graph")],
-                  device="cpu", repeat=1, warmup=0)
-    with pytest.raises(ds.OptionError, match="has no option 'precision'"):
+                  device="cpu", repeat=1, warmup=0, on_row=rows.append)
+    with pytest.raises(ds.OptionError, match="model 'gmm' has no precision option"):
         run_bench(model="gmm", batches=(2,), variants=[Variant(), Variant.parse("bf16")],
-                  device="cpu", repeat=1, warmup=0)
+                  device="cpu", repeat=1, warmup=0, on_row=rows.append)
+    with pytest.raises(ds.OptionError, match="has no channels_last option"):
+        run_bench(model="empirical", batches=(2,), variants=[Variant(), Variant.parse("fp32+cl")],
+                  device="cpu", repeat=1, warmup=0, on_row=rows.append)
+    assert rows == []
 
 
 def test_bench_json_reports_all_fields():
