@@ -15,7 +15,7 @@ import diffsampler as ds
 import diffsampler.plugins.edm as edm_plugin
 from diffsampler.plugins.edm.checkpoint import save_network
 from diffsampler.plugins.edm.precond import VPPrecond
-from diffsampler.registry import Registry
+from diffsampler.registry import Registry, discover
 
 NAMES = ["edm-cifar10", "edm-ffhq", "edm-afhqv2", "edm-imagenet64", "edm", "digits"]
 
@@ -81,6 +81,9 @@ def test_pretrained_weights_resolution(tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.setenv("DIFFSAMPLER_EDM_BASE_URL", server.as_uri() + "/")
     assert torch.equal(ds.get_model("edm-cifar10")(x, sigma), expected)
     assert (cache / "edm" / "edm-cifar10-32x32-uncond-vp.pkl").is_file()
+    summary = {c.name: c.summary for c in discover(entry_points=False, plugins=[("edm", edm_plugin)]).components()}
+    assert summary["edm-cifar10"].endswith("[weights local]")  # `diffsampler list` tells what is local
+    assert summary["edm-ffhq"].endswith("[weights not local: downloaded on first use]")
     monkeypatch.setenv("DIFFSAMPLER_OFFLINE", "1")
     assert torch.equal(ds.get_model("edm-cifar10")(x, sigma), expected)
     # env var and path option

@@ -30,8 +30,12 @@ if TYPE_CHECKING:
 
 @hookimpl
 def register_models(register: Register) -> None:
+    from .download import weights_file
+
     for entry in PRETRAINED.values():
-        register(entry.name, pretrained_factory(entry), summary=entry.summary, options=PretrainedOptions)
+        where = "weights local" if weights_file(entry).local_copy() else "weights not local: downloaded on first use"
+        register(entry.name, pretrained_factory(entry), summary=f"{entry.summary} [{where}]",
+                 options=PretrainedOptions)
     register(
         "edm",
         edm_file,
