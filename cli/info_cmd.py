@@ -15,6 +15,15 @@ from diffsampler.registry import KINDS, Component, get_registry
 from ._common import console, print_json
 
 
+# machine-readable keys of `info --json` and their labels in the table
+_LABELS = {
+    "order": "order (default options)",
+    "nfe_per_step": "NFE per step",
+    "nfe_for_6_sigmas": "NFE for 6 sigmas (5 steps)",
+    "recommended_schedule": "recommended schedule",
+}
+
+
 def _solver_facts(component: Component) -> dict[str, Any]:
     try:
         solver = component.create()
@@ -22,15 +31,22 @@ def _solver_facts(component: Component) -> dict[str, Any]:
         return {}
     facts: dict[str, Any] = {}
     if hasattr(solver, "order"):
-        facts["order (default options)"] = solver.order
+        facts["order"] = solver.order
     if hasattr(solver, "evals_per_step"):
-        facts["NFE per step"] = solver.evals_per_step
+        facts["nfe_per_step"] = solver.evals_per_step
     if hasattr(solver, "nfe"):
-        facts["NFE for 6 sigmas (5 steps)"] = solver.nfe(6)
+        facts["nfe_for_6_sigmas"] = solver.nfe(6)
     recommended = getattr(solver, "recommended_schedule", None)
     if recommended:
-        facts["recommended schedule"] = f"{recommended[0]} {recommended[1] or ''}".strip()
+        facts["recommended_schedule"] = {"name": recommended[0], "options": dict(recommended[1] or {})}
     return facts
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, dict) and set(value) == {"name", "options"}:
+        opts = ", ".join(f"{k}={v}" for k, v in value["options"].items())
+        return f"{value['name']} {opts}".strip()
+    return str(value)
 
 
 def _describe(component: Component) -> dict[str, Any]:
@@ -95,7 +111,7 @@ def info(
         facts.add_column(style="cyan")
         facts.add_column(overflow="fold")
         for key, value in _describe(component).items():
-            facts.add_row(escape(str(key)), escape(str(value)))
+            facts.add_row(escape(_LABELS.get(key, str(key))), escape(_shown(value)))
         console.print(facts)
         options = describe_options(component.options)
         table = Table(title="options", title_justify="left")

@@ -70,7 +70,8 @@ def test_info_shows_options_origin_and_paper():
     assert gmm["plugin"] == "models" and "paper" in gmm
     assert {o["name"] for o in gmm["options"]} >= {"shape", "components", "seed"}
     euler = json.loads(cli("info", "euler", "--json").stdout)[0]
-    assert euler["NFE per step"] == 1 and euler["order (default options)"] == 1
+    assert euler["nfe_per_step"] == 1 and euler["order"] == 1
+    assert euler["recommended_schedule"] == {"name": "polynomial", "options": {"rho": 7.0}}
 
 
 def test_sample_writes_grid_npz_and_config_and_is_reproducible(tmp_path):

@@ -53,7 +53,7 @@ def test_example_plugin_appears_runs_and_disappears(tmp_path):
     assert json.loads((out / "config.json").read_text())["nfe"] == 6
 
     info = json.loads(_cli("info", "midpoint", "--json", pythonpath=target).stdout)[0]
-    assert info["NFE per step"] == 2 and info["options"][0]["name"] == "log_midpoint"
+    assert info["nfe_per_step"] == 2 and info["options"][0]["name"] == "log_midpoint"
 
     # Uninstall: remove what pip installed; the component is gone, everything else still works.
     for entry in target.iterdir():
