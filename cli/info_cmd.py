@@ -14,7 +14,6 @@ from diffsampler.registry import KINDS, Component, get_registry
 
 from ._common import console, print_json
 
-
 # machine-readable keys of `info --json` and their labels in the table
 _LABELS = {
     "order": "order (default options)",
