@@ -301,7 +301,7 @@ def test_compare_puts_the_student_beside_the_solvers(tmp_path):
     student, euler = cells[("sfd", 2)].values, cells[("euler", 2)].values
     assert student is not None and euler is not None and set(student) == set(euler)
     started: list[int] = []
-    with pytest.raises(OptionError, match=r"^sfd\[student=d.json\] @ sfd: no NFE of 3 can run: .*trained on 4 sigmas"):  # a 2-NFE student only
+    with pytest.raises(OptionError, match=r"^sfd\[student=d.json\] @ sfd: no NFE of 3 can run: .*trained on 4 sigmas with AFS \(run it with --nfe 2 --afs, or --steps 4 --afs\)"):  # a 2-NFE student only
         run_compare(attrs.evolve(config, nfes=(3,)), on_start=started.append)
     assert not started  # refused while planning, before the first cell
 

@@ -51,10 +51,11 @@ class SFDScheduleFile(ScheduleBase):
             )
         if num_steps not in table:
             counts = " or ".join(str(n) for n in table)
-            flag = " and --afs" if afs else ""
+            nfes = " or ".join(str(n - 1 - int(afs)) for n in table)  # Euler: one NFE per step
+            flag = " --afs" if afs else ""
             raise OptionError(
-                f"the SFD student {what} was trained on {counts} sigmas "
-                f"(sample with --steps {counts}{flag}), but {num_steps} were asked for"
+                f"the SFD student {what} was trained on {counts} sigmas {'with' if afs else 'without'} AFS "
+                f"(run it with --nfe {nfes}{flag}, or --steps {counts}{flag}), but {num_steps} were asked for"
             )
         serving = getattr(denoiser, "step_condition", None) if served else None
         if serving is not None and serving != num_steps:
