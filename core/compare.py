@@ -252,6 +252,9 @@ def run_compare(
     labels = [_row_label(spec, name, schedule, _short) for spec, _, name, schedule in built]
     if len(set(labels)) < len(labels):  # two files of the same name: show the paths as given
         labels = [_row_label(spec, name, schedule, str) for spec, _, name, schedule in built]
+    twice = sorted({label for label in labels if labels.count(label) > 1})
+    if twice:
+        raise OptionError(f"the comparison has the row {twice[0]!r} twice; give each solver/schedule once")
     # (row label, solver, per NFE: sigmas or None where the row cannot reach that NFE)
     plans: list[tuple[str, Any, list[Any]]] = []
     for (_, solver, _, schedule), label in zip(built, labels, strict=True):
