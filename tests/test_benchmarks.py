@@ -52,6 +52,13 @@ def test_sfd_digits_study_runs(tmp_path):
     assert result["stage2"]["1"]["rmse"] > 0
 
 
+def test_gpu_sample_paths_report_every_check(tmp_path):
+    proc = run("gpu_sample_paths", ["--seeds", "4", "--batch", "2", "--device", "cpu"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert len(rows) == 3 and all("--cuda-graph needs a CUDA device" in r["error"] for r in rows)  # CPU: refused
+
+
 def test_gpu_benchmark_imports():
     proc = run("gpu_vs_seed", ["--help"], BENCHMARKS)
     assert proc.returncode == 0 and "--seed-dir" in proc.stdout, proc.stderr[-2000:]
