@@ -4,14 +4,19 @@ reloads and samples on its stored schedule, registration without torch, and the 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
 from typer.testing import CliRunner
 
 import diffsampler as ds
+from diffsampler import tensorfile
 from diffsampler.cli import build_app
 from diffsampler.errors import OptionError
 from diffsampler.plugins.edm.denoiser import EDMDenoiser
@@ -148,7 +153,7 @@ def test_saved_student_reloads_and_samples_with_its_schedule(tmp_path):
     sched = ds.get_schedule("sfd", file=str(path))
     sig = sched.sigmas(4, loaded.sigma_min, loaded.sigma_max, loaded)
     assert tuple(sig.tolist()) == loaded.sigmas
-    with pytest.raises(OptionError, match="--steps 4 and --afs"):
+    with pytest.raises(OptionError, match=r"--nfe 2 --afs, or --steps 4 --afs\)"):
         sched.sigmas(5, loaded.sigma_min, loaded.sigma_max)
     x = tr.noise(3)
     euler = ds.get_solver("euler")
@@ -189,12 +194,87 @@ def test_cli_train_resume_and_sample(tmp_path):
     res = runner.invoke(build_app(), args)  # the checkpoint is complete: resumes at the end
     assert res.exit_code == 0, res.output
     assert "resumed from" in res.output and "iteration 2/2" in res.output
+    last = json.loads((tmp_path / "ck" / "state.json").read_text())["history"][-1]["loss"]
+    assert "loss nan" not in res.output and f"2/2 loss {last:.5f}" in res.output  # the last real loss
     samples = tmp_path / "samples"
     res = runner.invoke(build_app(), ["sample", "--model", str(out), "--solver", "euler", "--schedule", "sfd",
                                       "--schedule-opt", f"file={out}", "--steps", "4", "--afs", "--seeds", "0-1",
                                       "--out", str(samples)])
     assert res.exit_code == 0, res.output
     assert (samples / "samples.npz").is_file()
+
+
+def _tiny_teacher_file(tmp_path: Path) -> Path:
+    from diffsampler.plugins.edm.checkpoint import save_network
+
+    return save_network(tiny_teacher().net, tmp_path / "teacher")
+
+
+def _signal_after_first_iteration(args: list[str], log: Path, signum: int) -> subprocess.CompletedProcess[str]:
+    """Run ``diffsampler *args``, send ``signum`` once its first loss line is out, wait for it."""
+    with log.open("w") as stdout:
+        proc = subprocess.Popen([sys.executable, "-m", "diffsampler", *args], stdout=stdout,
+                                stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        deadline = time.time() + 60
+        while time.time() < deadline and "iter      1" not in log.read_text():
+            time.sleep(0.02)
+        proc.send_signal(signum)
+        _, stderr = proc.communicate(timeout=60)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, log.read_text(), stderr)
+
+
+def _train_args(teacher: Path, out: Path, *extra: str) -> list[str]:
+    return ["sfd", "train", "--model", str(teacher), "--out", str(out), "--batch", "4", "--total-kimg", "0.08",
+            "--M", "1", "--log-every", "1", "--device", "cpu", "--threads", "1", *extra]
+
+
+def test_ctrl_c_saves_the_state_and_the_rerun_ends_as_an_uninterrupted_run(tmp_path):
+    teacher = _tiny_teacher_file(tmp_path)
+    ck = tmp_path / "ck"
+    args = _train_args(teacher, tmp_path / "stu.json", "--checkpoint", str(ck), "--checkpoint-every", "1000")
+    stopped = _signal_after_first_iteration(args, tmp_path / "log", signal.SIGINT)
+    assert stopped.returncode == 130, stopped.stderr
+    done = json.loads((ck / "state.json").read_text())["iteration"]
+    assert 1 <= done < 20, "not interrupted mid-way"
+    assert stopped.stderr.strip().splitlines()[-1] == (
+        f"interrupted at iteration {done}/20; state saved to {ck}: rerun the same command to resume")
+    assert "Traceback" not in stopped.stderr and not (tmp_path / "stu.json").exists()
+
+    threads = torch.get_num_threads()
+    try:  # in this process, to spare a start-up: the command sets torch's threads to 1
+        resumed = CliRunner().invoke(build_app(), args)
+        assert resumed.exit_code == 0, resumed.output
+        assert f"resumed from {ck} at iteration {done}/20" in resumed.output
+        # the same run, uninterrupted (one thread too: the same float reductions)
+        whole = ds.get_distiller("sfd", num_steps=4, M=1, batch=4, total_kimg=0.08, device="cpu")
+        straight = whole.trainer(ds.get_model(str(teacher)))
+        straight.train()
+    finally:
+        torch.set_num_threads(threads)
+    a, b = tensorfile.load_file(tmp_path / "stu.safetensors"), straight.result().net.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sigterm_without_a_checkpoint_says_nothing_was_saved(tmp_path):
+    args = _train_args(_tiny_teacher_file(tmp_path), tmp_path / "stu.json")
+    stopped = _signal_after_first_iteration(args, tmp_path / "log", signal.SIGTERM)
+    assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr
+    last = stopped.stderr.strip().splitlines()[-1]
+    assert last.startswith("interrupted at iteration ") and last.endswith(
+        "/20; nothing was saved (no --checkpoint): give --checkpoint DIR to make a run resumable")
+    assert "Traceback" not in stopped.stderr and not (tmp_path / "stu.json").exists()
+
+
+def test_unwritable_outputs_are_refused_before_training(tmp_path):
+    runner = CliRunner()
+    (tmp_path / "stu.json").mkdir()
+    res = runner.invoke(build_app(), ["sfd", "train", "--out", str(tmp_path / "stu.json"), "--device", "cpu"])
+    assert isinstance(res.exception, OptionError) and "is a folder" in str(res.exception)
+    (tmp_path / "ck").write_text("")
+    res = runner.invoke(build_app(), ["sfd", "train", "--out", str(tmp_path / "new" / "s.json"),
+                                      "--checkpoint", str(tmp_path / "ck"), "--device", "cpu"])
+    assert isinstance(res.exception, OptionError) and str(res.exception) == (
+        f"--checkpoint {str(tmp_path / 'ck')!r} is a file; give a folder")
 
 
 TORCHRUN_SCRIPT = '''

@@ -5,12 +5,75 @@ Torch and the trainer are imported when the command runs.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import threading
+from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 from typing import Annotated, Any
 
 import typer
 
 __all__ = ["add_commands", "train"]
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class _Interruption:
+    """The first SIGINT or SIGTERM received (``signum``), recorded by the handler of
+    :func:`_stop_between_iterations`; the trainer asks :meth:`requested` between iterations."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def requested(self) -> bool:
+        return self.signum is not None
+
+
+@contextlib.contextmanager
+def _stop_between_iterations(show: bool) -> Iterator[_Interruption]:
+    """While inside, the first Ctrl-C (SIGINT) or SIGTERM only asks training to stop after the
+    current iteration, where its state can be saved; a second one stops at once (as before)."""
+    state = _Interruption()
+    if threading.current_thread() is not threading.main_thread():  # handlers need the main thread
+        yield state
+        return
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if state.signum is not None:
+            signal.default_int_handler(signum, frame)  # the second one: KeyboardInterrupt now
+        state.signum = signum
+        if show:  # os.write: safe inside a signal handler, unlike the console's print
+            os.write(2, f"\n{signal.Signals(signum).name}: stopping after this iteration "
+                        "(Ctrl-C again to quit at once, losing it)\n".encode())
+
+    previous = {signum: signal.signal(signum, handler) for signum in _STOP_SIGNALS}
+    try:
+        yield state
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
+def _check_outputs(out: Path, checkpoint: Path | None) -> None:
+    """Refuse, before the teacher is loaded, a student path or checkpoint folder that cannot be written."""
+    from diffsampler.errors import OptionError
+    from diffsampler.outputs import check_output_file
+
+    check_output_file(out.with_suffix(".json"), flag="--out")
+    check_output_file(out.with_suffix(".safetensors"), flag="--out")
+    if checkpoint is None:
+        return
+    if checkpoint.exists() and not checkpoint.is_dir():
+        raise OptionError(f"--checkpoint {str(checkpoint)!r} is a file; give a folder")
+    try:
+        checkpoint.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OptionError(f"--checkpoint {str(checkpoint)!r}: cannot create it ({exc.strerror})") from None
+    if not os.access(checkpoint, os.W_OK):
+        raise OptionError(f"--checkpoint {str(checkpoint)!r} is not writable")
 
 
 def train(
@@ -63,6 +126,7 @@ def train(
     if threads is not None:
         torch.set_num_threads(threads)
     device = resolve_device(device)
+    _check_outputs(out, checkpoint)
     dist = setup(device)
     device = device_for_rank(device, dist)
     options: dict[str, Any] = dict(
@@ -103,20 +167,22 @@ def _train(distiller: Any, model_name: str, model_options: dict[str, Any], out: 
     if checkpoint is not None and resume and (checkpoint / "state.json").is_file():
         trainer.load_checkpoint(checkpoint)
         if main:
-            console.print(f"resumed from {checkpoint} at iteration {trainer.iteration}/{trainer.iterations}")
+            console.print(f"resumed from {checkpoint} at iteration {trainer.iteration}/{trainer.iterations}",
+                          highlight=False, soft_wrap=True)
     o = distiller.options
     progress = Progress(TextColumn("SFD {task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("loss {task.fields[loss]:.5f}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                        TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), TimeRemainingColumn(),
                         disable=not main)
-    with progress:
+    with progress, _stop_between_iterations(show=main) as interruption:
         nfes = sorted({n - 1 - int(o.afs) for n in o.step_counts})
         label = f"NFE {nfes[0]}" if len(nfes) == 1 else f"NFE {nfes[0]}-{nfes[-1]}"
-        task = progress.add_task(label, total=trainer.iterations,
-                                 completed=trainer.iteration, loss=float("nan"))
+        # a resumed run shows the loss of its last iteration, not nan, until the next one ends
+        last = f"{trainer.history[-1]['loss']:.5f}" if trainer.history else "-"
+        task = progress.add_task(label, total=trainer.iterations, completed=trainer.iteration, loss=last)
 
         def report(record: Any) -> None:
             it = int(record["iteration"])
-            progress.update(task, completed=it, loss=record["loss"])
+            progress.update(task, completed=it, loss=f"{record['loss']:.5f}")
             if main and log_every and (it % log_every == 0 or it == trainer.iterations):
                 steps = " ".join(f"{record[f'loss{i}']:.5f}" for i in range(int(record["steps"]) - 1))
                 perceptual = f"  lpips {record['lpips']:.5f}" if "lpips" in record else ""
@@ -125,7 +191,10 @@ def _train(distiller: Any, model_name: str, model_options: dict[str, Any], out: 
                                        + (f"  ({int(record['steps'])} sigmas)" if o.step_condition else ""),
                                        highlight=False)
 
-        trainer.train(progress=report, checkpoint=checkpoint, checkpoint_every=checkpoint_every)
+        trainer.train(progress=report, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
+                      stop=interruption.requested)
+    if interruption.signum is not None and trainer.iteration < trainer.iterations:
+        _interrupted(trainer, checkpoint, interruption.signum, main)
     if not main:
         return
     student = trainer.result()
@@ -136,6 +205,23 @@ def _train(distiller: Any, model_name: str, model_options: dict[str, Any], out: 
     pick = f" --model-opt steps={student.num_steps}" if student.step_condition is not None else ""
     console.print(f"use: diffsampler sample --model {path}{pick}   (Euler on its own sigmas"
                   + (", with AFS)" if student.afs else ")"), highlight=False, soft_wrap=True)
+
+
+def _interrupted(trainer: Any, checkpoint: Path | None, signum: int, main: bool) -> None:
+    """Say what an interrupted run kept, then exit with ``128 + signum`` (130 for Ctrl-C)."""
+    from rich.markup import escape
+
+    from diffsampler.cli._common import err_console
+
+    if main:
+        where = f"iteration {trainer.iteration}/{trainer.iterations}"
+        if checkpoint is not None:
+            message = f"interrupted at {where}; state saved to {checkpoint}: rerun the same command to resume"
+        else:
+            message = (f"interrupted at {where}; nothing was saved (no --checkpoint): "
+                       "give --checkpoint DIR to make a run resumable")
+        err_console.print(escape(message), highlight=False, soft_wrap=True)
+    raise typer.Exit(128 + signum)
 
 
 def add_commands(app: typer.Typer) -> None:

@@ -304,10 +304,19 @@ class SFDTrainer:
         checkpoint: str | os.PathLike[str] | None = None,
         checkpoint_every: int = 0,
         stop_after: int | None = None,
+        stop: Callable[[], bool] | None = None,
     ) -> None:
-        """Run until the last iteration (or ``stop_after`` more), checkpointing every ``checkpoint_every``."""
+        """Run until the last iteration (or ``stop_after`` more), checkpointing every ``checkpoint_every``
+        and at the end.
+
+        ``stop()`` is asked before every iteration, where the state is consistent: when it is true
+        (on any process, under torchrun) training ends there, and the checkpoint is still written,
+        so an interrupted run loses nothing and resumes from that iteration.
+        """
         end = self.iterations if stop_after is None else min(self.iterations, self.iteration + stop_after)
         while self.iteration < end:
+            if stop is not None and self._any_rank(stop()):
+                break
             record = self.step()
             if progress is not None:
                 progress({**record, "iterations": float(self.iterations)})
@@ -315,6 +324,12 @@ class SFDTrainer:
                 self.save_checkpoint(checkpoint)
         if checkpoint is not None:
             self.save_checkpoint(checkpoint)
+
+    def _any_rank(self, flag: bool) -> bool:
+        """Whether ``flag`` is true on any process (every process must stop at the same iteration)."""
+        if not self.dist.active:
+            return flag
+        return all_reduce_sum(torch.tensor([float(flag)], device=self.device)).item() > 0
 
     # -- the result ----------------------------------------------------------------------------
     def result(self) -> SFDStudent:
