@@ -101,27 +101,42 @@ def _unfilter(raw: np.ndarray, height: int, stride: int, bpp: int) -> np.ndarray
 
 
 def read_png(data: bytes) -> np.ndarray:
-    """Decode an 8-bit, non-interlaced greyscale/RGB/RGBA PNG into ``[H, W, C]`` uint8."""
+    """Decode an 8-bit, non-interlaced greyscale/RGB/RGBA PNG into ``[H, W, C]`` uint8.
+
+    Any file it cannot decode is a :class:`ValueError` whose message reads after a file name:
+    "not a PNG file", "damaged PNG file (...)" or "unsupported PNG (...)".
+    """
     if data[:8] != b"\x89PNG\r\n\x1a\n":
         raise ValueError("not a PNG file")
-    pos, idat, header = 8, [], None
+    pos, idat, header, ended = 8, [], None, False
     while pos + 8 <= len(data):
         (length,) = struct.unpack(">I", data[pos : pos + 4])
         tag, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]
-        if tag == b"IHDR":
+        if len(body) < length:
+            break
+        if tag == b"IHDR" and length == 13:
             header = struct.unpack(">IIBBBBB", body)
         elif tag == b"IDAT":
             idat.append(body)
         elif tag == b"IEND":
+            ended = True
             break
         pos += 12 + length
     if header is None:
-        raise ValueError("PNG without IHDR")
+        raise ValueError("damaged PNG file (no IHDR)" if ended else "damaged PNG file (truncated)")
+    if not ended:
+        raise ValueError("damaged PNG file (truncated)")
     width, height, depth, colour, _, _, interlace = header
     channels = {0: 1, 2: 3, 4: 2, 6: 4}.get(colour)
     if depth != 8 or channels is None or interlace:
         raise ValueError(f"unsupported PNG (bit depth {depth}, colour type {colour}, interlace {interlace})")
-    raw = np.frombuffer(zlib.decompress(b"".join(idat)), dtype=np.uint8)
-    raw = raw.reshape(height, 1 + width * channels)
-    pixels = _unfilter(raw, height, width * channels, channels)
+    try:
+        raw = np.frombuffer(zlib.decompress(b"".join(idat)), dtype=np.uint8)
+        raw = raw.reshape(height, 1 + width * channels)
+    except (zlib.error, ValueError) as exc:
+        raise ValueError(f"damaged PNG file (pixel data: {exc})") from None
+    try:
+        pixels = _unfilter(raw, height, width * channels, channels)
+    except ValueError as exc:
+        raise ValueError(f"damaged PNG file ({exc})") from None
     return pixels.reshape(height, width, channels)

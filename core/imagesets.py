@@ -16,13 +16,44 @@ import numpy as np
 from .errors import OptionError
 from .images import read_png
 
-__all__ = ["count_images", "iter_images"]
+__all__ = ["check_image_set", "count_images", "iter_images", "open_npz"]
 
 _SUFFIXES = (".png",)
 
 
+def check_image_set(path: str | os.PathLike[str]) -> Path:
+    """``path`` as a :class:`Path` if it is an image set (a folder, a ``.zip`` or an ``.npz``);
+    else an :class:`OptionError` saying what it is not. Reads nothing but the zip directory."""
+    p = Path(path)
+    if not p.exists():
+        raise OptionError(f"no such image set: {str(p)!r}")
+    if not (p.is_dir() or p.suffix.lower() == ".npz" or zipfile.is_zipfile(p)):
+        raise OptionError(f"{str(p)!r} is not a folder, a .zip or an .npz of images")
+    return p
+
+
+def _is_npz(p: Path) -> bool:
+    return p.suffix.lower() == ".npz" and not p.is_dir()
+
+
+def open_npz(path: str | os.PathLike[str]) -> np.lib.npyio.NpzFile | None:
+    """The ``.npz`` at ``path`` opened (close it, e.g. ``with``), or None when the file is not a
+    zip of arrays. numpy itself would go on to try a pickle and talk of ``allow_pickle``, which
+    is no help to someone who passed the wrong file."""
+    try:
+        data = np.load(path)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+        return None
+    return data if isinstance(data, np.lib.npyio.NpzFile) else None
+
+
 def _npz_images(path: Path) -> np.ndarray:
-    with np.load(path) as data:
+    data = open_npz(path)
+    if data is None:
+        raise OptionError(
+            f"{str(path)!r} is not an .npz of images (an 'arr_0' uint8 [N, H, W, C] or 'samples' array)"
+        )
+    with data:
         if "arr_0" in data:
             images = data["arr_0"]
         elif "samples" in data:
@@ -32,6 +63,8 @@ def _npz_images(path: Path) -> np.ndarray:
             if samples.ndim != 4:
                 raise OptionError(f"{path}: 'samples' is not an image array ({samples.shape})")
             images = to_uint8(samples)
+        elif "mu" in data and "sigma" in data:
+            raise OptionError(f"{str(path)!r} holds FID statistics (mu, sigma), not images")
         else:
             raise OptionError(f"{path}: expected an 'arr_0' (uint8 NHWC) or 'samples' array")
     if images.ndim != 4 or images.dtype != np.uint8:
@@ -50,24 +83,28 @@ def _names(path: Path) -> list[str]:
 
 
 def count_images(path: str | os.PathLike[str]) -> int:
-    p = Path(path)
-    if p.suffix == ".npz":
+    """How many images the set at ``path`` holds (checked as :func:`iter_images` checks it)."""
+    p = check_image_set(path)
+    if _is_npz(p):
         return int(_npz_images(p).shape[0])
     return len(_names(p))
 
 
+def _decode(data: bytes, where: str) -> np.ndarray:
+    try:
+        return read_png(data)
+    except ValueError as exc:
+        raise OptionError(f"{where}: {exc}") from None
+
+
 def iter_images(path: str | os.PathLike[str], batch: int = 250) -> Iterator[np.ndarray]:
     """uint8 ``[n, H, W, C]`` batches of the images in a folder, ``.zip`` or ``.npz``."""
-    p = Path(path)
-    if not p.exists():
-        raise OptionError(f"no such image set: {str(p)!r}")
-    if p.suffix == ".npz":
+    p = check_image_set(path)
+    if _is_npz(p):
         images = _npz_images(p)
         for start in range(0, len(images), batch):
             yield images[start : start + batch]
         return
-    if not (p.is_dir() or zipfile.is_zipfile(p)):
-        raise OptionError(f"{str(p)!r} is not a folder, a .zip or an .npz of images")
     names = _names(p)
     if not names:
         raise OptionError(f"{str(p)!r} holds no PNG images")
@@ -77,8 +114,10 @@ def iter_images(path: str | os.PathLike[str], batch: int = 250) -> Iterator[np.n
         for start in range(0, len(names), batch):
             chunk = []
             for name in names[start : start + batch]:
-                data = archive.read(name) if archive else (p / name).read_bytes()
-                image = read_png(data)
+                if archive is not None:
+                    image = _decode(archive.read(name), f"{name} (in {p})")
+                else:
+                    image = _decode((p / name).read_bytes(), str(p / name))
                 if shape is None:
                     shape = image.shape
                 elif image.shape != shape:

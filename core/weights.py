@@ -46,6 +46,7 @@ class WeightsFile:
     env_var: str
     subdir: str
     option: str = "path"  # the option a user passes a local copy with
+    flag: str | None = None  # the command-line flag for it, where a command has one (e.g. "--weights")
     sha256_prefix: str | None = None
 
     @property
@@ -53,9 +54,14 @@ class WeightsFile:
         return cache_dir() / self.subdir / self.file
 
     def hint(self) -> str:
+        local = f"/path/to/{self.file}"
+        passed = (
+            f"{self.flag} {local} (Python and metric options: {self.option}=PATH)" if self.flag
+            else f"{self.option}={local}"
+        )
         return (
-            f"put {self.file} at {self.cached}, or set {self.env_var}=/path/to/{self.file}, "
-            f"or pass {self.option}=/path/to/{self.file} (download: {self.url})"
+            f"put {self.file} at {self.cached}, or set {self.env_var}={local}, "
+            f"or pass {passed} (download: {self.url})"
         )
 
     def local_copy(self) -> Path | None:

@@ -55,7 +55,7 @@ def _embedded(path: Path, *, weights: str | None, device: str, batch: int, what:
 
     total = count_images(path)
     net = load_inception(weights, device=device)
-    _err().print(f"{what}: {total} images from {path}", highlight=False, soft_wrap=True)
+    _err().print(f"{what}: {total} image{'' if total == 1 else 's'} from {path}", highlight=False, soft_wrap=True)
     progress = Progress(TextColumn(what), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         console=_err(), transient=True)
     with progress:
@@ -73,8 +73,11 @@ def fid_ref(
     batch: Batch = 250,
 ) -> None:
     """Reference statistics of an image set (EDM's .npz format, plus the image count)."""
+    from diffsampler.outputs import check_output_file
+
     from .fid import STANDARD_COUNT, FeatureMoments, save_stats
 
+    check_output_file(out)
     moments, kept = FeatureMoments(), []
     for chunk in _embedded(data, weights=weights, device=device, batch=batch, what="reference"):
         moments.add(chunk)
@@ -131,14 +134,20 @@ def prdc_cmd(
     json_out: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
     """Precision, recall, density and coverage (Naeem et al. 2020) in Inception feature space."""
+    from diffsampler.imagesets import check_image_set
+
     from .fid import _device
-    from .prdc import prdc
+    from .prdc import prdc, stored_features
+
+    stored = {"real": stored_features(real), "fake": stored_features(fake, real=False)}
+    for what, path in (("real", real), ("fake", fake)):
+        if stored[what] is None:
+            check_image_set(path)  # both sets, before either is embedded
 
     def features(path: Path, what: str) -> np.ndarray:
-        if path.suffix == ".npz":
-            with np.load(path) as data:
-                if "features" in data:
-                    return np.asarray(data["features"])
+        kept = stored[what]
+        if kept is not None:
+            return kept
         return np.concatenate(list(_embedded(path, weights=weights, device=device, batch=batch, what=what)))
 
     values = prdc(features(real, "real"), features(fake, "fake"), k=k, chunk=chunk, device=_device(device))
@@ -158,13 +167,15 @@ def clip_score_cmd(
     batch: Batch = 64,
 ) -> None:
     """CLIP score: 100 x mean cosine similarity between each image and its prompt (the seed's)."""
-    from diffsampler.imagesets import iter_images
+    from diffsampler.imagesets import check_image_set, iter_images
 
     from .clip_score import CLIPEncoder, clip_score, load_prompts
     from .fid import _device
 
+    check_image_set(images)
+    texts = load_prompts(prompts)
     encoder = CLIPEncoder.load(model, device=_device(device))
-    score, count = clip_score(encoder, iter_images(images, batch), load_prompts(prompts))
+    score, count = clip_score(encoder, iter_images(images, batch), texts)
     _console().print(f"CLIP score {score:.4f}  ({count} images)", highlight=False, soft_wrap=True)
 
 

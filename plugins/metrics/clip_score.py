@@ -168,7 +168,7 @@ class CLIPScore:
                  batch: int = 64) -> None:
         from .fid import from_env
 
-        self.prompts = load_prompts(from_env(prompts, "DIFFSAMPLER_CLIP_PROMPTS", "clip-score", "a prompt file"))
+        self.prompts = load_prompts(from_env(prompts, "DIFFSAMPLER_CLIP_PROMPTS", "clip-score", "a prompt file", "prompts"))
         self.model_name, self.device, self.batch = model, device, batch
         self._encoder: Any = None
 

@@ -45,13 +45,17 @@ STANDARD_COUNT = 50_000
 REF_ENV = "DIFFSAMPLER_FID_REF"
 
 
-def from_env(value: str | None, env: str, metric: str, what: str) -> str:
-    """An option's value, else the environment variable ``env`` (how ``compare`` passes it today)."""
+def from_env(value: str | None, env: str, metric: str, what: str, option: str) -> str:
+    """An option's value, else the environment variable ``env``; the error names both ways,
+    and how ``compare`` passes the option (``--metric "NAME[option=PATH]"``)."""
     if value:
         return value
     if os.environ.get(env):
         return os.environ[env]
-    raise OptionError(f"metric {metric!r} needs {what}: pass {metric}'s option or set {env}=PATH")
+    raise OptionError(
+        f"metric {metric!r} needs {what}: pass {option}=PATH "
+        f'(compare: --metric "{metric}[{option}=PATH]") or set {env}=PATH'
+    )
 
 
 def frechet_distance(
@@ -137,14 +141,16 @@ def load_stats(path: str | os.PathLike[str]) -> Stats:
     p = Path(path)
     if not p.is_file():
         raise OptionError(f"no such FID statistics file: {str(p)!r}")
-    try:
-        with np.load(p) as data:
-            if "mu" not in data or "sigma" not in data:
-                raise OptionError(f"{p}: FID statistics need 'mu' and 'sigma' arrays, found {sorted(data.files)}")
-            mu, sigma = data["mu"].astype(np.float64), data["sigma"].astype(np.float64)
-            count = int(data["count"]) if "count" in data else None
-    except (ValueError, OSError) as exc:
-        raise OptionError(f"{p}: not an .npz file ({exc})") from None
+    from diffsampler.imagesets import open_npz
+
+    data = open_npz(p)
+    if data is None:
+        raise OptionError(f"{str(p)!r} is not an .npz of FID statistics (written by diffsampler fid ref)")
+    with data:
+        if "mu" not in data or "sigma" not in data:
+            raise OptionError(f"{p}: FID statistics need 'mu' and 'sigma' arrays, found {sorted(data.files)}")
+        mu, sigma = data["mu"].astype(np.float64), data["sigma"].astype(np.float64)
+        count = int(data["count"]) if "count" in data else None
     if mu.ndim != 1 or sigma.shape != (len(mu), len(mu)):
         raise OptionError(f"{p}: mu {mu.shape} and sigma {sigma.shape} do not match")
     return Stats(mu=mu, sigma=sigma, count=count)
@@ -244,7 +250,7 @@ class FID:
 
     def __init__(self, *, ref: str | None = None, weights: str | None = None, device: str = "auto",
                  batch: int = 250) -> None:
-        self.ref = load_stats(from_env(ref, REF_ENV, "fid", "reference statistics"))
+        self.ref = load_stats(from_env(ref, REF_ENV, "fid", "reference statistics", "ref"))
         self.weights, self.device, self.batch = weights, device, batch
         self._net: Any = None
         self._warned: set[str] = set()

@@ -15,7 +15,9 @@ distances.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -113,20 +115,35 @@ class PRDCOptions:
     batch: int = option(250, help="images per Inception forward pass", validator=in_range(1))
 
 
-def load_features(path: str, net_factory: Any, *, batch: int = 250) -> np.ndarray:
-    """Features from an ``.npz`` with ``features``, else embed the image set at ``path``."""
-    from pathlib import Path
+def stored_features(path: str | os.PathLike[str], *, real: bool = True) -> np.ndarray | None:
+    """The ``features`` array of an ``.npz`` written by ``diffsampler fid ref --features``; None
+    for anything else (an image set, checked when it is read). FID statistics without features
+    given as the real set are refused with how to rebuild them."""
+    p = Path(path)
+    if p.suffix.lower() != ".npz" or not p.is_file():
+        return None
+    from diffsampler.imagesets import open_npz
 
+    data = open_npz(p)
+    if data is None:
+        return None  # not an npz at all: the image-set reader says so
+    with data:
+        if "features" in data:
+            return np.asarray(data["features"])
+        if real and "mu" in data and "sigma" in data:
+            raise OptionError(
+                f"{str(p)!r} holds FID statistics without features: rebuild it with diffsampler fid ref --features"
+            )
+    return None
+
+
+def _embed(path: str, net_factory: Any, *, batch: int = 250) -> np.ndarray:
+    """Inception features of the image set at ``path``."""
     from diffsampler.imagesets import iter_images
 
     from .fid import image_features
 
-    p = Path(path)
-    if p.suffix == ".npz" and p.is_file():
-        with np.load(p) as data:
-            if "features" in data:
-                return np.asarray(data["features"])
-    return np.concatenate(list(image_features(net_factory(), iter_images(p, batch), batch=batch)))
+    return np.concatenate(list(image_features(net_factory(), iter_images(path, batch), batch=batch)))
 
 
 class PRDC:
@@ -139,11 +156,16 @@ class PRDC:
                  weights: str | None = None, device: str = "auto", batch: int = 250) -> None:
         from .fid import from_env
 
-        self.ref_path = from_env(ref, "DIFFSAMPLER_PRDC_REF", "prdc", "real features or images")
+        self.ref_path = from_env(ref, "DIFFSAMPLER_PRDC_REF", "prdc", "real features or images", "ref")
         self.k, self.chunk, self.dtype = k, chunk, dtype
         self.weights, self.device, self.batch = weights, device, batch
         self._net: Any = None
-        self._real: np.ndarray | None = None
+        # checked now, so that compare refuses a wrong ref before it samples
+        self._real: np.ndarray | None = stored_features(self.ref_path)
+        if self._real is None:
+            from diffsampler.imagesets import check_image_set
+
+            check_image_set(self.ref_path)
 
     def _inception(self) -> Any:
         if self._net is None:
@@ -162,7 +184,7 @@ class PRDC:
         from .fid import _device, image_features
 
         if self._real is None:
-            self._real = load_features(self.ref_path, self._inception, batch=self.batch)
+            self._real = _embed(self.ref_path, self._inception, batch=self.batch)
         fake = np.concatenate(list(image_features(self._inception(), batches, batch=self.batch)))
         return prdc(self._real, fake, k=self.k, chunk=self.chunk, dtype=self.dtype,
                     device=_device(self.device))

@@ -25,7 +25,7 @@ WEIGHTS_ENV = "DIFFSAMPLER_FID_WEIGHTS"
 
 FID_WEIGHTS = WeightsFile(
     what="FID Inception weights", file=FID_WEIGHTS_FILE, url=FID_WEIGHTS_URL, env_var=WEIGHTS_ENV,
-    subdir="metrics", option="weights", sha256_prefix=FID_WEIGHTS_SHA256_PREFIX,
+    subdir="metrics", option="weights", flag="--weights", sha256_prefix=FID_WEIGHTS_SHA256_PREFIX,
 )
 
 
