@@ -114,14 +114,13 @@ def iter_images(path: str | os.PathLike[str], batch: int = 250) -> Iterator[np.n
         for start in range(0, len(names), batch):
             chunk = []
             for name in names[start : start + batch]:
-                if archive is not None:
-                    image = _decode(archive.read(name), f"{name} (in {p})")
-                else:
-                    image = _decode((p / name).read_bytes(), str(p / name))
+                where = f"{name} (in {p})" if archive is not None else str(p / name)
+                data = archive.read(name) if archive is not None else (p / name).read_bytes()
+                image = _decode(data, where)
                 if shape is None:
                     shape = image.shape
                 elif image.shape != shape:
-                    raise OptionError(f"{name}: image of shape {image.shape}, the set's is {shape}")
+                    raise OptionError(f"{where}: image of shape {image.shape}, the set's is {shape}")
                 chunk.append(image)
             yield np.stack(chunk)
     finally:
