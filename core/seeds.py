@@ -1,7 +1,8 @@
 """Seeds, per-seed noise, and the batch plan of a run.
 
-Every sample depends on its seed only: its noise comes from its own generator, so the same
-seed gives the same sample whatever the batch size, batch position or number of processes.
+Every sample depends on its seed: its noise comes from its own generator, so the same seed
+gives the same sample whatever its batch position or the number of processes (bit for bit at a
+given batch size; neural models' CPU kernels may change the last float bits across batch sizes).
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from .errors import OptionError
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["Batch", "parse_seeds", "plan_batches", "seed_noise"]
+__all__ = ["MAX_SEEDS", "Batch", "format_seeds", "parse_seeds", "plan_batches", "seed_noise"]
 
 _MAX_SEED = 2**63 - 1
+#: the most seeds one run may name (each is a Python int in the plan and in config.json)
+MAX_SEEDS = 10_000_000
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -40,12 +43,28 @@ def parse_seeds(text: str) -> list[int]:
             raise OptionError(f"bad seed range {part!r}: seeds must be in 0..{_MAX_SEED}")
         if stop < start:
             raise OptionError(f"bad seed range {part!r}: the end is below the start")
+        if len(seeds) + stop - start + 1 > MAX_SEEDS:  # checked before expanding the range
+            raise OptionError(
+                f"seed list {text!r} names at least {len(seeds) + stop - start + 1:,} seeds; "
+                f"at most {MAX_SEEDS:,} per run"
+            )
         seeds.extend(range(start, stop + 1))
     if not seeds:
         raise OptionError(f"no seeds in {text!r}: expected e.g. 0-63,100")
     if len(set(seeds)) != len(seeds):
         raise OptionError(f"seed list {text!r} names a seed twice")
     return seeds
+
+
+def format_seeds(seeds: Iterable[int]) -> str:
+    """The inverse of :func:`parse_seeds`: ``[0, 1, 2, 3, 10]`` -> ``"0-3,10"`` (order kept)."""
+    runs: list[list[int]] = []
+    for seed in seeds:
+        if runs and seed == runs[-1][1] + 1:
+            runs[-1][1] = seed
+        else:
+            runs.append([seed, seed])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
 
 
 @attrs.frozen(kw_only=True)

@@ -223,3 +223,20 @@ def test_png_writer_and_grid(tmp_path):
     assert np.array_equal(grid[1:5, 1:6], images[0]) and np.array_equal(grid[1:5, 7:12], images[1])
     write_png(tmp_path / "g.png", grid)
     assert np.array_equal(_read_png((tmp_path / "g.png").read_bytes()), grid)
+
+
+def test_seed_lists_print_as_ranges_and_parse_back():
+    from diffsampler.seeds import format_seeds
+
+    for text in ("0-1999,2500", "7", "5-6,1,3-4", "0-2,4,6-9"):
+        assert format_seeds(ds.parse_seeds(text)) == text
+    assert format_seeds([3, 2, 1]) == "3,2,1"  # the order is kept, as parse_seeds keeps it
+
+
+def test_a_huge_seed_range_is_refused_before_it_is_expanded():
+    with pytest.raises(ds.OptionError, match=r"^seed list '0-4294967296' names at least 4,294,967,297 seeds; "
+                                             r"at most 10,000,000 per run$"):
+        ds.parse_seeds("0-4294967296")
+    with pytest.raises(ds.OptionError, match="at least 10,000,001 seeds"):
+        ds.parse_seeds("0-9999999,20000000")
+    assert len(ds.parse_seeds("0-9999")) == 10_000
