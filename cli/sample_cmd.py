@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import signal
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from diffsampler.devices import resolve_device
@@ -22,7 +27,56 @@ _SOLVER_FLAGS = ("max_order", "predict_x0", "lower_order_final", "variant", "dei
                  "thresholding")
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread as Ctrl-C raises KeyboardInterrupt: the same clean stop."""
 
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _exit_status(exc: KeyboardInterrupt) -> int:
+    """128 + the signal number, as a shell reports a process stopped by it (130 for Ctrl-C)."""
+    return 128 + int(getattr(exc, "signum", signal.SIGINT))
+
+
+@contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """Turn SIGTERM into :class:`_Terminated` while sampling (Typer turns Ctrl-C's
+    KeyboardInterrupt into a silent exit before ``main()`` could report it)."""
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        raise _Terminated(signum)
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:  # None: a handler set outside Python, which cannot be put back
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+def _say(text: str) -> None:
+    """One status line on stderr, never wrapped (scripts and logs grep for it)."""
+    err_console.print(text, soft_wrap=True)
+
+
+def _output_format(fmt: str | None, grid: bool) -> str:
+    if grid and fmt not in (None, "grid"):
+        raise OptionError(f"--grid writes only a grid image: drop --format {fmt} or --grid")
+    return "grid" if grid else fmt or "npz"
+
+
+def _check_sigmas_alone(sigmas: str | None, **given: Any) -> None:
+    """--sigmas fixes the noise levels: refuse the flags that would choose them otherwise."""
+    if sigmas is None:
+        return
+    clash = [f"--{name.replace('_', '-')}" for name, value in given.items() if value]
+    if clash:
+        raise OptionError(f"--sigmas gives the noise levels itself: drop {', '.join(clash)}")
 
 
 def sample(
@@ -87,17 +141,21 @@ def sample(
         bool, typer.Option("--cudnn-benchmark", help="let cuDNN time its convolution algorithms (faster; "
                                                      "GPU results then not bit-reproducible)")
     ] = False,
-    dtype: Annotated[str, typer.Option(help="float32 or float64")] = "float32",
+    dtype: Annotated[
+        str, typer.Option(help="float32, float64, or half precision float16 or bfloat16 (neural "
+                               "models; may overflow)")
+    ] = "float32",
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1 or auto")] = "auto",
     fmt: Annotated[
-        str, typer.Option("--format", help="npz, png (EDM folder layout), zip, or grid")
-    ] = "npz",
+        str | None, typer.Option("--format", help="npz (default), png (EDM folder layout), zip, or grid")
+    ] = None,
     grid: Annotated[bool, typer.Option("--grid", help="write only a grid image")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print the run summary as JSON")] = False,
 ) -> None:
     """Sample SEEDS with a model, a solver and a schedule; resumable, torchrun-aware.
 
-    Writes config.json, the samples in --format (npz, png, zip, grid) and a preview grid.png.
+    Writes config.json and the samples in --format (npz, png, zip, grid); npz and zip runs of
+    images also write a preview grid.png (a PNG folder gets none: FID tools would count it).
     Rerunning the same command completes an interrupted run; under torchrun the batches are
     shared among the processes and the result is the same as in one process.
     """
@@ -113,6 +171,8 @@ def sample(
         schedule_options["rho"] = rho
     if sigmas is not None and (steps is not None or nfe is not None):
         raise OptionError("give --sigmas, or --steps/--nfe, not both")
+    _check_sigmas_alone(sigmas, schedule=schedule is not None, rho=rho is not None, schedule_opt=schedule_opt)
+    fmt = _output_format(fmt, grid)
     model_options: dict[str, Any] = parse_pairs(model_opt, "--model-opt")
     if precision is not None:
         model_options["precision"] = precision
@@ -129,7 +189,12 @@ def sample(
     )
     dist = setup(config.device)
     try:
-        _run(config, out, "grid" if grid else fmt, dist, as_json=as_json, requested_nfe=nfe)
+        with _sigterm_interrupts():
+            _run(config, out, fmt, dist, as_json=as_json, requested_nfe=nfe)
+    except KeyboardInterrupt as exc:  # before sampling started (the sampling loop reports its own)
+        if dist.is_main:
+            _say("[bold red]interrupted[/] before sampling started")
+        raise typer.Exit(_exit_status(exc)) from None
     finally:
         teardown()
 
@@ -137,37 +202,74 @@ def sample(
 def _run(config: Any, out: Path, fmt: str, dist: Any, *, as_json: bool,
          requested_nfe: int | None) -> None:
     from diffsampler.outputs import RunDirectory
-    from diffsampler.runs import execute, plan_run, seed_labels
+    from diffsampler.runs import plan_run
 
     plan = plan_run(config)
     if requested_nfe is not None and plan.nfe != requested_nfe:  # resolve_num_steps is exact
         raise OptionError(f"NFE {requested_nfe} requested, the plan spends {plan.nfe}")
     rundir = RunDirectory(out, fmt, plan.model.shape)
     record = plan.record()
+    shown = escape(str(out))
     if dist.is_main:
         resuming = rundir.prepare(record, main=True)
         rundir.remove_stale_temporaries()
+        missing = rundir.reopen(plan.batches)
+        if rundir.replaced:
+            _say(f"{shown} held a run that left no sample ({escape('; '.join(rundir.replaced[:3]))}): "
+                 "it now takes this configuration")
+        if missing:
+            _say(f"{shown} held this run, complete, but lost {escape(', '.join(missing))} since: "
+                 "sampling again what is missing")
     barrier()
     if not dist.is_main:
         resuming = rundir.prepare(record, main=False)
-    if rundir.complete():
+    if rundir.complete(plan.batches):
         if dist.is_main:
-            err_console.print(f"nothing to do: {out} already holds this run, complete")
+            _say(f"nothing to do: {shown} already holds this run, complete")
+            if as_json:
+                print_json({"out": str(out), **rundir.summary(), "processes": dist.world_size,
+                            "already_complete": True})
         return
+    try:
+        _sample_and_finish(plan, rundir, out, dist, as_json=as_json, resuming=resuming)
+    except KeyboardInterrupt as exc:  # SIGINT or SIGTERM; finished batches are on disk
+        if dist.is_main:
+            kept = rundir.count_done(plan.batches)
+            _say(f"[bold red]interrupted:[/] {kept} of {len(plan.batches)} batches kept in "
+                 f"{shown}; rerun the same command to resume")
+        raise typer.Exit(_exit_status(exc)) from None
+
+
+def _header(plan: Any, out: Path, dist: Any, *, skipped: int, mine: int, resuming: bool) -> str:
+    """The one line that says what is sampled, where, and how much was done already."""
+    config = plan.config
+    steps = len(plan.sigmas) - 1
+    line = (
+        f"[bold]{escape(str(config.solver))}[/] on [bold]{escape(config.model)}[/], schedule "
+        f"{escape(plan.schedule)}, {steps} step{'s' if steps != 1 else ''}, NFE {plan.nfe}"
+    )
+    if plan.evaluation_cost != 1:
+        line += (f" ({plan.nfe * plan.evaluation_cost} counting each guided evaluation as "
+                 f"{plan.evaluation_cost}, as the seed does)")
+    line += f", {len(config.seeds)} seeds, {dist.world_size} process(es) -> {escape(str(out))}"
+    if resuming:
+        whose = "" if dist.world_size == 1 else "this rank's "
+        line += f" (resuming: {skipped} of {whose}{mine} batches already done)"
+    return line
+
+
+def _sample_and_finish(plan: Any, rundir: Any, out: Path, dist: Any, *, as_json: bool,
+                       resuming: bool) -> None:
+    from diffsampler.runs import execute, seed_labels
+
+    config = plan.config
     # Shard all batches first, then skip the finished ones: every rank sees the same shards
     # whatever the others have written meanwhile.
-    mine = rundir.pending(shard(plan.batches, dist))
+    shard_batches = shard(plan.batches, dist)
+    mine = rundir.pending(shard_batches)
     if dist.is_main:
-        skipped = len(shard(plan.batches, dist)) - len(mine)
-        err_console.print(
-            f"[bold]{plan.config.solver}[/] on [bold]{config.model}[/], schedule {plan.schedule}, "
-            f"{len(plan.sigmas) - 1} steps, NFE {plan.nfe}"
-            + (f" ({plan.nfe * plan.evaluation_cost} counting each guided evaluation as "
-               f"{plan.evaluation_cost}, as the seed does)" if plan.evaluation_cost != 1 else "")
-            + f", {len(config.seeds)} seeds, "
-            f"{dist.world_size} process(es) -> {out}"
-            + (f" (resuming: {skipped} of this rank's batches already done)" if resuming else "")
-        )
+        _say(_header(plan, out, dist, skipped=len(shard_batches) - len(mine),
+                     mine=len(shard_batches), resuming=resuming))
     started = time.perf_counter()
     progress = Progress(TextColumn("sampling"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), console=err_console, transient=True,
@@ -179,6 +281,7 @@ def _run(config: Any, out: Path, fmt: str, dist: Any, *, as_json: bool,
             rundir.write(batch, x.numpy())
             progress.advance(task)
 
+        # execute hands every batch finished before an interruption to keep() before it returns
         execute(plan, batches=mine, on_batch=keep, device=device_for_rank(config.device, dist))
     elapsed = time.perf_counter() - started
     barrier()
@@ -192,4 +295,4 @@ def _run(config: Any, out: Path, fmt: str, dist: Any, *, as_json: bool,
     if as_json:
         print_json(summary)
     else:
-        err_console.print(f"wrote {', '.join(written)} in {elapsed:.2f} s")
+        _say(f"wrote {escape(', '.join(written))} in {elapsed:.2f} s")

@@ -10,7 +10,8 @@ Formats (``--format``):
 - ``npz``: ``samples.npz`` with ``samples`` (float32, model space), ``seeds``, and for images
   ``arr_0`` (uint8 ``[N, H, W, C]``, the layout of guided-diffusion/clean-fid npz batches).
 - ``png``: one PNG per seed in EDM's layout, ``000000/000123.png`` (subfolders of 1,000).
-- ``zip``: ``images.zip`` with the same PNG layout (what EDM's ``fid.py`` and dataset tool read).
+- ``zip``: ``images.zip`` with the same PNG layout (what EDM's ``fid.py`` and dataset tool read);
+  class labels go inside it, as EDM's ``dataset.json``.
 - ``grid``: only ``grid.png``.
 
 For ``npz`` and ``zip``, ``grid.png`` previews the first batch (up to 64 samples).
@@ -31,11 +32,15 @@ import numpy as np
 
 from .errors import OptionError
 from .images import is_image_shape, make_grid, to_uint8, write_png
-from .seeds import Batch
+from .seeds import Batch, format_seeds
 
 __all__ = ["FORMATS", "RunDirectory", "atomic_write_bytes", "check_output_file", "png_name"]
 
 PREVIEW = 64
+#: the longest value a "holds a different run" message shows
+_SHOWN = 80
+#: what a damaged ``.parts`` file raises when read (truncated, overwritten, not an npz)
+_DAMAGED = (zipfile.BadZipFile, OSError, ValueError, KeyError, EOFError)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -72,7 +77,15 @@ class _Format:
         return self.parts / f"batch-{batch.index:06d}.npz"
 
     def done(self, batch: Batch) -> bool:
-        return self.part_path(batch).exists()
+        """The batch's part exists and is readable: a damaged part counts as not done."""
+        path = self.part_path(batch)
+        if not path.exists():
+            return False
+        try:  # the zip directory and the seeds (small); the samples are read when assembling
+            with np.load(path) as part:
+                return "samples" in part.files and tuple(part["seeds"].tolist()) == batch.seeds
+        except _DAMAGED:
+            return False
 
     def write(self, batch: Batch, x: np.ndarray) -> None:
         self.parts.mkdir(parents=True, exist_ok=True)
@@ -81,19 +94,26 @@ class _Format:
     def read_parts(self, batches: Sequence[Batch]) -> tuple[np.ndarray, np.ndarray]:
         samples, seeds = [], []
         for batch in batches:
-            with np.load(self.part_path(batch)) as part:
-                samples.append(part["samples"])
-                seeds.append(part["seeds"])
+            path = self.part_path(batch)
+            try:
+                with np.load(path) as part:
+                    samples.append(part["samples"])
+                    seeds.append(part["seeds"])
+            except _DAMAGED:  # damaged after planning checked it (a bad block, say)
+                path.unlink(missing_ok=True)
+                raise OptionError(
+                    f"{path} was damaged and has been removed; rerun the same command to "
+                    f"sample batch {batch.index} again"
+                ) from None
         return np.concatenate(samples), np.concatenate(seeds)
 
-    def finish(self, batches: Sequence[Batch]) -> list[str]:
+    def finish(self, batches: Sequence[Batch], labels: Mapping[int, int] | None = None) -> list[str]:
+        """Assemble the final files (and record ``labels``, seed -> class); their names."""
         raise NotImplementedError
 
-    def record_labels(self, labels: Mapping[int, int]) -> list[str]:
-        """EDM's ``dataset.json`` (``{"labels": [[file, class], ...]}``) beside PNG outputs."""
-        rows = [[png_name(seed), label] for seed, label in sorted(labels.items())]
-        atomic_write_bytes(self.root / "dataset.json", json.dumps({"labels": rows}).encode())
-        return ["dataset.json"]
+    def label_paths(self) -> list[Path]:
+        """Files beside the samples that hold the labels of a labelled run."""
+        return []
 
     def clean_parts(self) -> None:
         shutil.rmtree(self.parts, ignore_errors=True)
@@ -102,22 +122,16 @@ class _Format:
 class _Npz(_Format):
     name = "npz"
 
-    def record_labels(self, labels: Mapping[int, int]) -> list[str]:
-        path = self.root / "samples.npz"
-        with np.load(path) as data:
-            arrays = dict(data)
-        arrays["labels"] = np.array([labels[int(s)] for s in arrays["seeds"]], dtype=np.int64)
-        atomic_write_bytes(path, _npz_bytes(**arrays))
-        return []
-
     def final_paths(self) -> list[Path]:
         return [self.root / "samples.npz"]
 
-    def finish(self, batches: Sequence[Batch]) -> list[str]:
+    def finish(self, batches: Sequence[Batch], labels: Mapping[int, int] | None = None) -> list[str]:
         x, seeds = self.read_parts(batches)
         arrays = {"samples": x, "seeds": seeds}
         if is_image_shape(tuple(x.shape[1:])):
             arrays["arr_0"] = to_uint8(x)
+        if labels is not None:
+            arrays["labels"] = np.array([labels[int(s)] for s in seeds], dtype=np.int64)
         atomic_write_bytes(self.root / "samples.npz", _npz_bytes(**arrays))
         self.clean_parts()
         return ["samples.npz"]
@@ -130,7 +144,7 @@ class _Zip(_Format):
     def final_paths(self) -> list[Path]:
         return [self.root / "images.zip"]
 
-    def finish(self, batches: Sequence[Batch]) -> list[str]:
+    def finish(self, batches: Sequence[Batch], labels: Mapping[int, int] | None = None) -> list[str]:
         from .images import png_bytes
 
         x, seeds = self.read_parts(batches)
@@ -138,6 +152,8 @@ class _Zip(_Format):
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as archive:
             for seed, image in zip(seeds.tolist(), to_uint8(x), strict=True):
                 archive.writestr(png_name(seed), png_bytes(image))
+            if labels is not None:
+                archive.writestr("dataset.json", _dataset_json(labels))
         os.replace(tmp, self.root / "images.zip")
         self.clean_parts()
         return ["images.zip"]
@@ -150,7 +166,7 @@ class _Grid(_Format):
     def final_paths(self) -> list[Path]:
         return [self.root / "grid.png"]
 
-    def finish(self, batches: Sequence[Batch]) -> list[str]:
+    def finish(self, batches: Sequence[Batch], labels: Mapping[int, int] | None = None) -> list[str]:
         x, _ = self.read_parts(batches)
         write_png(self.root / "grid.png", make_grid(to_uint8(x)))
         self.clean_parts()
@@ -176,8 +192,21 @@ class _Png(_Format):
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(path, png_bytes(image))
 
-    def finish(self, batches: Sequence[Batch]) -> list[str]:
-        return [f"{sum(len(b.seeds) for b in batches)} PNG files"]
+    def label_paths(self) -> list[Path]:
+        return [self.root / "dataset.json"]
+
+    def finish(self, batches: Sequence[Batch], labels: Mapping[int, int] | None = None) -> list[str]:
+        written = [f"{sum(len(b.seeds) for b in batches)} PNG files"]
+        if labels is not None:  # EDM's dataset.json beside the folders
+            atomic_write_bytes(self.root / "dataset.json", _dataset_json(labels))
+            written.append("dataset.json")
+        return written
+
+
+def _dataset_json(labels: Mapping[int, int]) -> bytes:
+    """EDM's ``dataset.json``: ``{"labels": [["000000/000003.png", 9], ...]}``."""
+    rows = [[png_name(seed), label] for seed, label in sorted(labels.items())]
+    return json.dumps({"labels": rows}).encode()
 
 
 FORMATS: dict[str, type[_Format]] = {f.name: f for f in (_Npz, _Png, _Zip, _Grid)}
@@ -192,6 +221,8 @@ class RunDirectory:
         self.root = Path(root)
         self.format = FORMATS[fmt](self.root)
         self.image = is_image_shape(tuple(sample_shape))
+        #: what :meth:`prepare` replaced: the differences from an earlier run that had no sample
+        self.replaced: list[str] = []
         if self.format.needs_image and not self.image:
             raise OptionError(
                 f"format {fmt!r} needs image-shaped samples (C, H, W); these are "
@@ -205,8 +236,26 @@ class RunDirectory:
     def prepare(self, record: dict[str, Any], *, main: bool = True) -> bool:
         """Create the directory and claim it for ``record``; True if resuming an earlier run.
 
-        Refuses a directory that holds a run with a different configuration.
+        Refuses a directory that holds a run with a different configuration, unless that run
+        left no sample at all (an attempt that failed before its first batch): then ``record``
+        takes its place and :attr:`replaced` lists what changed.
         """
+        self._check_writable()
+        if self.config_path.exists():
+            differences = self._differences_from(self._read_record(), record)
+            if not differences:
+                return True
+            if self._recorded_complete() or self._holds_samples():
+                raise OptionError(
+                    f"{self.root} holds a different run ({'; '.join(differences[:3])}); "
+                    "use another --out, or delete it to start over"
+                )
+            self.replaced = differences
+        if main:
+            self._write_record({**record, "format": self.format.name, "complete": False})
+        return False
+
+    def _check_writable(self) -> None:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             probe = self.root / f".write-test-{os.getpid()}"
@@ -216,37 +265,89 @@ class RunDirectory:
             raise OptionError(
                 f"cannot write to output directory {str(self.root)!r}: {exc.strerror}"
             ) from None
-        if self.config_path.exists():
-            try:
-                earlier = json.loads(self.config_path.read_text())
-            except (OSError, json.JSONDecodeError):
-                raise OptionError(f"{self.config_path} is unreadable; remove it or use another --out") from None
-            now = json.loads(json.dumps(record["config"]))  # as it would be on disk (tuples -> lists)
-            differences = _differences(earlier.get("config", {}), now)
-            if earlier.get("format") != self.format.name:
-                differences.insert(0, f"format: {earlier.get('format')!r} on disk, {self.format.name!r} now")
-            if differences:
-                raise OptionError(
-                    f"{self.root} holds a different run ({'; '.join(differences[:3])}); "
-                    "use another --out, or delete it to start over"
-                )
-            return True
-        if main:
-            atomic_write_bytes(
-                self.config_path,
-                (json.dumps({**record, "format": self.format.name, "complete": False}, indent=2) + "\n").encode(),
-            )
-        return False
 
-    def complete(self) -> bool:
+    def _read_record(self) -> dict[str, Any]:
+        try:
+            record = json.loads(self.config_path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            record = None
+        if not isinstance(record, dict):
+            raise OptionError(f"{self.config_path} is unreadable; remove it or use another --out")
+        return record
+
+    def _write_record(self, record: dict[str, Any]) -> None:
+        atomic_write_bytes(self.config_path, (json.dumps(record, indent=2) + "\n").encode())
+
+    def _differences_from(self, earlier: dict[str, Any], record: dict[str, Any]) -> list[str]:
+        now = json.loads(json.dumps(record["config"]))  # as it would be on disk (tuples -> lists)
+        differences = _differences(earlier.get("config", {}), now)
+        if earlier.get("format") != self.format.name:
+            differences.insert(0, f"format: {earlier.get('format')!r} on disk, {self.format.name!r} now")
+        return differences
+
+    def _holds_samples(self) -> bool:
+        """Whether any format's samples, parts or PNG subfolders are here (finished work)."""
+        finals = [p for f in FORMATS.values() for p in f(self.root).final_paths()]
+        return any(p.exists() for p in finals) or any(
+            True for pattern in (".parts/batch-*.npz", "[0-9][0-9][0-9][0-9][0-9][0-9]/*.png")
+            for _ in self.root.glob(pattern)
+        )
+
+    def _recorded_complete(self) -> bool:
         if not self.config_path.exists():
             return False
-        return bool(json.loads(self.config_path.read_text()).get("complete"))
+        return bool(self._read_record().get("complete"))
+
+    def missing_outputs(self, batches: Sequence[Batch]) -> list[str]:
+        """What a run recorded complete has lost since (deleted or moved samples)."""
+        if not self._recorded_complete():
+            return []
+        labelled = self._read_record().get("config", {}).get("labels") is not None
+        paths = self.format.final_paths() + (self.format.label_paths() if labelled else [])
+        missing = [p.name for p in paths if not p.exists()]
+        if not self.format.uses_parts:
+            lost = sum(not (self.root / png_name(s)).exists() for b in batches for s in b.seeds)
+            missing += [f"{lost} PNG file{'s' if lost != 1 else ''}"] if lost else []
+        return missing
+
+    def reopen(self, batches: Sequence[Batch]) -> list[str]:
+        """Mark a complete run whose outputs went missing as incomplete again (main rank), so
+        that a rerun samples what is missing; returns what is missing."""
+        missing = self.missing_outputs(batches)
+        if missing:
+            self._write_record({**self._read_record(), "complete": False})
+        return missing
+
+    def complete(self, batches: Sequence[Batch] | None = None) -> bool:
+        """The run is recorded complete and its final files are there (with ``batches``, the
+        PNG files of every batch too)."""
+        if not self._recorded_complete():
+            return False
+        return not self.missing_outputs(batches or [])
+
+    def summary(self) -> dict[str, Any]:
+        """The outputs of a complete run and its record (what ``sample --json`` reports)."""
+        record = self._read_record()
+        names = [p.name for p in self.format.final_paths()]
+        if self.format.name == "png":
+            names = [f"{len(record.get('config', {}).get('seeds', []))} PNG files"]
+        labelled = record.get("config", {}).get("labels") is not None
+        names += [p.name for p in self.format.label_paths()] if labelled else []
+        if self.format.name != "grid" and (self.root / "grid.png").exists():
+            names.append("grid.png (preview)")
+        return {"files": [*names, "config.json"], "nfe": record.get("nfe"),
+                "seconds": record.get("seconds"), "samples": len(record.get("config", {}).get("seeds", []))}
 
     def pending(self, batches: Iterable[Batch]) -> list[Batch]:
-        if self.complete():
+        batches = list(batches)
+        if self.complete(batches):
             return []
         return [b for b in batches if not self.format.done(b)]
+
+    def count_done(self, batches: Iterable[Batch]) -> int:
+        """How many of ``batches`` are stored (complete runs: all)."""
+        batches = list(batches)
+        return len(batches) if self.complete(batches) else sum(self.format.done(b) for b in batches)
 
     def write(self, batch: Batch, x: np.ndarray) -> None:
         """Store one finished batch (atomically); batch 0 also writes the preview grid."""
@@ -261,20 +362,15 @@ class RunDirectory:
         """Assemble the final files from the batches (main rank, after all are written).
 
         ``labels`` (seed -> class) are recorded: a ``labels`` array in ``samples.npz``, EDM's
-        ``dataset.json`` beside PNG folders and zips.
+        ``dataset.json`` beside a PNG folder and inside ``images.zip``.
         """
-        if self.complete():
+        if self.complete(batches):
             return [p.name for p in self.format.final_paths()]
         missing = [b.index for b in batches if not self.format.done(b)]
         if missing:
             raise OptionError(f"cannot finish: batches {missing[:5]} are missing")
-        written = self.format.finish(batches)
-        if labels is not None and self.format.name != "grid":
-            written += self.format.record_labels(labels)
-        record = json.loads(self.config_path.read_text())
-        record.update(extra)
-        record["complete"] = True
-        atomic_write_bytes(self.config_path, (json.dumps(record, indent=2) + "\n").encode())
+        written = self.format.finish(batches, labels)
+        self._write_record({**self._read_record(), **extra, "complete": True})
         preview = ["grid.png (preview)"] if self.format.name != "grid" and (self.root / "grid.png").exists() else []
         return [*written, *preview, "config.json"]
 
@@ -289,8 +385,17 @@ def _differences(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
         if key in ("device", "compile", "cuda_graph", "cudnn_benchmark"):  # how, not what: the same samples, another way
             continue
         if before.get(key) != now.get(key):
-            out.append(f"{key}: {before.get(key)!r} on disk, {now.get(key)!r} now")
+            out.append(f"{key}: {_shown(key, before.get(key))} on disk, {_shown(key, now.get(key))} now")
     return out
+
+
+def _shown(key: str, value: Any) -> str:
+    """A value for one line: seed lists as ranges (``0-1999,2500``), anything at most ~80 chars."""
+    if key == "seeds" and isinstance(value, list) and all(isinstance(s, int) for s in value):
+        text = format_seeds(value) if value else "[]"
+    else:
+        text = repr(value)
+    return text if len(text) <= _SHOWN else text[: _SHOWN - 3] + "..."
 
 
 def check_output_file(path: str | os.PathLike[str], *, flag: str = "--out") -> Path:

@@ -9,14 +9,15 @@ batch 7 loses nothing of batches 0-6).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from ._version import __version__
 from .api import get_model, get_schedule, get_solver, resolve_num_steps
-from .errors import OptionError
+from .errors import OptionError, SamplingError
 from .options import from_record, options_as_dict
 from .protocols import ChecksRun, Compilable, Denoiser, SamplesItself, Solver
 from .schedule import SigmaList
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_NFE", "RunConfig", "RunPlan", "execute", "plan_run", "seed_labels", "with_model_defaults"]
 
 _DTYPES = ("float32", "float64", "float16", "bfloat16")
+_HALF = ("float16", "bfloat16")
 #: the NFE of a run that names neither steps, NFE nor sigmas (and whose model has no own plan)
 DEFAULT_NFE = 10
 
@@ -292,14 +294,28 @@ def execute(
         return plan.model.decode(x) if isinstance(plan.model, Decodable) else x
 
     todo = plan.batches if batches is None else batches
-    if not overlap:
-        with cudnn_autotune(plan.config.cudnn_benchmark):
+    with _naming_half_precision(plan.config.dtype):
+        if not overlap:
+            with cudnn_autotune(plan.config.cudnn_benchmark):
+                for batch in todo:
+                    on_batch(batch, sample(batch).detach().to("cpu", torch.float32))
+            return
+        with cudnn_autotune(plan.config.cudnn_benchmark), BatchHandoff(on_batch) as handoff:
             for batch in todo:
-                on_batch(batch, sample(batch).detach().to("cpu", torch.float32))
-        return
-    with cudnn_autotune(plan.config.cudnn_benchmark), BatchHandoff(on_batch) as handoff:
-        for batch in todo:
-            handoff.put(batch, sample(batch))
+                handoff.put(batch, sample(batch))
+
+
+@contextmanager
+def _naming_half_precision(dtype: str) -> Iterator[None]:
+    """Point at the dtype when a half-precision run turns non-finite (its usual cause)."""
+    try:
+        yield
+    except SamplingError as exc:
+        if dtype not in _HALF or "non-finite" not in str(exc):
+            raise
+        raise SamplingError(
+            f"{exc} with dtype {dtype}: half precision overflows on this model; use float32"
+        ) from None
 
 
 def dumps(data: Mapping[str, Any]) -> str:

@@ -130,9 +130,11 @@ def test_sigterm_mid_run_then_rerun_completes_identically(tmp_path):
     while time.time() < deadline and len(list((out / ".parts").glob("batch-*.npz"))) < 5:
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=30)
+    _, stderr = proc.communicate(timeout=30)
     parts = list((out / ".parts").glob("batch-*.npz"))
     assert 5 <= len(parts) < 80, "the run was not interrupted mid-way"
+    assert proc.returncode == 143  # 128 + SIGTERM, after the batches in the writer's hands are kept
+    assert f"interrupted: {len(parts)} of 80 batches kept in {out}; rerun the same command" in stderr.decode()
     for part in parts:  # every part on disk is complete
         with np.load(part) as data:
             assert data["samples"].shape == (2, 3, 32, 32)
@@ -320,3 +322,185 @@ def test_how_a_run_is_computed_does_not_block_its_resume(tmp_path):
     assert rundir.prepare(record) is False
     again = plan_run(RunConfig(**{**config.to_dict(), "cuda_graph": True, "cudnn_benchmark": True, "device": "cuda"}))
     assert rundir.prepare(again.record()) is True
+
+
+def invoke(*args: str):
+    """Run the CLI in-process (fast); user errors come back as ``result.exception``."""
+    from typer.testing import CliRunner
+
+    from diffsampler.cli import build_app
+
+    return CliRunner().invoke(build_app(), list(args))
+
+
+@pytest.mark.parametrize(("fmt", "lose"), [("npz", "samples.npz"), ("zip", "images.zip"),
+                                           ("png", "000000/000005.png")])
+def test_a_complete_run_whose_samples_were_deleted_samples_them_again(tmp_path, fmt, lose):
+    args = ("sample", "--seeds", "0-9", "--batch", "4", "--nfe", "3", "--format", fmt, "--out", str(tmp_path))
+    assert invoke(*args).exit_code == 0
+    source = tmp_path / ("" if fmt == "png" else lose)
+    expected = np.concatenate(list(iter_images(source)))
+    (tmp_path / lose).unlink()
+    again = invoke(*args)
+    assert again.exit_code == 0, again.output
+    shown = "1 PNG file" if fmt == "png" else lose
+    assert f"held this run, complete, but lost {shown} since: sampling again what is missing" in again.stderr
+    assert "nothing to do" not in again.stderr
+    if fmt == "png":  # only the batch that lost a file is sampled again
+        assert "resuming: 2 of 3 batches already done" in again.stderr
+    assert np.array_equal(np.concatenate(list(iter_images(source))), expected)
+    assert json.loads((tmp_path / "config.json").read_text())["complete"] is True
+    assert "nothing to do" in invoke(*args).stderr
+
+
+def _interrupted_npz_run(root, seeds=tuple(range(10)), batch=4):
+    """A run directory as a run interrupted after all its batches left: parts, no samples.npz."""
+    plan = plan_run(RunConfig(seeds=seeds, batch=batch, nfe=3))
+    rundir = RunDirectory(root, "npz", plan.model.shape)
+    rundir.prepare(plan.record())
+    execute(plan, on_batch=lambda b, x: rundir.write(b, x.numpy()))
+    return plan, rundir
+
+
+def test_a_damaged_part_is_sampled_again_when_the_run_is_planned(tmp_path):
+    out = tmp_path / "br[red]x[/]"  # rich markup in a path is shown as written
+    plan, rundir = _interrupted_npz_run(out)
+    part = out / ".parts" / "batch-000001.npz"
+    part.write_bytes(part.read_bytes()[:100])  # truncated: no zip directory
+    assert [b.index for b in rundir.pending(plan.batches)] == [1]
+    done = invoke("sample", "--seeds", "0-9", "--batch", "4", "--nfe", "3", "--out", str(out))
+    assert done.exit_code == 0, done.output
+    assert f"-> {out} (resuming: 2 of 3 batches already done)" in done.stderr
+    assert np.array_equal(np.load(out / "samples.npz")["samples"], _reference(range(10), nfe=3))
+
+
+def test_a_part_damaged_after_planning_is_named_and_removed(tmp_path):
+    plan, rundir = _interrupted_npz_run(tmp_path)
+    part = tmp_path / ".parts" / "batch-000002.npz"
+    with open(part, "r+b") as f:  # the zip directory survives, the array data does not
+        f.seek(200)
+        f.write(b"\xff" * 64)
+    with pytest.raises(OptionError, match=r"batch-000002.npz was damaged and has been removed; rerun the "
+                                          r"same command to sample batch 2 again$"):
+        rundir.finish(plan.batches, {})
+    assert not part.exists() and [b.index for b in rundir.pending(plan.batches)] == [2]
+
+
+def _wait_for_parts(out, count, proc):
+    while len(list((out / ".parts").glob("batch-*.npz"))) < count:
+        assert proc.poll() is None, proc.stderr.read().decode()
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize(("sig", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_an_interrupted_sample_says_what_it_kept_and_how_to_resume(tmp_path, sig, status):
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "diffsampler", "sample", "--seeds", "0-3999", "--batch", "2", "--nfe", "200",
+         "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as in a terminal, not a background job
+    )
+    _wait_for_parts(out, 3, proc)
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=60)
+    kept = len(list((out / ".parts").glob("batch-*.npz")))
+    assert proc.returncode == status
+    assert 3 <= kept < 2000
+    assert (f"interrupted: {kept} of 2000 batches kept in {out}; rerun the same command to resume"
+            in stderr.decode())
+    assert "Traceback" not in stderr.decode() and not list(out.rglob(".*.tmp-*"))
+
+
+def test_the_different_run_message_shows_seeds_as_ranges(tmp_path):
+    assert invoke("sample", "--seeds", "0-1999,2500", "--batch", "2001", "--nfe", "1",
+                  "--out", str(tmp_path)).exit_code == 0
+    proc = invoke("sample", "--seeds", "0-2999", "--batch", "2001", "--out", str(tmp_path))
+    assert isinstance(proc.exception, OptionError)
+    assert str(proc.exception) == (
+        f"{tmp_path} holds a different run (num_steps: 2 on disk, 11 now; seeds: 0-1999,2500 on disk, "
+        "0-2999 now); use another --out, or delete it to start over")
+
+
+def test_long_values_in_the_different_run_message_are_cut():
+    from diffsampler.outputs import _differences
+
+    (line,) = _differences({"sigmas": [float(s) for s in range(100)]}, {"sigmas": None})
+    assert line.startswith("sigmas: [0.0, 1.0,") and len(line) < 2 * 80 + 30
+    assert "... on disk, None now" in line
+
+
+def test_conflicting_sample_flags_are_refused(tmp_path):
+    cases = {
+        ("--grid", "--format", "png"): "--grid writes only a grid image: drop --format png or --grid",
+        ("--sigmas", "80,10,1", "--schedule", "logsnr"): "--sigmas gives the noise levels itself: drop --schedule",
+        ("--sigmas", "80,10,1", "--rho", "3", "--schedule-opt", "rho=2"):
+            "--sigmas gives the noise levels itself: drop --rho, --schedule-opt",
+    }
+    for args, message in cases.items():
+        result = invoke("sample", "--seeds", "0", *args, "--out", str(tmp_path / "never"))
+        assert isinstance(result.exception, OptionError) and str(result.exception) == message
+    assert not (tmp_path / "never").exists()
+
+
+def test_grid_with_format_grid_is_fine(tmp_path):
+    result = invoke("sample", "--seeds", "0-3", "--nfe", "2", "--grid", "--format", "grid", "--out", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "grid.png"]
+
+
+def test_json_on_a_complete_run_prints_its_summary(tmp_path):
+    args = ("sample", "--seeds", "0-4", "--nfe", "3", "--out", str(tmp_path), "--json")
+    first = invoke(*args)
+    assert first.exit_code == 0
+    again = invoke(*args)
+    assert again.exit_code == 0 and "nothing to do" in again.stderr
+    summary = json.loads(again.stdout)
+    assert summary["already_complete"] is True
+    assert {k: summary[k] for k in ("out", "files", "nfe", "samples")} == {
+        "out": str(tmp_path), "files": ["samples.npz", "grid.png (preview)", "config.json"], "nfe": 3, "samples": 5}
+    assert summary["seconds"] == json.loads(first.stdout)["seconds"]
+
+
+def test_half_precision_failure_names_the_dtype_and_a_retry_may_change_the_run(tmp_path):
+    from diffsampler.errors import SamplingError
+
+    failed = invoke("sample", "--seeds", "0-3", "--nfe", "3", "--dtype", "float16", "--out", str(tmp_path))
+    assert isinstance(failed.exception, SamplingError)
+    assert str(failed.exception) == ("the denoiser returned non-finite values at step 0 (sigma=80) with dtype "
+                                     "float16: half precision overflows on this model; use float32")
+    retry = invoke("sample", "--seeds", "0-3", "--nfe", "3", "--out", str(tmp_path))
+    assert retry.exit_code == 0, retry.output
+    assert ("held a run that left no sample (dtype: 'float16' on disk, 'float32' now): it now takes this "
+            "configuration") in retry.stderr
+    assert json.loads((tmp_path / "config.json").read_text())["config"]["dtype"] == "float32"
+    # a run with samples is still protected
+    refused = invoke("sample", "--seeds", "0-3", "--nfe", "3", "--dtype", "float64", "--out", str(tmp_path))
+    assert "holds a different run (dtype: 'float32' on disk" in str(refused.exception)
+
+
+def test_dtype_help_lists_every_accepted_dtype():
+    from diffsampler.runs import _DTYPES
+
+    text = " ".join(invoke("sample", "--help").output.split())
+    assert all(d in text for d in _DTYPES)
+
+
+def test_zip_labels_are_inside_the_zip_where_edm_reads_them(tmp_path):
+    import zipfile
+
+    args = ("sample", "--model", "digits", "--solver", "heun", "--nfe", "4", "--seeds", "0-5",
+            "--labels", "random", "--format", "zip", "--out", str(tmp_path))
+    proc = invoke(*args)
+    assert proc.exit_code == 0, proc.output
+    assert not (tmp_path / "dataset.json").exists()
+    with zipfile.ZipFile(tmp_path / "images.zip") as archive:
+        rows = json.loads(archive.read("dataset.json"))["labels"]
+    assert [r[0] for r in rows] == [png_name(s) for s in range(6)]
+    assert count_images(tmp_path / "images.zip") == 6  # the loader counts only the PNGs
+    assert "nothing to do" in invoke(*args).stderr
+
+
+def test_header_says_step_for_one_step(tmp_path):
+    proc = invoke("sample", "--seeds", "0", "--steps", "2", "--out", str(tmp_path))
+    assert proc.exit_code == 0 and ", 1 step, NFE 1," in proc.stderr
