@@ -57,7 +57,7 @@ from .protocols import (
 )
 from .registry import discover, get_registry, reset_registry
 from .schedule import ScheduleBase, SigmaList
-from .seeds import parse_seeds, plan_batches, seed_noise
+from .seeds import format_seeds, parse_seeds, plan_batches, seed_noise
 from .solver import ODESolver, Run, steps_for_nfe
 
 __all__ = [
@@ -106,6 +106,7 @@ __all__ = [
     "in_range",
     "list_components",
     "option",
+    "format_seeds",
     "parse_seeds",
     "plan_batches",
     "positive",
