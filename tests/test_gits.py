@@ -252,7 +252,7 @@ def test_file_errors(schedule_file, tmp_path):
     with pytest.raises(ds.OptionError, match="does not exist"):
         ds.get_schedule("gits", file=str(tmp_path / "missing.json"))
     (tmp_path / "bad.json").write_text("{not json")
-    with pytest.raises(ds.OptionError, match="cannot read"):
+    with pytest.raises(ds.OptionError, match=r"is not a GITS schedule \(JSON written by diffsampler gits search\)"):
         ds.get_schedule("gits", file=str(tmp_path / "bad.json"))
     (tmp_path / "other.json").write_text(json.dumps({"sigmas": [3, 2, 1]}))
     with pytest.raises(ds.OptionError, match="not a GITS schedule file"):
@@ -264,6 +264,57 @@ def test_file_errors(schedule_file, tmp_path):
         ds.get_schedule("gits", file=str(tmp_path / "up.json"))
     with pytest.raises(ds.OptionError, match="needs a schedule file: --schedule-opt file=FILE"):
         ds.get_schedule("gits").sigmas(6, model.sigma_min, model.sigma_max)
+
+
+def test_wrong_kind_of_file_or_a_folder_is_named(tmp_path):
+    binary = tmp_path / "amed.safetensors"
+    binary.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}\xac\xff\x00")
+    with pytest.raises(ds.OptionError) as info:
+        ds.get_schedule("gits", file=str(binary))
+    assert str(info.value) == (
+        f"{str(binary)!r} is not a GITS schedule (JSON written by diffsampler gits search)"
+    )
+    with pytest.raises(ds.OptionError, match="is a folder, not a file"):
+        ds.get_schedule("gits", file=str(tmp_path))
+
+
+def test_a_model_of_another_shape_is_refused(schedule_file):
+    path, _ = schedule_file
+    other = ds.get_model("gmm", shape=(1, 4, 4), components=4)
+    schedule = ds.get_schedule("gits", file=str(path))
+    with pytest.raises(ds.OptionError) as info:
+        schedule.sigmas(6, other.sigma_min, other.sigma_max, denoiser=other)
+    message = str(info.value)
+    assert "was searched for model 'gmm' (sample shape (3, 4, 4))" in message
+    assert "has shape (1, 4, 4): sample with --model gmm --model-opt " in message
+    assert "\n" not in message
+    model = small_model()  # the searched model itself is fine
+    assert schedule.sigmas(6, model.sigma_min, model.sigma_max, denoiser=model).tolist() == list(schedule_file[1].sigmas)
+
+
+def test_the_afs_setting_of_the_search_is_checked(schedule_file, tmp_path):
+    path, sched = schedule_file
+    model = small_model()
+    plain = ds.get_schedule("gits", file=str(path))
+    plain.check(model, sched.sigmas, afs=False)
+    with pytest.raises(ds.OptionError, match="searched without AFS: sample without --afs"):
+        plain.check(model, sched.sigmas, afs=True)
+    afs_file = tmp_path / "afs.json"
+    (tmp_path / "afs.json").write_text(json.dumps({**sched.to_dict(), "afs": True}))
+    with_afs = ds.get_schedule("gits", file=str(afs_file))
+    with pytest.raises(ds.OptionError, match=r"searched with AFS: sample with --afs$"):
+        with_afs.check(model, sched.sigmas, afs=False)
+    with pytest.raises(ds.OptionError, match=r"searched with AFS: sample with --afs --steps 6 \(6 sigmas\); 5 were"):
+        with_afs.sigmas(5, model.sigma_min, model.sigma_max)
+
+
+def test_save_onto_a_folder_is_one_line_and_leaves_no_temporary(schedule_file, tmp_path):
+    _, sched = schedule_file
+    target = tmp_path / "dir"
+    target.mkdir()
+    with pytest.raises(ds.OptionError, match=r"cannot write the GITS schedule file .*: it is a folder"):
+        sched.save(target)
+    assert list(tmp_path.iterdir()) == [target] and list(target.iterdir()) == []
 
 
 def test_bad_options_are_clear():

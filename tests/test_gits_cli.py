@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 import diffsampler as ds
 from diffsampler.cli import build_app
+from diffsampler.errors import OptionError
 
 SMALL = ["--model-opt", "shape=3x4x4", "--model-opt", "components=4"]
 
@@ -66,6 +67,16 @@ def test_search_then_sample_with_several_coefficients(tmp_path):
               "--out", str(tmp_path / "s2"), "--device", "cpu")
     assert res.exit_code != 0
     assert "has 5 sigmas" in str(res.exception) or "has 5 sigmas" in res.output
+    # the default gmm (3x32x32) is not the model the file was searched for
+    res = run("sample", "--model", "gmm", "--solver", "dpmpp", "--schedule", "gits",
+              "--schedule-opt", f"file={files[0]}", "--nfe", "4", "--seeds", "0-1",
+              "--out", str(tmp_path / "s3"), "--device", "cpu")
+    assert isinstance(res.exception, OptionError), res.output
+    assert str(res.exception).endswith(
+        "this run's model 'GaussianMixture' has shape (3, 32, 32): sample with --model gmm "
+        "--model-opt shape=3x4x4 --model-opt components=4, or search again for this model"
+    )
+    assert not (tmp_path / "s3").exists()
 
 
 def test_search_prints_the_phases_and_afs_keeps_the_nfe(tmp_path):
@@ -77,6 +88,9 @@ def test_search_prints_the_phases_and_afs_keeps_the_nfe(tmp_path):
         assert phase in res.output
     data = json.loads(out.read_text())
     assert data["afs"] and data["num_steps"] == 6  # 5 searched + the free first step
+    hint = (f"use: diffsampler sample --model gmm --model-opt shape=3x4x4 --model-opt components=4 "
+            f"--solver ipndm --schedule gits --schedule-opt file={out} --steps 6 --afs")
+    assert hint in res.output.splitlines()
     assert ds.get_solver("ipndm").nfe(6, afs=True) == 4
 
 
@@ -85,6 +99,29 @@ def test_bad_cli_input_is_one_line(tmp_path):
     assert res.exit_code != 0 and "not both" in str(res.exception)
     res = run("gits", "search", "--coeff", "abc", "--out", str(tmp_path / "x.json"))
     assert res.exit_code != 0 and "--coeff" in str(res.exception)
+    res = run("gits", "search", "--coeff", "1.1,,1.2", "--out", str(tmp_path / "x.json"))
+    assert isinstance(res.exception, OptionError)
+    assert str(res.exception) == "--coeff has an empty item in '1.1,,1.2'; expected e.g. 1.15 or 1.1,1.15,1.2"
+
+
+@pytest.mark.parametrize("coeff", ["1.15", "1.1,1.2"])
+def test_out_naming_a_folder_is_refused_before_the_search(tmp_path, coeff):
+    folder = tmp_path / "s1"
+    (folder if coeff == "1.15" else tmp_path / "s1-coeff1.2.json").mkdir()
+    res = run("gits", "search", *SMALL, "--nfe", "4", "--num-warmup", "4", "--teacher-steps", "11",
+              "--coeff", coeff, "--device", "cpu", "--out", str(folder))
+    assert isinstance(res.exception, OptionError), res.output
+    assert "is a folder; give a file name" in str(res.exception)
+    # nothing written (not even the other coefficient's file), no temporary file left
+    assert [p.name for p in tmp_path.iterdir()] == ["s1" if coeff == "1.15" else "s1-coeff1.2.json"]
+
+
+def test_main_prints_the_refusal_as_one_line(tmp_path):
+    cmd = [sys.executable, "-m", "diffsampler", "gits", "search", *SMALL, "--num-warmup", "4",
+           "--teacher-steps", "11", "--device", "cpu", "--out", str(tmp_path)]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines()[-1].endswith(f"--out {str(tmp_path)!r} is a folder; give a file name")
 
 
 SCRIPT = textwrap.dedent(

@@ -3,7 +3,8 @@
 A file holds the sigmas, the indices into the teacher's grid they were chosen from, every
 setting that produced them, the model's identity and the search's costs. ``--schedule gits
 --schedule-opt file=FILE`` (or ``ipndm@gits[file=FILE]`` in ``compare``) samples with it, with
-any solver; the number of sigmas asked for must equal the file's.
+any solver; the number of sigmas asked for must equal the file's, and the model must have the
+sample shape the file was searched for.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,7 @@ from diffsampler.sigmas import sigma_tuple
 
 from .options import GITSScheduleOptions
 
-__all__ = ["FORMAT", "GITSSchedule", "GITSScheduleFile", "load_schedule"]
+__all__ = ["FORMAT", "GITSSchedule", "GITSScheduleFile", "load_schedule", "model_flags"]
 
 FORMAT = "diffsampler.gits/1"
 PAPER = (
@@ -31,6 +33,7 @@ PAPER = (
     "ICML 2024, arXiv:2405.11326"
 )
 _RANGE_RTOL = 1e-6
+_WRITTEN_BY = "JSON written by diffsampler gits search"
 
 
 def _int_tuple(values: Any) -> tuple[int, ...]:
@@ -70,18 +73,25 @@ class GITSSchedule:
         }
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the JSON file atomically (a temporary file, then a rename)."""
+        """Write the JSON file atomically (a temporary file, then a rename); a failure leaves
+        no temporary file behind and is one :class:`OptionError` line."""
         target = Path(path)
-        if target.parent and not target.parent.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        os.replace(tmp, target)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+            os.replace(tmp, target)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            why = "it is a folder" if target.is_dir() else exc.strerror or str(exc)
+            raise OptionError(f"cannot write the GITS schedule file {str(target)!r}: {why}") from None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, where: str = "GITS data") -> GITSSchedule:
         if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise OptionError(f"{where} is not a GITS schedule file (format {FORMAT!r} expected)")
+            raise OptionError(
+                f"{where} is not a GITS schedule file ({_WRITTEN_BY}, format {FORMAT!r})"
+            )
         try:
             out = cls(
                 sigmas=data["sigmas"], indices=data.get("indices", ()), afs=bool(data.get("afs", False)),
@@ -102,13 +112,33 @@ class GITSSchedule:
 def load_schedule(path: str | os.PathLike[str]) -> GITSSchedule:
     """Read a GITS schedule file; every problem is one :class:`OptionError` line."""
     p = Path(path)
+    if p.is_dir():
+        raise OptionError(f"GITS schedule file {str(p)!r} is a folder, not a file")
     if not p.is_file():
         raise OptionError(f"GITS schedule file {str(p)!r} does not exist")
     try:
-        data = json.loads(p.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise OptionError(f"cannot read GITS schedule file {str(p)!r}: {exc}") from None
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise OptionError(f"cannot read GITS schedule file {str(p)!r}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise OptionError(f"{str(p)!r} is not a GITS schedule ({_WRITTEN_BY})") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise OptionError(
+            f"{str(p)!r} is not a GITS schedule ({_WRITTEN_BY}): invalid JSON at line {exc.lineno}"
+        ) from None
     return GITSSchedule.from_dict(data, where=f"GITS schedule file {str(p)!r}")
+
+
+def model_flags(model: dict[str, Any]) -> str:
+    """The ``--model NAME --model-opt k=v ...`` flags that rebuild a file's recorded model."""
+    from shlex import quote
+
+    name = str(model.get("name") or model.get("class") or "?")
+    options = model.get("options") or {}
+    opts = options.items() if isinstance(options, dict) else ()
+    return f"--model {quote(name)}" + "".join(f" --model-opt {quote(f'{k}={v}')}" for k, v in opts)
 
 
 def _close(a: float, b: float) -> bool:
@@ -135,14 +165,49 @@ class GITSScheduleFile(ScheduleBase):
                 "(written by diffsampler gits search)"
             )
         if num_steps != s.num_steps:
-            afs = " searched with AFS: sample with --afs" if s.afs else ""
-            raise OptionError(
-                f"the GITS file {self.options.file!r} has {s.num_steps} sigmas "
-                f"({s.num_steps - 1} steps; --steps {s.num_steps}{afs}), but {num_steps} were asked for"
-            )
+            raise OptionError(self._count_message(s, num_steps))
         if not (_close(s.sigmas[0], sigma_max) and _close(s.sigmas[-1], sigma_min)):
             raise OptionError(
                 f"the GITS file {self.options.file!r} spans sigma {s.sigmas[-1]:g}..{s.sigmas[0]:g}, "
                 f"but the run asks for {sigma_min:g}..{sigma_max:g} (search again for this range)"
             )
+        if denoiser is not None:
+            self._check_shape(s, denoiser)
         return np.asarray(s.sigmas, dtype=np.float64)
+
+    def _count_message(self, s: GITSSchedule, num_steps: int) -> str:
+        if s.afs:
+            return (
+                f"the GITS file {self.options.file!r} was searched with AFS: sample with --afs "
+                f"--steps {s.num_steps} ({s.num_steps} sigmas); {num_steps} were asked for"
+            )
+        return (
+            f"the GITS file {self.options.file!r} has {s.num_steps} sigmas "
+            f"({s.num_steps - 1} steps; --steps {s.num_steps}), but {num_steps} were asked for"
+        )
+
+    def _check_shape(self, s: GITSSchedule, denoiser: Denoiser) -> None:
+        """A schedule is searched for one model: refuse a model with another sample shape."""
+        want = s.model.get("shape")
+        shape = getattr(denoiser, "shape", None)
+        if not want or shape is None or [int(v) for v in shape] == [int(v) for v in want]:
+            return
+        this = getattr(denoiser, "name", None) or type(denoiser).__name__
+        raise OptionError(
+            f"the GITS file {self.options.file!r} was searched for model {s.model.get('name')!r} "
+            f"(sample shape {tuple(want)}); this run's model {this!r} has shape {tuple(shape)}: "
+            f"sample with {model_flags(s.model)}, or search again for this model"
+        )
+
+    def check(self, denoiser: Denoiser, sigmas: Sequence[float], *, afs: bool = False) -> None:
+        """Refuse a run whose AFS setting differs from the search's (:class:`ChecksRun`).
+
+        The sigmas alone cannot tell: a file searched with AFS has as many sigmas as a run of
+        ``--steps N`` without it, which then spends one NFE more than the search planned.
+        """
+        s = self.schedule
+        if s is None or bool(afs) == bool(s.afs):
+            return
+        if s.afs:
+            raise OptionError(f"the GITS file {self.options.file!r} was searched with AFS: sample with --afs")
+        raise OptionError(f"the GITS file {self.options.file!r} was searched without AFS: sample without --afs")

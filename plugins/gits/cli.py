@@ -10,18 +10,21 @@ from typing import Annotated, Any
 
 import typer
 
-__all__ = ["add_commands", "search"]
-
+__all__ = ["add_commands", "search", "usage_hint"]
 
 
 def _coeffs(text: str) -> list[float]:
+    """``1.15`` or ``1.1,1.15,1.2``: positive numbers, no empty item."""
     from diffsampler.errors import OptionError
 
+    items = [t.strip() for t in text.split(",")]
+    if "" in items:
+        raise OptionError(f"--coeff has an empty item in {text!r}; expected e.g. 1.15 or 1.1,1.15,1.2")
     try:
-        values = [float(t) for t in text.split(",") if t.strip()]
+        values = [float(t) for t in items]
     except ValueError:
         raise OptionError(f"--coeff expects numbers like 1.15 or 1.1,1.15,1.2, got {text!r}") from None
-    if not values or any(not v > 0 for v in values):
+    if any(not v > 0 for v in values):
         raise OptionError(f"--coeff expects positive numbers, got {text!r}")
     return values
 
@@ -66,6 +69,7 @@ def search(
     from diffsampler.distributed import setup, teardown
     from diffsampler.errors import OptionError
     from diffsampler.options import parse_pairs
+    from diffsampler.outputs import check_output_file
 
     if (steps is None) == (nfe is None):
         if steps is None and nfe is None:
@@ -73,6 +77,8 @@ def search(
         else:
             raise OptionError("give --steps or --nfe, not both")
     coeffs = _coeffs(coeff)
+    for path in out_paths(out, coeffs):  # before any work: a search is not lost to a bad --out
+        check_output_file(path)
     device = resolve_device(device)
     solver_options = parse_pairs(opt, "--opt")
     student = ds.get_solver(solver, **solver_options)
@@ -102,6 +108,7 @@ def _search(distiller: Any, model_name: str, model_options: dict[str, Any], coef
             out: Path, student: Any, *, as_json: bool) -> None:
     import time
 
+    from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
@@ -180,9 +187,21 @@ def _search(distiller: Any, model_name: str, model_options: dict[str, Any], coef
         cost.add_row("AFS step", f"{sec['afs']:.3f}", "student runs over the warm-up seeds")
     cost.add_row("total", f"{sec['total']:.3f}", "")
     console.print(cost)
-    console.print(f"use: diffsampler sample --solver {o.solver} --schedule gits "
-                  f"--schedule-opt file={paths[0]} --steps {summary['num_steps']}"
-                  + (" --afs" if o.afs else ""), highlight=False, soft_wrap=True)
+    console.print(escape(usage_hint(model_name, model_options, o.solver, o.solver_options, paths[0],
+                                    summary["num_steps"], afs=o.afs)),
+                  highlight=False, soft_wrap=True)
+
+
+def usage_hint(model: str, model_options: dict[str, Any], solver: str, solver_options: str,
+               path: Path, num_steps: int, *, afs: bool) -> str:
+    """The ``diffsampler sample`` command that samples with a searched file as it was searched."""
+    from shlex import quote
+
+    flags = [f"--model {quote(model)}", *(f"--model-opt {quote(f'{k}={v}')}" for k, v in model_options.items()),
+             f"--solver {quote(solver)}",
+             *(f"--opt {quote(kv.strip())}" for kv in solver_options.split(",") if kv.strip()),
+             f"--schedule gits --schedule-opt {quote(f'file={path}')} --steps {num_steps}"]
+    return "use: diffsampler sample " + " ".join(flags) + (" --afs" if afs else "")
 
 
 def add_commands(app: typer.Typer) -> None:
