@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-__all__ = ["add_commands", "train"]
+__all__ = ["add_commands", "train", "usage_hint"]
 
 
 def steps_for(solver: str, *, steps: int | None, nfe: int | None, afs: bool) -> int:
@@ -64,12 +64,15 @@ def train(
     import time
 
     import torch
+    from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     import diffsampler as ds
     from diffsampler.cli._common import console, parse_pairs, print_json
     from diffsampler.devices import resolve_device
+    from diffsampler.outputs import check_output_file
 
+    check_output_file(out)  # before any work: a training is not lost to a bad --out
     torch.set_num_threads(threads)
     device = resolve_device(device)
     num_steps = steps_for(solver, steps=steps, nfe=nfe, afs=afs)
@@ -120,9 +123,19 @@ def train(
         print_json(summary)
         return
     console.print(f"wrote {out} ({seconds:.1f} s, {summary['iterations']} iterations)", highlight=False)
-    console.print(f"use: diffsampler sample --model {model} --solver {name} --opt predictor={out} "
-                  f"--schedule {schedule} --steps {num_steps}" + (" --afs" if afs else ""),
+    console.print(escape(usage_hint(model, model_options, name, out, schedule, num_steps, afs=afs)),
                   highlight=False, soft_wrap=True)
+
+
+def usage_hint(model: str, model_options: dict[str, Any], solver: str, out: Path, schedule: str,
+               num_steps: int, *, afs: bool) -> str:
+    """The ``diffsampler sample`` command that samples with a trained predictor as it was trained."""
+    from shlex import quote
+
+    flags = [f"--model {quote(model)}", *(f"--model-opt {quote(f'{k}={v}')}" for k, v in model_options.items()),
+             f"--solver {solver}", f"--opt {quote(f'predictor={out}')}", f"--schedule {quote(schedule)}",
+             f"--steps {num_steps}"]
+    return "use: diffsampler sample " + " ".join(flags) + (" --afs" if afs else "")
 
 
 def add_commands(app: typer.Typer) -> None:

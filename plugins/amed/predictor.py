@@ -35,6 +35,7 @@ FORMAT = "diffsampler.amed/1"
 FEATURE_SIZE = 8 * 8
 NOISE_CHANNELS = 8
 ENC_OUT = 4
+_WRITTEN_BY = "a .safetensors file written by diffsampler amed train"
 
 
 def _positional(t: Tensor, channels: int) -> Tensor:
@@ -172,16 +173,22 @@ class AMEDPredictor(nn.Module):
 def load_predictor(path: str | os.PathLike[str]) -> AMEDPredictor:
     """Read a predictor file; every problem is one clear error line."""
     p = Path(path)
+    if p.is_dir():
+        raise OptionError(f"AMED predictor file {str(p)!r} is a folder, not a file")
     if not p.is_file():
         raise OptionError(f"AMED predictor file {str(p)!r} does not exist")
     where = f"AMED predictor file {str(p)!r}"
-    raw = tensorfile.read_metadata(p).get("amed")
+    not_one = ModelLoadError(f"{str(p)!r} is not an AMED predictor ({_WRITTEN_BY})")
+    try:
+        raw = tensorfile.read_metadata(p).get("amed")
+    except tensorfile.TensorFileError:  # not a safetensors file at all
+        raise not_one from None
     try:
         meta = json.loads(raw) if raw is not None else None
     except json.JSONDecodeError:
         meta = None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise ModelLoadError(f"{where} is not an AMED predictor (format {FORMAT!r} expected)")
+        raise not_one
     pred = AMEDPredictor(meta["settings"], meta["model"], hidden_dim=int(meta["hidden_dim"]))
     state = tensorfile.load_file(p)
     try:

@@ -71,6 +71,8 @@ class AMEDSolver(ODESolver):
     Options = AMEDSolverOptions
     paper = PAPER
     student: ClassVar[str] = "amed"
+    #: the registered name, which messages show (``steps_for_nfe`` reads it)
+    name: ClassVar[str] = "amed"
     evals_per_step = 2
     order = 2
 
@@ -103,16 +105,38 @@ class AMEDSolver(ODESolver):
             )
         return self.predictor
 
+    @property
+    def sampling_defaults(self) -> dict[str, Any]:
+        """How the predictor is meant to be sampled: its schedule, number of sigmas and AFS
+        (the keys of :class:`~diffsampler.SamplesItself`); empty without a predictor."""
+        if self.predictor is None:
+            return {}
+        s = self.predictor.settings
+        return {
+            "schedule": s["schedule"], "schedule_options": dict(s.get("schedule_options", {})),
+            "num_steps": self.predictor.num_steps, "afs": bool(s["afs"]),
+        }
+
+    def nfe(self, num_steps: int, *, afs: bool = False, denoise_to_zero: bool = False) -> int:
+        """As every solver's, but with a predictor an AFS setting other than its training is
+        refused here: ``--nfe`` then names the predictor's reason, not an unreachable NFE."""
+        self._check_afs(afs)
+        return super().nfe(num_steps, afs=afs, denoise_to_zero=denoise_to_zero)
+
+    def _check_afs(self, afs: bool) -> None:
+        if self.predictor is None or bool(afs) == bool(self.predictor.settings["afs"]):
+            return
+        way = "with" if self.predictor.settings["afs"] else "without"
+        raise OptionError(
+            f"the AMED predictor {self.options.predictor!r} was trained {way} AFS: sample {way} --afs"
+        )
+
     def check(self, denoiser: Any, sigmas: Sequence[float], *, afs: bool = False) -> None:
         """The predictor must exist and fit the model, these sigmas and the AFS setting."""
         pred = self._need()
         pred.check_model(denoiser)
         s = pred.settings
-        if bool(afs) != bool(s["afs"]):
-            way = "with" if s["afs"] else "without"
-            raise OptionError(
-                f"the AMED predictor {self.options.predictor!r} was trained {way} AFS: sample {way} --afs"
-            )
+        self._check_afs(afs)
         if len(sigmas) != pred.num_steps:
             nfe = 2 * (pred.num_steps - 1) - int(s["afs"])
             raise OptionError(
@@ -161,4 +185,5 @@ def solver_class(student: str) -> type[AMEDSolver]:
         f"AMED-Plugin on {student}: two {student} half-steps per step through a learned "
         f"intermediate time (Zhou et al. 2024, Sec. 3.4); option predictor=FILE."
     )
-    return type(f"AMEDPlugin_{student}", (AMEDSolver,), {"student": student, "__doc__": doc})
+    attrs = {"student": student, "name": _name(student), "__doc__": doc}
+    return type(f"AMEDPlugin_{student}", (AMEDSolver,), attrs)

@@ -30,7 +30,7 @@ from .options import AMEDOptions
 from .predictor import AMEDPredictor, load_predictor, model_identity
 from .steps import AMEDStepper
 
-__all__ = ["AMED", "ModelEvaluator", "schedule_pair", "step_losses"]
+__all__ = ["AMED", "ModelEvaluator", "schedule_pair", "step_losses", "training_schedule"]
 
 Progress = Callable[[Mapping[str, float]], None]
 _SINGLE_STEP = ("amed", "euler", "dpm")
@@ -56,15 +56,31 @@ class ModelEvaluator:
         return self.model(x, sigma, self.cond)
 
 
-def schedule_pair(model: Any, options: AMEDOptions) -> tuple[tuple[float, ...], tuple[float, ...], dict[str, Any]]:
-    """``(student sigmas, teacher sigmas, schedule options)``: the teacher grid is the same
-    schedule with ``(M + 1)(num_steps - 1) + 1`` points, which must contain the student's."""
+def training_schedule(options: AMEDOptions) -> tuple[Any, dict[str, Any]]:
+    """The schedule of student and teacher (with ``rho`` where it takes one) and its options.
+
+    AMED needs one computed for any number of points (the teacher's grid refines the
+    student's): a schedule read from a file (``gits``, ``sfd``: it has a ``file`` option)
+    holds one count of sigmas and is refused.
+    """
     sched_opts: dict[str, Any] = {"rho": options.rho}
     try:
         schedule = get_schedule(options.schedule, **sched_opts)
     except OptionError:
         sched_opts = {}
         schedule = get_schedule(options.schedule)
+    if "file" in options_as_dict(getattr(schedule, "options", None)):
+        raise OptionError(
+            f"AMED trains on a schedule computed for any number of points, such as polynomial, "
+            f"logsnr or time_uniform; {options.schedule!r} reads a fixed list of sigmas from a file"
+        )
+    return schedule, sched_opts
+
+
+def schedule_pair(model: Any, options: AMEDOptions) -> tuple[tuple[float, ...], tuple[float, ...], dict[str, Any]]:
+    """``(student sigmas, teacher sigmas, schedule options)``: the teacher grid is the same
+    schedule with ``(M + 1)(num_steps - 1) + 1`` points, which must contain the student's."""
+    schedule, sched_opts = training_schedule(options)
     n = options.num_steps
     fine = (options.m + 1) * (n - 1) + 1
     student = tuple(float(s) for s in schedule.sigmas(n, model.sigma_min, model.sigma_max, model))
@@ -137,6 +153,7 @@ class AMED:
 
     def __init__(self, **options: Any) -> None:
         self.options: AMEDOptions = build_options(AMEDOptions, options, owner="distiller amed")
+        training_schedule(self.options)  # refuse an unusable schedule before any model is loaded
 
     def teacher_points(self, model: Any, latents: Tensor, teacher_sigmas: tuple[float, ...]) -> Tensor:
         """The teacher's states at the student's sigmas after the first: ``[steps, B, ...]``."""
