@@ -34,6 +34,7 @@ from .errors import (
     PluginError,
     SamplingError,
     UnknownComponentError,
+    UnreachableNFEError,
 )
 from .hookspecs import hookimpl, hookspec
 from .options import build_options, choice, describe_options, in_range, option, positive
@@ -90,6 +91,7 @@ __all__ = [
     "StepCallback",
     "TimeMapped",
     "UnknownComponentError",
+    "UnreachableNFEError",
     "__version__",
     "build_options",
     "choice",

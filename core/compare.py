@@ -18,7 +18,7 @@ from typing import Any
 import attrs
 
 from .api import get_metric, get_model, get_schedule, get_solver
-from .errors import OptionError
+from .errors import OptionError, UnreachableNFEError
 from .options import from_record, options_as_dict, parse_inline
 from .protocols import Analytic, ChecksRun, Decodable
 from .seeds import plan_batches, seed_noise
@@ -263,14 +263,19 @@ def run_compare(
         for nfe in config.nfes:
             try:
                 num_steps = steps_for_nfe(solver, nfe, afs=config.afs)
-            except OptionError:  # this solver's NFE per step cannot make ``nfe``
+            except UnreachableNFEError:  # this solver's NFE per step cannot make ``nfe``
                 row_sigmas.append(None)
+                continue
+            except OptionError as error:  # e.g. a learned solver's file made for the other AFS
+                row_sigmas.append(None)
+                refusal = refusal or error
                 continue
             try:
                 # a searched (GITS) schedule or a learned solver may fit some step counts only
                 sigmas = schedule.sigmas(num_steps, model.sigma_min, model.sigma_max, denoiser=model)
-                if isinstance(solver, ChecksRun):
-                    solver.check(model, sigma_tuple(sigmas), afs=config.afs)
+                for part in (schedule, solver):
+                    if isinstance(part, ChecksRun):
+                        part.check(model, sigma_tuple(sigmas), afs=config.afs)
             except OptionError as error:
                 row_sigmas.append(None)
                 refusal = refusal or error

@@ -23,6 +23,10 @@ class OptionError(DiffSamplerError, ValueError):
     """An option value, or option name, that a component does not accept."""
 
 
+class UnreachableNFEError(OptionError):
+    """A solver whose NFE per step cannot make the NFE asked for (the nearest reachable are named)."""
+
+
 class PluginError(DiffSamplerError):
     """A plugin that broke the plugin contract (bad registration call)."""
 

@@ -121,7 +121,8 @@ class Compilable(Protocol):
 @runtime_checkable
 class SamplesItself(Protocol):
     """A model that knows how it is meant to be sampled (a distilled student: its solver,
-    schedule, number of sigmas, AFS). ``sample`` uses these where the user gave none.
+    schedule, number of sigmas, AFS), or a learned solver that does (an AMED predictor: its
+    number of sigmas and AFS). ``sample`` uses these where the user gave none.
 
     Keys of ``sampling_defaults``: ``solver``, ``solver_options``, ``schedule``,
     ``schedule_options``, ``num_steps``, ``afs`` (used with the model's own solver only) and

@@ -195,6 +195,18 @@ def with_model_defaults(config: RunConfig, model: Denoiser) -> RunConfig:
     return attrs.evolve(config, **updates)
 
 
+def with_solver_defaults(config: RunConfig, asked: RunConfig, solver: Solver) -> RunConfig:
+    """``config`` with the step count and AFS the user left open (in ``asked``) taken from a
+    learned solver's own plan (:class:`~diffsampler.SamplesItself`: an AMED predictor's)."""
+    own = dict(solver.sampling_defaults) if isinstance(solver, SamplesItself) else {}
+    updates: dict[str, Any] = {}
+    if asked.afs is None and "afs" in own:
+        updates["afs"] = bool(own["afs"])
+    if asked.sigmas is None and asked.num_steps is None and asked.nfe is None and "num_steps" in own:
+        updates.update(num_steps=int(own["num_steps"]), nfe=None)
+    return attrs.evolve(config, **updates) if updates else config
+
+
 def plan_run(config: RunConfig) -> RunPlan:
     """Resolve the components, the sigmas and the batches of ``config`` (samples nothing)."""
     if config.cuda_graph and not str(config.device).startswith("cuda"):
@@ -204,9 +216,10 @@ def plan_run(config: RunConfig) -> RunPlan:
         if not isinstance(model, Compilable):
             raise OptionError(f"model {config.model!r} cannot be compiled (it has no compiled() method): drop --compile")
         model = model.compiled()
-    config = with_model_defaults(config, model)
+    asked, config = config, with_model_defaults(config, model)
     assert config.solver is not None and config.afs is not None
     solver = get_solver(config.solver, **config.solver_options)
+    config = with_solver_defaults(config, asked, solver)
     schedule_options: dict[str, Any]
     if config.sigmas is not None:
         if config.num_steps is not None or config.nfe is not None:
@@ -231,6 +244,8 @@ def plan_run(config: RunConfig) -> RunPlan:
             denoise_to_zero=config.denoise_to_zero,
         )
         sigmas = schedule.sigmas(steps, model.sigma_min, model.sigma_max, denoiser=model)
+        if isinstance(schedule, ChecksRun):  # e.g. a GITS file searched with the other AFS setting
+            schedule.check(model, sigma_tuple(sigmas), afs=bool(config.afs))
     nfe = solver.nfe(len(sigmas), afs=config.afs, denoise_to_zero=config.denoise_to_zero)
     if isinstance(solver, ChecksRun):
         solver.check(model, sigma_tuple(sigmas), afs=config.afs)

@@ -16,7 +16,7 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from .errors import OptionError, PluginError, SamplingError
+from .errors import OptionError, PluginError, SamplingError, UnreachableNFEError
 from .options import build_options
 from .protocols import Denoiser, SampleResult, StepCallback
 from .sigmas import sigma_tuple
@@ -133,7 +133,7 @@ class ODESolver:
     recommended_schedule: ClassVar[tuple[str, dict[str, Any]]] = ("polynomial", {"rho": 7.0})
 
     def __init__(self, **options: Any) -> None:
-        owner = f"solver {type(self).__name__}"
+        owner = f"solver {getattr(self, 'name', type(self).__name__)}"
         if self.Options is None and options:
             raise OptionError(f"{owner} takes no options, got {', '.join(options)}")
         self.options: Any = build_options(self.Options, options, owner=owner)
@@ -256,7 +256,7 @@ def steps_for_nfe(
     above = min((r for r in reachable if r > nfe), default=None)
     near = " or ".join(str(r) for r in (below, above) if r is not None)
     name = getattr(solver, "name", type(solver).__name__)
-    raise OptionError(
+    raise UnreachableNFEError(
         f"NFE {nfe} is not reachable with {name}"
         + (" and AFS" if afs else "")
         + (f"; nearest: {near}" if near else "")

@@ -306,6 +306,12 @@ def test_the_afs_setting_of_the_search_is_checked(schedule_file, tmp_path):
         with_afs.check(model, sched.sigmas, afs=False)
     with pytest.raises(ds.OptionError, match=r"searched with AFS: sample with --afs --steps 6 \(6 sigmas\); 5 were"):
         with_afs.sigmas(5, model.sigma_min, model.sigma_max)
+    from diffsampler.runs import RunConfig, plan_run
+
+    run = dict(model="gmm", model_options=SMALL, solver="ipndm", schedule="gits", num_steps=6, seeds=(0,))
+    with pytest.raises(ds.OptionError, match=r"searched with AFS: sample with --afs$"):  # planning checks it
+        plan_run(RunConfig(schedule_options={"file": str(afs_file)}, afs=False, **run))
+    assert plan_run(RunConfig(schedule_options={"file": str(afs_file)}, afs=True, **run)).nfe == 4
 
 
 def test_save_onto_a_folder_is_one_line_and_leaves_no_temporary(schedule_file, tmp_path):
