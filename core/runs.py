@@ -220,6 +220,7 @@ def plan_run(config: RunConfig) -> RunPlan:
     assert config.solver is not None and config.afs is not None
     solver = get_solver(config.solver, **config.solver_options)
     config = with_solver_defaults(config, asked, solver)
+    assert config.afs is not None
     schedule_options: dict[str, Any]
     if config.sigmas is not None:
         if config.num_steps is not None or config.nfe is not None:

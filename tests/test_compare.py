@@ -153,7 +153,7 @@ def test_compare_input_errors():
         SolverSpec.parse("ipndm[max_order=3")
     assert SolverSpec.parse("dpmpp[max_order=2]@logsnr").label == "dpmpp[max_order=2]@logsnr"
     assert parse_nfes("3-5,8") == (3, 4, 5, 8)
-    with pytest.raises(ds.OptionError, match="has the row 'euler @ polynomial.rho=7.' twice"):
+    with pytest.raises(ds.OptionError, match=r"has the row 'euler @ polynomial\[rho=7\]' twice"):
         run_compare(CompareConfig(solvers=("euler", "euler@polynomial[rho=7]"), nfes=(3,), seeds=(0,)))
     with pytest.raises(ds.OptionError, match="in '10-3' the end is below the start"):
         parse_nfes("10-3")
