@@ -9,6 +9,7 @@ batch 7 loses nothing of batches 0-6).
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -182,6 +183,10 @@ def with_model_defaults(config: RunConfig, model: Denoiser) -> RunConfig:
         updates["solver_options"] = {**own.get("solver_options", {}), **config.solver_options}
     if config.afs is None:
         updates["afs"] = bool(own.get("afs", False)) if fits else False
+    elif fits and "afs" in own and bool(own["afs"]) != config.afs:
+        way = ("with", "without") if own["afs"] else ("without", "with")
+        warnings.warn(f"the model was trained {way[0]} AFS; this run samples it {way[1]} AFS, off its training",
+                      stacklevel=2)
     if fits and config.schedule is None and config.sigmas is None and "schedule" in own:
         updates["schedule"] = own["schedule"]
         updates["schedule_options"] = {**own.get("schedule_options", {}), **config.schedule_options}

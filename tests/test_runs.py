@@ -263,7 +263,8 @@ def test_open_choices_come_from_the_models_own_plan():
     assert (own.solver, own.schedule, own.schedule_options, own.num_steps, own.nfe, own.afs) == (
         "heun", "time_uniform", {"rho": 2.0}, 4, None, True)
     # the user's choices win; another solver drops the model's schedule, steps and AFS
-    mine = with_model_defaults(RunConfig(afs=False, nfe=3), _Student())
+    with pytest.warns(UserWarning, match="trained with AFS; this run samples it without AFS, off its training"):
+        mine = with_model_defaults(RunConfig(afs=False, nfe=3), _Student())
     assert (mine.solver, mine.schedule, mine.num_steps, mine.nfe, mine.afs) == ("heun", "time_uniform", None, 3, False)
     other = with_model_defaults(RunConfig(solver="euler"), _Student())
     assert (other.schedule, other.num_steps, other.nfe, other.afs) == (None, None, DEFAULT_NFE, False)
