@@ -135,15 +135,13 @@ def _fmt(value: float | None) -> str:
 
 def _table(result: Any, key: str) -> Table:
     nfes = result.config.nfes
-    table = Table(title=f"{key} (lower is better) on {result.config.model}; * best per NFE",
+    better = "higher" if key in result.higher_is_better else "lower"
+    table = Table(title=f"{key} ({better} is better) on {result.config.model}; * best per NFE",
                   title_justify="left")
     table.add_column("solver @ schedule")
     for n in nfes:
         table.add_column(f"NFE {n}", justify="right")
-    best = {}
-    for n in nfes:
-        values = [v for row in result.rows if (v := result.value(row, n, key)) is not None]
-        best[n] = min(values) if values else None
+    best = {n: result.best(n, key) for n in nfes}
     for row in result.rows:
         cells = []
         for n in nfes:
@@ -188,14 +186,16 @@ def _plot(path: Path, result: Any) -> None:
     keys = result.keys()
     fig, axes = plt.subplots(1, len(keys), figsize=(6 * len(keys), 4.5), squeeze=False)
     for ax, key in zip(axes[0], keys, strict=True):
+        values = [v for c in result.cells if c.values and math.isfinite(v := c.values.get(key, math.nan))]
+        log = bool(values) and min(values) > 0  # errors and distances; scores may be <= 0
         for row in result.rows:
             points = [(n, v) for n in result.config.nfes
-                      if (v := result.value(row, n, key)) is not None and math.isfinite(v) and v > 0]
+                      if (v := result.value(row, n, key)) is not None and math.isfinite(v) and (v > 0 or not log)]
             if points:
                 ax.plot(*zip(*points, strict=True), marker="o", label=row)
         if result.reference and result.reference.get(key):
             ax.axhline(result.reference[key], color="k", ls=":", label="exact endpoints")
-        ax.set_yscale("log")
+        ax.set_yscale("log" if log else "linear")
         ax.set_xlabel("NFE")
         ax.set_ylabel(key)
         ax.set_title(f"{key} on {result.config.model}")

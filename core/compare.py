@@ -181,6 +181,7 @@ class CompareResult:
     seconds: float
     model_spec: dict[str, Any] | None = None  # the exact problem (analytic models)
     complete: bool = True  # False: interrupted, only the cells finished before that
+    higher_is_better: tuple[str, ...] = ()  # the keys whose metric declares higher_is_better
 
     def value(self, row: str, nfe: int, key: str) -> float | None:
         for cell in self.cells:
@@ -206,7 +207,15 @@ class CompareResult:
             "seconds": self.seconds,
             "model_spec": self.model_spec,
             "complete": self.complete,
+            "higher_is_better": list(self.higher_is_better),
         }
+
+    def best(self, nfe: int, key: str) -> float | None:
+        """The best value of ``key`` at ``nfe`` over the rows (the largest where higher is better)."""
+        values = [v for row in self.rows if (v := self.value(row, nfe, key)) is not None]
+        if not values:
+            return None
+        return max(values) if key in self.higher_is_better else min(values)
 
 
 def _rows(config: CompareConfig) -> list[SolverSpec]:
@@ -293,10 +302,15 @@ def run_compare(
     batches = plan_batches(config.seeds, config.batch)
     noise = [seed_noise(b.seeds, model.shape, dtype=dtype) for b in batches]
 
+    higher: dict[str, None] = {}  # ordered set of keys where higher is better
+
     def measure(samples: list[Any]) -> dict[str, float]:
         values: dict[str, float] = {}
         for metric in metrics:
-            values.update(metric.compute(samples, model=model, seeds=config.seeds))
+            named = metric.compute(samples, model=model, seeds=config.seeds)
+            if getattr(metric, "higher_is_better", False):
+                higher.update(dict.fromkeys(named))
+            values.update(named)
         return values
 
     reference, accuracy = None, None
@@ -312,7 +326,7 @@ def run_compare(
     def result(complete: bool) -> CompareResult:
         return CompareResult(
             config=config, rows=tuple(dict.fromkeys(c.row for c in cells)), cells=tuple(cells),
-            reference=reference, ground_truth_accuracy=accuracy, complete=complete,
+            reference=reference, ground_truth_accuracy=accuracy, complete=complete, higher_is_better=tuple(higher),
             seconds=time.perf_counter() - started, model_spec=getattr(model, "spec", None),
         )
 

@@ -246,3 +246,35 @@ def test_compare_config_refuses_other_flags_and_foreign_files(tmp_path):
     assert proc.returncode == 2 and "is not a comparison configuration" in proc.stderr
     proc = cli("compare", "--config", str(bad), "--nfe", "4", "--out", str(tmp_path / "o"))
     assert proc.returncode == 2 and "drop --nfe" in proc.stderr
+
+
+def test_metrics_where_higher_is_better_mark_the_largest_value():
+    import types
+
+    from diffsampler.registry import discover
+
+    class Score:
+        """Minus the RMS distance to the exact endpoints (higher is better)."""
+
+        higher_is_better = True
+
+        def compute(self, batches, *, model=None, seeds=None):
+            rms = ds.get_metric("l2-exact").compute(batches, model=model, seeds=seeds)["l2"]
+            return {"score": -rms}
+
+    @ds.hookimpl
+    def register_metrics(register):
+        register("score", Score)
+
+    ds.reset_registry(discover(entry_points=True, plugins=[("t", types.SimpleNamespace(register_metrics=register_metrics))]))
+    try:
+        config = CompareConfig(model_options={"shape": (2,)}, solvers=("euler", "heun"), nfes=(6,), seeds=(0, 1, 2),
+                               metrics=("score", "l2-exact"))
+        result = run_compare(config)
+    finally:
+        ds.reset_registry(None)
+    assert result.higher_is_better == ("score",) and result.to_dict()["higher_is_better"] == ["score"]
+    scores = {row: result.value(row, 6, "score") for row in result.rows}
+    errors = {row: result.value(row, 6, "l2") for row in result.rows}
+    assert result.best(6, "score") == max(scores.values()) and result.best(6, "l2") == min(errors.values())
+    assert max(scores, key=scores.get) == min(errors, key=errors.get)  # the same winner either way
