@@ -42,6 +42,11 @@ def compare(
     afs: Annotated[bool, typer.Option(help="analytical first step in every run")] = False,
     dtype: Annotated[str, typer.Option(help="float64 (default) or float32")] = "float64",
     batch: Annotated[int, typer.Option(help="samples per batch")] = 64,
+    labels: Annotated[
+        str | None,
+        typer.Option(help="class (or prompt) of each seed, as in sample: random, seed, or a class index "
+                          "(default: the model's own)"),
+    ] = None,
     out: Annotated[Path, typer.Option(help="directory for results.json/.csv, plot.png")] = Path("compare"),
     config: Annotated[
         Path | None, typer.Option(help="rerun the comparison saved in a results.json (no other flags but --out/--json)")
@@ -59,7 +64,7 @@ def compare(
         flags = {"--model": (model, "gmm"), "--solver": (solver, None), "--schedule": (schedule, None),
                  "--nfe": (nfe, "3-10"), "--seeds": (seeds, "0-63"), "--metric": (metric, None),
                  "--model-opt": (model_opt, None), "--afs": (afs, False), "--dtype": (dtype, "float64"),
-                 "--batch": (batch, 64)}
+                 "--batch": (batch, 64), "--labels": (labels, None)}
         given = [flag for flag, (value, default) in flags.items() if value not in (default, [])]
         if given:
             raise OptionError(f"--config reruns a saved comparison as it was; drop {', '.join(given)}")
@@ -71,7 +76,7 @@ def compare(
         cfg = CompareConfig(
             model=model, model_options=parse_pairs(model_opt, "--model-opt"),
             schedules=tuple(schedule or ()), nfes=parse_nfes(nfe), seeds=parse_seeds(seeds),
-            metrics=tuple(metric or ()), afs=afs, dtype=dtype, batch=batch, **kwargs,
+            metrics=tuple(metric or ()), afs=afs, dtype=dtype, batch=batch, labels=labels, **kwargs,
         )
     _prepare(out)
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),

@@ -21,6 +21,7 @@ from .api import get_metric, get_model, get_schedule, get_solver
 from .errors import OptionError, UnreachableNFEError
 from .options import from_record, options_as_dict, parse_inline
 from .protocols import Analytic, ChecksRun, Decodable
+from .runs import check_labels, labels_for
 from .seeds import plan_batches, seed_noise
 from .sigmas import sigma_tuple
 from .solver import steps_for_nfe
@@ -147,6 +148,11 @@ class CompareConfig:
     afs: bool = False
     dtype: str = "float64"
     batch: int = 64
+    #: class labels (or prompt indices) per seed, as ``sample --labels``: None (the model's
+    #: default), "random", "seed" or one class index
+    labels: str | None = attrs.field(
+        default=None, converter=lambda v: None if v is None else str(v), validator=check_labels
+    )
 
     def to_dict(self) -> dict[str, Any]:
         data = attrs.asdict(self, recurse=True)
@@ -249,6 +255,7 @@ def run_compare(
     if config.dtype not in ("float32", "float64"):
         raise OptionError(f"dtype must be float32 or float64, got {config.dtype!r}")
     dtype = getattr(torch, config.dtype)
+    classes = labels_for(config.labels, model, config.seeds, model_name=config.model)  # refused early
 
     rows = _rows(config)
     built: list[tuple[SolverSpec, Any, str, Any]] = []
@@ -301,13 +308,18 @@ def run_compare(
 
     batches = plan_batches(config.seeds, config.batch)
     noise = [seed_noise(b.seeds, model.shape, dtype=dtype) for b in batches]
+    conds: list[Any] = [None] * len(batches)
+    if classes is not None:
+        by_seed = dict(zip(config.seeds, classes, strict=True))
+        conds = [torch.tensor([by_seed[s] for s in b.seeds]) for b in batches]
 
     higher: dict[str, None] = {}  # ordered set of keys where higher is better
 
     def measure(samples: list[Any]) -> dict[str, float]:
         values: dict[str, float] = {}
         for metric in metrics:
-            named = metric.compute(samples, model=model, seeds=config.seeds)
+            paired = classes is not None and getattr(metric, "uses_labels", False)
+            named = metric.compute(samples, model=model, seeds=config.seeds, **({"labels": classes} if paired else {}))
             if getattr(metric, "higher_is_better", False):
                 higher.update(dict.fromkeys(named))
             values.update(named)
@@ -338,7 +350,8 @@ def run_compare(
                     continue
                 t0 = time.perf_counter()
                 first = float(sigmas[0])
-                samples = [solver.sample(model, z * first, sigmas, afs=config.afs).x for z in noise]
+                samples = [solver.sample(model, z * first, sigmas, cond=c, afs=config.afs).x
+                           for z, c in zip(noise, conds, strict=True)]
                 if isinstance(model, Decodable) and not analytic:  # image metrics see images
                     samples = [model.decode(x) for x in samples]
                 cell = Cell(row=row, nfe=nfe, num_steps=len(sigmas), values=measure(samples),

@@ -247,7 +247,10 @@ class Metric(Protocol):
     """A quality measure: consumes batches of samples, returns named numbers.
 
     ``model`` and ``seeds`` are given where known, for metrics that compare with an exact answer
-    (analytic models); image metrics ignore them.
+    (analytic models); image metrics ignore them. A metric that pairs each sample with the class
+    or prompt it was generated from (CLIP score) sets ``uses_labels = True`` and then also gets
+    ``labels`` (one index per seed) when the run has them. ``higher_is_better = True`` marks
+    scores (``compare`` stars the largest value).
     """
 
     def compute(

@@ -40,7 +40,8 @@ def _frozen_dict(value: Mapping[str, Any] | None) -> dict[str, Any]:
     return dict(value or {})
 
 
-def _check_labels(_instance: Any, _attribute: Any, value: str | None) -> None:
+def check_labels(_instance: Any, _attribute: Any, value: str | None) -> None:
+    """attrs validator of a ``--labels`` choice."""
     if value is None or value in ("random", "seed"):
         return
     if not (isinstance(value, str) and value.isdigit()):
@@ -79,7 +80,7 @@ class RunConfig:
     #: seed, drawn from that seed alone), "seed" (seed mod the number of classes: the seed-th
     #: prompt of a prompts file, as the seed's MS-COCO runs), or a class index for every sample
     labels: str | None = attrs.field(
-        default=None, converter=lambda v: None if v is None else str(v), validator=_check_labels
+        default=None, converter=lambda v: None if v is None else str(v), validator=check_labels
     )
     #: run the model through ``torch.compile`` (:class:`~diffsampler.Compilable` models)
     compile: bool = False
@@ -146,7 +147,13 @@ class RunPlan:
 
 
 def seed_labels(plan: RunPlan, seeds: Iterable[int]) -> list[int] | None:
-    """The class label of each seed (None when the run has no labels).
+    """The class label of each seed of ``plan`` (None when the run has no labels)."""
+    return labels_for(plan.config.labels, plan.model, seeds, model_name=plan.config.model)
+
+
+def labels_for(choice: str | None, model: Denoiser, seeds: Iterable[int], *, model_name: str) -> list[int] | None:
+    """The class label (or prompt index) of each seed for a ``--labels`` choice: ``None`` (the
+    model's default: no labels), ``random``, ``seed`` or one class index.
 
     ``random`` draws from a generator of the seed alone (numpy ``default_rng([seed, 1])``), so a
     sample's label, like its noise, depends on its seed only.
@@ -155,18 +162,17 @@ def seed_labels(plan: RunPlan, seeds: Iterable[int]) -> list[int] | None:
 
     from .protocols import ClassConditional
 
-    choice = plan.config.labels
     if choice is None:
         return None
-    classes = int(plan.model.label_dim) if isinstance(plan.model, ClassConditional) else 0
+    classes = int(model.label_dim) if isinstance(model, ClassConditional) else 0
     if classes <= 0:
-        raise OptionError(f"model {plan.config.model!r} is not class-conditional: drop --labels")
+        raise OptionError(f"model {model_name!r} is not class-conditional: drop --labels")
     if choice == "random":
         return [int(np.random.default_rng([int(s), 1]).integers(classes)) for s in seeds]
     if choice == "seed":
         return [int(s) % classes for s in seeds]
     if int(choice) >= classes:
-        raise OptionError(f"class {choice} is out of range: model {plan.config.model!r} has {classes}")
+        raise OptionError(f"class {choice} is out of range: model {model_name!r} has {classes}")
     return [int(choice)] * len(list(seeds))
 
 

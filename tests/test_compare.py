@@ -278,3 +278,22 @@ def test_metrics_where_higher_is_better_mark_the_largest_value():
     errors = {row: result.value(row, 6, "l2") for row in result.rows}
     assert result.best(6, "score") == max(scores.values()) and result.best(6, "l2") == min(errors.values())
     assert max(scores, key=scores.get) == min(errors, key=errors.get)  # the same winner either way
+
+
+def test_compare_labels_reach_the_samples_and_the_teacher():
+    config = CompareConfig(model="digits", solvers=("euler",), nfes=(4,), seeds=(0, 1, 2), labels="random",
+                           metrics=("l2-teacher[teacher_steps=5,teacher=euler]",), batch=3, dtype="float32")
+    result = run_compare(config)
+    # a 5-sigma Euler run IS the teacher here, so with the same labels the error is 0
+    assert result.value(result.rows[0], 4, "l2_teacher") == 0.0
+    assert result.to_dict()["config"]["labels"] == "random"
+    # ... and the classes matter: the teacher's run differs without them
+    from diffsampler.plugins.metrics.analytic import TeacherEndpointError
+    from diffsampler.runs import labels_for
+
+    model, teacher = ds.get_model("digits"), TeacherEndpointError(teacher="euler", teacher_steps=5)
+    classes = labels_for("random", model, (0, 1, 2), model_name="digits")
+    assert abs(teacher.reference(model, (0, 1, 2), torch.float32, classes)
+               - teacher.reference(model, (0, 1, 2), torch.float32)).max() > 0.1
+    with pytest.raises(ds.OptionError, match="class 12 is out of range"):
+        run_compare(attrs.evolve(config, labels="12"))

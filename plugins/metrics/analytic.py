@@ -180,22 +180,25 @@ class TeacherEndpointError:
 
     For models whose ODE has no exact solution (neural networks): the reference is ``teacher``
     on a polynomial schedule with ``teacher_steps`` points (default Heun, 200 NFE), started from
-    the same seeded noise; computed once per model and seed set.
+    the same seeded noise and the same class labels (or prompts); computed once per model, seed
+    set and labels.
     """
 
     paper = "Error to a fine teacher run (the distillation papers' training target)"
     higher_is_better = False
+    uses_labels = True  # the teacher runs each seed with the class its sample was drawn for
 
     def __init__(self, *, teacher: str = "heun", teacher_steps: int = 101, rho: float = 7.0) -> None:
         self.teacher, self.teacher_steps, self.rho = teacher, teacher_steps, rho
-        self._reference: dict[tuple[int, tuple[int, ...], Any], np.ndarray] = {}
+        self._reference: dict[tuple[Any, ...], np.ndarray] = {}
 
-    def reference(self, model: Denoiser, seeds: Sequence[int], dtype: Any) -> np.ndarray:
+    def reference(self, model: Denoiser, seeds: Sequence[int], dtype: Any,
+                  labels: Sequence[int] | None = None) -> np.ndarray:
         import torch
 
         import diffsampler as ds
 
-        key = (id(model), tuple(int(s) for s in seeds), dtype)
+        key = (id(model), tuple(int(s) for s in seeds), dtype, None if labels is None else tuple(labels))
         if key not in self._reference:
             solver = ds.get_solver(self.teacher)
             sigmas = ds.get_schedule("polynomial", rho=self.rho).sigmas(
@@ -205,8 +208,9 @@ class TeacherEndpointError:
             for start in range(0, len(seeds), 64):
                 chunk = list(seeds)[start : start + 64]
                 x = ds.seed_noise(chunk, model.shape, dtype=dtype) * float(sigmas[0])
+                cond = None if labels is None else torch.tensor(list(labels)[start : start + 64])
                 with torch.no_grad():
-                    rows.append(solver.sample(model, x, sigmas).x.double().cpu().numpy())
+                    rows.append(solver.sample(model, x, sigmas, cond=cond).x.double().cpu().numpy())
             self._reference[key] = np.concatenate(rows).reshape(len(seeds), -1)
         return self._reference[key]
 
@@ -216,13 +220,14 @@ class TeacherEndpointError:
         *,
         model: Denoiser | None = None,
         seeds: Sequence[int] | None = None,
+        labels: Sequence[int] | None = None,
     ) -> dict[str, float]:
         if model is None or seeds is None:
             raise OptionError("metric 'l2-teacher' needs the model and the seeds of the samples")
         batches = list(batches)
         dtype = batches[0].dtype if batches and hasattr(batches[0], "dtype") else None
         x = _stack(batches)
-        ref = self.reference(model, seeds, dtype)
+        ref = self.reference(model, seeds, dtype, labels)
         if ref.shape != x.shape:
             raise OptionError(f"{x.shape[0]} samples for {len(seeds)} seeds")
         return {"l2_teacher": float(np.sqrt(((x - ref) ** 2).mean(1)).mean())}
