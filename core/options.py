@@ -204,6 +204,15 @@ def build_options(cls: type | None, values: Mapping[str, Any], *, owner: str) ->
         kwargs[name] = value
     if cls is None:
         return None
+    missing = [f for f in fields.values() if f.default is attrs.NOTHING and f.init and f.name not in kwargs]
+    if missing:
+        f = missing[0]
+        about = f.metadata.get(_HELP) if f.metadata else None
+        flag = {"solver": "--opt", "model": "--model-opt", "schedule": "--schedule-opt"}.get(owner.split()[0])
+        raise OptionError(
+            f"{owner} needs option {f.name!r}" + (f" ({about})" if about else "")
+            + (f"; on the command line: {flag} {f.name}=..." if flag else "")
+        )
     try:
         return cls(**kwargs)
     except OptionError as exc:

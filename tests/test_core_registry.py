@@ -228,3 +228,18 @@ def test_importing_the_api_and_listing_does_not_import_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_missing_required_option_is_named_with_its_help():
+    @attrs.frozen(kw_only=True)
+    class Needs:
+        path: str = attrs.field(metadata={"help": "the weights file"})
+
+    @ds.hookimpl
+    def register_models(register):
+        register("needy", lambda path: path, options=Needs)
+
+    reg = discover(entry_points=False, plugins=[("p", types.SimpleNamespace(register_models=register_models))])
+    with pytest.raises(ds.OptionError, match=r"^model 'needy' needs option 'path'; on the command line: --model-opt path=\.\.\.$"):
+        reg.create("model", "needy")
+    assert reg.create("model", "needy", path="w.pt") == "w.pt"
