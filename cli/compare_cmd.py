@@ -80,7 +80,8 @@ def compare(
         )
     _prepare(out)
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TimeElapsedColumn(), console=err_console, transient=True)
+                        TimeElapsedColumn(), console=err_console, transient=True,
+                        disable=not err_console.is_terminal)  # a transient bar in a log is one stray newline
     try:
         with progress:
             task = progress.add_task("ground truth and cells", total=None)

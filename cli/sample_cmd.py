@@ -273,7 +273,7 @@ def _sample_and_finish(plan: Any, rundir: Any, out: Path, dist: Any, *, as_json:
     started = time.perf_counter()
     progress = Progress(TextColumn("sampling"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), console=err_console, transient=True,
-                        disable=not dist.is_main)
+                        disable=not dist.is_main or not err_console.is_terminal)  # no stray newline in logs
     with progress:
         task = progress.add_task("batches", total=len(mine))
 
