@@ -179,3 +179,29 @@ def test_compare_without_a_reference_names_what_works(monkeypatch, capsys, ref):
                        '(compare: --metric "fid[ref=PATH]") or set DIFFSAMPLER_FID_REF=PATH')
     name, options = parse_metric("fid[ref=ref.npz]")  # what the message promises reaches the metric
     assert ds.get_metric(name, **options).ref.count == 4
+
+
+def test_prdc_refuses_k_against_the_set_sizes_before_embedding(monkeypatch, capsys, tmp_path, pngs):
+    """No weights here: an error about them would mean a set was embedded before k was checked."""
+    np.savez(tmp_path / "real.npz", features=np.random.default_rng(0).standard_normal((20, 4)))
+    message = error_line(monkeypatch, capsys, "prdc", "--real", "real.npz", "--fake", "pngs", "--k", "3")
+    assert message == "PRDC with k=3 needs more than 3 points per set: fake 'pngs' has 3"
+    np.savez(tmp_path / "few.npz", features=np.zeros((4, 4)))
+    message = error_line(monkeypatch, capsys, "prdc", "--real", "few.npz", "--fake", "pngs", "--k", "4")
+    assert message == "PRDC with k=4 needs more than 4 points per set: real 'few.npz' has 4"
+    with pytest.raises(OptionError, match=r"^PRDC with k=4 needs more than 4 points per set: ref 'few.npz' has 4$"):
+        ds.get_metric("prdc", ref="few.npz", k=4)  # refused when built: compare has not sampled yet
+
+
+def test_a_torch_file_is_no_image_set(monkeypatch, capsys, tmp_path, pngs, weights_file):
+    """A .pth is a zip too: it is named as no image set, before any progress line."""
+    expected = (f"{str(weights_file)!r} is not an image set (a folder or .zip of PNGs, an .npz with arr_0) "
+                "nor a features .npz (diffsampler fid ref --features)")
+    assert error_line(monkeypatch, capsys, "prdc", "--real", str(weights_file), "--fake", "pngs") == expected
+    assert error_line(monkeypatch, capsys, "prdc", "--real", "pngs", "--fake", str(weights_file)) == expected
+    message = error_line(monkeypatch, capsys, "fid", "ref", "--data", str(weights_file), "--out", "o.npz",
+                         "--weights", str(weights_file))
+    assert message == f"{str(weights_file)!r} is not an image set (a folder or .zip of PNGs, an .npz with arr_0)"
+    (tmp_path / "empty").mkdir()
+    message = error_line(monkeypatch, capsys, "prdc", "--real", "empty", "--fake", "pngs")
+    assert message == "'empty' holds no PNG images"

@@ -121,3 +121,182 @@ def test_loading_offline_without_files_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     with pytest.raises(ModelLoadError, match="could not load the CLIP model"):
         CLIPEncoder.load("laion/CLIP-ViT-g-14-laion2B-s34B-b88K")
+
+
+# --- which prompt each image is scored against ------------------------------------------------
+
+def test_pair_prompts_uses_labels_then_seeds_then_position():
+    from diffsampler.plugins.metrics.clip_score import pair_prompts
+
+    assert pair_prompts(3, 3, labels=[1, 2, 0], seeds=[1, 2, 3]).indices == (1, 2, 0)
+    by_seed = pair_prompts(5, 3, seeds=[0, 1, 2, 3, 4])  # more images than prompts: fine, like --labels seed
+    assert (by_seed.how, by_seed.indices) == ("seed", (0, 1, 2, 0, 1))
+    assert pair_prompts(2, 3).indices == (0, 1)
+    assert pair_prompts(3, 3, labels=[1, 2, 0], seeds=[1, 2, 3], mode="index").indices == (0, 1, 2)
+    with pytest.raises(OptionError, match=r"^3 images but 2 prompts in p\.txt \(image i is paired"):
+        pair_prompts(3, 2, prompts_name="p.txt")
+    with pytest.raises(OptionError, match=r"^the images' labels run up to 5 but p\.txt has 3 prompts$"):
+        pair_prompts(2, 3, labels=[0, 5], prompts_name="p.txt")
+    with pytest.raises(OptionError, match=r"^pairing 'labels': no labels are recorded"):
+        pair_prompts(2, 3, seeds=[0, 1], mode="labels")
+    with pytest.raises(OptionError, match=r"^p\.txt holds no prompts$"):
+        pair_prompts(2, 0, prompts_name="p.txt")
+
+
+@pytest.fixture
+def patched_clip(tiny_clip, monkeypatch):
+    monkeypatch.setattr(CLIPEncoder, "load", classmethod(lambda cls, name, device="cpu": cls(tiny_clip, CharTokenizer())))
+    return tiny_clip
+
+
+PROMPTS = ["a zero", "a one", "a two", "a three", "a four", "a five", "a six", "a seven", "an eight", "a nine"]
+
+
+def _sample(tmp_path, labels: str, fmt: str):
+    """``diffsampler sample`` on the digits model: images with their labels recorded as sample records them."""
+    from typer.testing import CliRunner
+
+    from diffsampler.cli import build_app
+
+    out = tmp_path / f"{labels}-{fmt}"
+    result = CliRunner().invoke(build_app(), ["sample", "--model", "digits", "--labels", labels, "--seeds", "3-7",
+                                              "--nfe", "2", "--format", fmt, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.mark.parametrize(("labels", "fmt", "where"), [
+    ("seed", "npz", "samples.npz"), ("random", "npz", "samples.npz"), ("random", "png", ""), ("random", "zip", "images.zip"),
+])
+def test_cli_scores_each_image_against_the_prompt_of_its_label(patched_clip, tmp_path, labels, fmt, where):
+    """sample --labels seed|random picks prompt labels[j] for image j: clip-score must pair the same way."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from diffsampler.cli import build_app
+    from diffsampler.imagesets import iter_images
+
+    run = _sample(tmp_path, labels, fmt)
+    images = run / where
+    (tmp_path / "p.txt").write_text("\n".join(PROMPTS), encoding="utf-8")
+    result = CliRunner().invoke(build_app(), ["clip-score", "--images", str(images), "--prompts",
+                                              str(tmp_path / "p.txt"), "--json"])
+    assert result.exit_code == 0, result.output
+    values = json.loads(result.stdout)
+    pixels = np.concatenate(list(iter_images(images)))
+    used = [3, 4, 5, 6, 7] if labels == "seed" else [int(np.random.default_rng([s, 1]).integers(10)) for s in range(3, 8)]
+    assert values == {"clip": pytest.approx(_direct(patched_clip, _resized(pixels), [PROMPTS[i] for i in used]), rel=1e-5),
+                      "count": 5, "pairing": "labels"}
+
+
+def _resized(images: np.ndarray) -> np.ndarray:
+    """8x8 grey digits as the 24x24 RGB images CLIP sees (preprocess's bicubic resize, undone normalisation)."""
+    x = preprocess(images, 24) * torch.tensor(CLIP_STD)[:, None, None] + torch.tensor(CLIP_MEAN)[:, None, None]
+    return (x.permute(0, 2, 3, 1).numpy() * 255).round().clip(0, 255).astype(np.uint8)
+
+
+def test_cli_without_labels_pairs_by_seed_from_png_names_and_prints_the_pairing(patched_clip, tmp_path):
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from diffsampler.cli import build_app
+
+    run = _sample(tmp_path, "seed", "png")
+    (run / "dataset.json").unlink()  # no labels recorded: the seeds in the names decide
+    (tmp_path / "p.txt").write_text("a\nb\nc\n", encoding="utf-8")
+    runner = CliRunner()
+    result = runner.invoke(build_app(), ["clip-score", "--images", str(run), "--prompts", str(tmp_path / "p.txt")])
+    assert result.exit_code == 0, result.output
+    assert "pairing: each image with prompt seed mod 3, as sample --labels seed (the PNG names)" in result.stderr
+    flat = tmp_path / "flat"  # names that are not seeds: image i with prompt i, so 5 images need 5 prompts
+    flat.mkdir()
+    for i, png in enumerate(sorted(run.rglob("*.png"))):
+        shutil.copy(png, flat / f"img{i}.png")
+    result = runner.invoke(build_app(), ["clip-score", "--images", str(flat), "--prompts", str(tmp_path / "p.txt")])
+    assert isinstance(result.exception, OptionError)
+    assert str(result.exception).startswith(f"5 images but 3 prompts in {tmp_path / 'p.txt'} (image i is paired")
+
+
+def test_cli_pairing_error_is_one_line_naming_the_image_count(monkeypatch, capsys, tmp_path):
+    """Said before CLIP loads: no model 'no-such-clip' exists, so loading it first would fail otherwise."""
+    import sys
+
+    from diffsampler.cli import main
+
+    monkeypatch.setenv("DIFFSAMPLER_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    np.savez("imgs.npz", arr_0=np.zeros((8, 24, 24, 3), np.uint8))
+    (tmp_path / "p.txt").write_text("a cat\na dog\n", encoding="utf-8")
+    monkeypatch.setattr(sys, "argv", ["diffsampler", "clip-score", "--images", "imgs.npz", "--prompts", "p.txt",
+                                      "--model", "no-such-clip"])
+    with pytest.raises(SystemExit) as info:
+        main()
+    err = capsys.readouterr().err
+    assert info.value.code == 2
+    assert err.strip() == ("error: 8 images but 2 prompts in p.txt (image i is paired with prompt i: "
+                           "no labels or seeds are recorded with the images)")
+
+
+def test_metric_pairs_by_labels_or_seeds_as_compare_passes_them(patched_clip, tmp_path):
+    import diffsampler as ds
+    from diffsampler.images import to_uint8
+
+    prompts = ["a cat", "a dog", "a bird"]
+    (tmp_path / "prompts.txt").write_text("\n".join(prompts), encoding="utf-8")
+    metric = ds.get_metric("clip-score", prompts=str(tmp_path / "prompts.txt"), device="cpu", batch=2)
+    samples = torch.rand((5, 3, 24, 24), generator=torch.Generator().manual_seed(1)) * 2 - 1
+    pixels = to_uint8(samples)
+    seeds = [4, 5, 6, 7, 8]  # more images than prompts: each seed's prompt is known
+    by_seed = metric.compute([samples[:2], samples[2:]], seeds=seeds)
+    assert by_seed == {"clip": pytest.approx(_direct(patched_clip, pixels, [prompts[s % 3] for s in seeds]), rel=1e-5)}
+    labels = [2, 2, 0, 1, 0]
+    by_label = metric.compute([samples], seeds=seeds, labels=labels)
+    assert by_label == {"clip": pytest.approx(_direct(patched_clip, pixels, [prompts[i] for i in labels]), rel=1e-5)}
+
+
+def test_compare_hands_the_metric_its_labels():
+    from diffsampler.plugins.metrics.clip_score import CLIPScore
+
+    assert CLIPScore.uses_labels and CLIPScore.higher_is_better
+
+
+def test_metric_warns_once_when_the_model_used_another_single_prompt(patched_clip, tmp_path):
+    from types import SimpleNamespace
+
+    import diffsampler as ds
+
+    (tmp_path / "prompts.txt").write_text("a cat\na dog\n", encoding="utf-8")
+    metric = ds.get_metric("clip-score", prompts=str(tmp_path / "prompts.txt"), device="cpu")
+    samples = torch.zeros((2, 3, 24, 24))
+    fixed = SimpleNamespace(prompts=["a red fox"])  # a text model sampled with prompt="a red fox"
+    with pytest.warns(UserWarning, match=r"^the model made every image from the prompt 'a red fox', but clip-score"):
+        metric.compute([samples], model=fixed, seeds=[0, 1])
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        metric.compute([samples], model=fixed, seeds=[0, 1])  # once per metric, not per compare cell
+
+
+@pytest.mark.parametrize(("labels", "expected"), [
+    ("random", [int(np.random.default_rng([s, 1]).integers(10)) for s in range(3, 8)]),
+    (None, [s % 3 for s in range(3, 8)]),  # no labels: seed mod N (here a 3-prompt file)
+])
+def test_compare_scores_each_sample_against_the_prompt_it_was_drawn_with(patched_clip, tmp_path, monkeypatch,
+                                                                          labels, expected):
+    """compare --labels hands the metric the per-seed labels; without them it pairs by seed."""
+    from diffsampler.compare import CompareConfig, run_compare
+
+    prompts = PROMPTS if labels else PROMPTS[:3]
+    (tmp_path / "p.txt").write_text("\n".join(prompts), encoding="utf-8")
+    monkeypatch.setenv("DIFFSAMPLER_CLIP_PROMPTS", str(tmp_path / "p.txt"))
+    asked: list[str] = []
+    encode = CLIPEncoder.encode_texts
+    monkeypatch.setattr(CLIPEncoder, "encode_texts", lambda self, texts: (asked.extend(texts), encode(self, texts))[1])
+    config = CompareConfig(model="digits", solvers=["euler"], nfes=[2], seeds=range(3, 8), metrics=["clip-score"],
+                           labels=labels, batch=5, dtype="float32")
+    [cell] = run_compare(config).cells
+    assert set(cell.values) == {"clip"}
+    assert asked == [prompts[i] for i in expected]

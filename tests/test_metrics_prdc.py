@@ -132,3 +132,15 @@ def test_cli_prdc_on_feature_files(tmp_path):
                                       "--k", "4", "--chunk", "7", "--device", "cpu", "--json"])
     assert out.exit_code == 0, out.output
     assert json.loads(out.stdout) == pytest.approx(brute_force(real, fake, 4), abs=1e-12)
+
+
+def test_prdc_metric_checks_k_against_the_samples_before_inception(tmp_path):
+    """No Inception weights can be found here: k is refused before the network is needed."""
+    import torch
+
+    import diffsampler as ds
+
+    np.savez(tmp_path / "real.npz", features=np.random.default_rng(6).standard_normal((20, 4)))
+    metric = ds.get_metric("prdc", ref=str(tmp_path / "real.npz"), k=5, device="cpu", weights=str(tmp_path / "none.pth"))
+    with pytest.raises(OptionError, match=r"^PRDC with k=5 needs more than 5 points per set: the sample set has 5$"):
+        metric.compute([torch.zeros(3, 3, 8, 8), torch.zeros(2, 3, 8, 8)])

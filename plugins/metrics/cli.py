@@ -49,11 +49,12 @@ def _embedded(path: Path, *, weights: str | None, device: str, batch: int, what:
     """Inception features of the image set at ``path``, batch by batch, with a progress bar."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from diffsampler.imagesets import count_images, iter_images
+    from diffsampler.imagesets import iter_images
 
     from .fid import image_features, load_inception
+    from .prdc import set_size
 
-    total = count_images(path)
+    total = set_size(path)
     net = load_inception(weights, device=device)
     _err().print(f"{what}: {total} image{'' if total == 1 else 's'} from {path}", highlight=False, soft_wrap=True)
     progress = Progress(TextColumn(what), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -137,12 +138,17 @@ def prdc_cmd(
     from diffsampler.imagesets import check_image_set
 
     from .fid import _device
-    from .prdc import prdc, stored_features
+    from .prdc import check_k, prdc, set_size, stored_features
 
     stored = {"real": stored_features(real), "fake": stored_features(fake, real=False)}
-    for what, path in (("real", real), ("fake", fake)):
+    sets = (("real", real), ("fake", fake))
+    for what, path in sets:
         if stored[what] is None:
             check_image_set(path)  # both sets, before either is embedded
+    sizes = {what: len(kept) if (kept := stored[what]) is not None else set_size(path, features=True)
+             for what, path in sets}  # both read, then k: a set that is no image set is named first
+    for what, path in sets:
+        check_k(k, sizes[what], f"{what} {str(path)!r}")
 
     def features(path: Path, what: str) -> np.ndarray:
         kept = stored[what]
@@ -161,21 +167,37 @@ def prdc_cmd(
 
 def clip_score_cmd(
     images: Annotated[Path, typer.Option(help="image set: folder of PNGs, .zip or .npz (arr_0)")],
-    prompts: Annotated[Path, typer.Option(help="CSV with a 'text' column, or a text file: prompt i for image i")],
+    prompts: Annotated[Path, typer.Option(help="CSV with a 'text' column, or a text file, one prompt a line")],
     model: Annotated[str, typer.Option(help="transformers CLIP directory or hub id")] = "laion/CLIP-ViT-g-14-laion2B-s34B-b88K",
+    pairing: Annotated[str, typer.Option(
+        help="which prompt each image is scored against: auto (its recorded label, else seed mod N, else "
+        "image i with prompt i), labels, seed or index", metavar="auto|labels|seed|index",
+    )] = "auto",
     device: Device = "auto",
     batch: Batch = 64,
+    json_out: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
-    """CLIP score: 100 x mean cosine similarity between each image and its prompt (the seed's)."""
+    """CLIP score: 100 x mean cosine similarity between each image and the prompt it was made from (the seed's)."""
     from diffsampler.imagesets import check_image_set, iter_images
 
-    from .clip_score import CLIPEncoder, clip_score, load_prompts
+    from .clip_score import CLIPEncoder, clip_score, load_prompts, pair_prompts, recorded_labels
     from .fid import _device
+    from .prdc import set_size
 
     check_image_set(images)
     texts = load_prompts(prompts)
-    encoder = CLIPEncoder.load(model, device=_device(device))
-    score, count = clip_score(encoder, iter_images(images, batch), texts)
+    target = _device(device)
+    recorded = recorded_labels(images)
+    paired = pair_prompts(set_size(images), len(texts), labels=recorded.labels, seeds=recorded.seeds,
+                          mode=pairing, prompts_name=str(prompts), source=recorded.source)
+    _err().print(f"pairing: {paired.describe()}", highlight=False, soft_wrap=True, markup=False)
+    encoder = CLIPEncoder.load(model, device=target)
+    score, count = clip_score(encoder, iter_images(images, batch), [texts[i] for i in paired.indices])
+    if json_out:
+        from diffsampler.cli._common import print_json
+
+        print_json({"clip": score, "count": count, "pairing": paired.how})
+        return
     _console().print(f"CLIP score {score:.4f}  ({count} images)", highlight=False, soft_wrap=True)
 
 

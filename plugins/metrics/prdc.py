@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     import torch
     from torch import Tensor
 
-__all__ = ["PRDC", "PRDCOptions", "knn_radii", "prdc"]
+__all__ = ["PRDC", "PRDCOptions", "check_k", "knn_radii", "prdc", "set_size"]
 
 
 def _blocks(n: int, chunk: int) -> Iterator[slice]:
@@ -137,6 +137,27 @@ def stored_features(path: str | os.PathLike[str], *, real: bool = True) -> np.nd
     return None
 
 
+def set_size(path: str | os.PathLike[str], *, features: bool = False) -> int:
+    """How many images the set at ``path`` holds; a file with none (e.g. a torch ``.pth``, which
+    is a zip too) is refused as no image set (``features``: nor a features ``.npz``)."""
+    from diffsampler.imagesets import count_images
+
+    n = count_images(path)
+    if n == 0:
+        p = Path(path)
+        if p.is_dir():
+            raise OptionError(f"{str(p)!r} holds no PNG images")
+        also = " nor a features .npz (diffsampler fid ref --features)" if features else ""
+        raise OptionError(f"{str(p)!r} is not an image set (a folder or .zip of PNGs, an .npz with arr_0){also}")
+    return n
+
+
+def check_k(k: int, n: int, what: str) -> None:
+    """Refuse ``k`` for a set of ``n`` points before anything is embedded (``what`` names the set)."""
+    if n <= k:
+        raise OptionError(f"PRDC with k={k} needs more than {k} points per set: {what} has {n}")
+
+
 def _embed(path: str, net_factory: Any, *, batch: int = 250) -> np.ndarray:
     """Inception features of the image set at ``path``."""
     from diffsampler.imagesets import iter_images
@@ -166,6 +187,8 @@ class PRDC:
             from diffsampler.imagesets import check_image_set
 
             check_image_set(self.ref_path)
+        real_count = len(self._real) if self._real is not None else set_size(self.ref_path, features=True)
+        check_k(k, real_count, f"ref {self.ref_path!r}")
 
     def _inception(self) -> Any:
         if self._net is None:
@@ -183,6 +206,8 @@ class PRDC:
     ) -> dict[str, float]:
         from .fid import _device, image_features
 
+        batches = list(batches)
+        check_k(self.k, sum(len(b) for b in batches), "the sample set")  # before Inception runs
         if self._real is None:
             self._real = _embed(self.ref_path, self._inception, batch=self.batch)
         fake = np.concatenate(list(image_features(self._inception(), batches, batch=self.batch)))
