@@ -16,7 +16,7 @@ import numpy as np
 from .errors import OptionError
 from .images import read_png
 
-__all__ = ["check_image_set", "count_images", "iter_images", "open_npz"]
+__all__ = ["check_image_set", "count_images", "image_names", "iter_images", "open_npz"]
 
 _SUFFIXES = (".png",)
 
@@ -72,7 +72,8 @@ def _npz_images(path: Path) -> np.ndarray:
     return images
 
 
-def _names(path: Path) -> list[str]:
+def image_names(path: Path) -> list[str]:
+    """The PNG names of a folder or .zip in the order the loader reads them (sorted)."""
     if path.is_dir():
         return sorted(
             str(p.relative_to(path)) for p in path.rglob("*")
@@ -87,7 +88,7 @@ def count_images(path: str | os.PathLike[str]) -> int:
     p = check_image_set(path)
     if _is_npz(p):
         return int(_npz_images(p).shape[0])
-    return len(_names(p))
+    return len(image_names(p))
 
 
 def _decode(data: bytes, where: str) -> np.ndarray:
@@ -105,7 +106,7 @@ def iter_images(path: str | os.PathLike[str], batch: int = 250) -> Iterator[np.n
         for start in range(0, len(images), batch):
             yield images[start : start + batch]
         return
-    names = _names(p)
+    names = image_names(p)
     if not names:
         raise OptionError(f"{str(p)!r} holds no PNG images")
     archive = zipfile.ZipFile(p) if not p.is_dir() else None

@@ -147,7 +147,7 @@ def recorded_labels(path: str | os.PathLike[str]) -> Recorded:
     PNGs: the labels of EDM's ``dataset.json`` (beside the images or inside the zip), and the
     seeds of PNG names in ``sample``'s layout (``000000/000123.png``). Missing ones are None.
     """
-    from diffsampler.imagesets import _names, check_image_set, open_npz
+    from diffsampler.imagesets import check_image_set, image_names, open_npz
 
     p = check_image_set(path)
     if p.suffix.lower() == ".npz" and not p.is_dir():
@@ -158,7 +158,7 @@ def recorded_labels(path: str | os.PathLike[str]) -> Recorded:
             labels = _ints(data["labels"]) if "labels" in data else None
             seeds = _ints(data["seeds"]) if "seeds" in data else None
         return Recorded(labels, seeds, f"{p.name} '{'labels' if labels is not None else 'seeds'}'")
-    names = _names(p)
+    names = image_names(p)
     seeds = _seeds_from_names(names)
     table = _dataset_json(p)
     if table is None:
