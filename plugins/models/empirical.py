@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,7 +37,8 @@ class EmpiricalOptions:
     data: str = option(
         DIGITS,
         help="'digits' (scikit-learn's 8x8 digits, 1,797 images, extra [digits]), an .npz "
-        "array [N, C, H, W] in [-1, 1] (key 'data' or the first array), or a folder of PNGs",
+        "array [N, C, H, W] in [-1, 1] (key 'data' or the first array), an image-set .npz "
+        "(uint8 [N, H, W, C], as 'sample' writes 'arr_0'), or a folder of PNGs",
     )
     limit: int = option(0, help="use only the first N points (0: all)", validator=in_range(0))
     chunk: int = option(4096, help="data points per chunk (bounds memory)", validator=in_range(1))
@@ -54,8 +56,16 @@ def load_digits_data() -> np.ndarray:
     return (images / 8.0 - 1.0)[:, None, :, :]
 
 
+_EXPECTED = (
+    "expected an .npz holding float [N, C, H, W] in [-1, 1] (key 'data' or the first array) or an "
+    "image set (uint8 [N, H, W, C], key 'arr_0'), a folder of PNGs, or 'digits'"
+)
+#: float data reaching beyond this magnitude is taken for unscaled (e.g. 0..255) data
+_FAR_OUTSIDE = 1.5
+
+
 def load_data(source: str) -> np.ndarray:
-    """Data points ``[N, *shape]`` (float64) from ``digits``, an ``.npz`` or a PNG folder."""
+    """Data points ``[N, C, H, W]`` (float64) from ``digits``, an ``.npz`` or a PNG folder."""
     if source == DIGITS:
         return load_digits_data()
     path = Path(source)
@@ -64,16 +74,56 @@ def load_data(source: str) -> np.ndarray:
     if path.is_dir():
         from diffsampler.imagesets import iter_images
 
-        images = np.concatenate(list(iter_images(path)))  # uint8 NHWC, errors on mixed sizes
-        return images.transpose(0, 3, 1, 2).astype(np.float64) / 127.5 - 1.0
-    try:
-        with np.load(path) as npz:
-            key = "data" if "data" in npz else npz.files[0]
-            data = np.asarray(npz[key], dtype=np.float64)
-    except (OSError, ValueError, IndexError) as exc:
-        raise OptionError(f"empirical data {source!r} is not a readable .npz array: {exc}") from None
-    if data.ndim < 2 or len(data) == 0:
-        raise OptionError(f"empirical data {source!r}: expected [N, ...] with N >= 1, got {data.shape}")
+        return _from_images(np.concatenate(list(iter_images(path))))  # errors on mixed sizes
+    return _from_array(_read_npz(path, source), source)
+
+
+def _from_images(images: np.ndarray) -> np.ndarray:
+    """uint8 ``[N, H, W, C]`` images as float64 ``[N, C, H, W]`` in ``[-1, 1]``."""
+    return images.transpose(0, 3, 1, 2).astype(np.float64) / 127.5 - 1.0
+
+
+def _read_npz(path: Path, source: str) -> np.ndarray:
+    """The data array of an ``.npz``: key ``data``, else its first array."""
+    from diffsampler.imagesets import open_npz
+
+    npz = open_npz(path)
+    if npz is None:
+        raise OptionError(f"empirical data {source!r} is not an .npz file: {_EXPECTED}")
+    with npz:
+        if any(name.endswith("data.pkl") for name in npz.zip.namelist()):
+            raise OptionError(f"empirical data {source!r} is a torch.save file, not an .npz: {_EXPECTED}")
+        if not npz.files:
+            raise OptionError(f"empirical data {source!r} holds no array: {_EXPECTED}")
+        key = "data" if "data" in npz.files else npz.files[0]
+        try:
+            data = npz[key]
+        except (OSError, ValueError, EOFError) as exc:  # a corrupt member or a pickled object array
+            raise OptionError(f"empirical data {source!r}: cannot read {key!r}: {str(exc)[:200]}") from None
+    if not isinstance(data, np.ndarray) or data.dtype.kind not in "fiu":
+        raise OptionError(f"empirical data {source!r}: {key!r} holds no numeric array; {_EXPECTED}")
+    return data
+
+
+def _from_array(data: np.ndarray, source: str) -> np.ndarray:
+    """An image set (uint8 NHWC) converted as PNGs are; float data checked for rank and range."""
+    if data.ndim != 4 or len(data) == 0:
+        raise OptionError(f"empirical data {source!r}: got an array of shape {data.shape}; {_EXPECTED}")
+    if data.dtype == np.uint8:
+        if data.shape[-1] > 4:
+            raise OptionError(f"empirical data {source!r}: uint8 data are images [N, H, W, C] (C <= 4), "
+                              f"got shape {data.shape}")
+        return _from_images(data)
+    data = data.astype(np.float64)
+    low, high = float(data.min()), float(data.max())
+    if not np.isfinite([low, high]).all():
+        raise OptionError(f"empirical data {source!r} holds non-finite values")
+    if max(-low, high) > _FAR_OUTSIDE:
+        warnings.warn(
+            f"empirical data {source!r} spans [{low:.4g}, {high:.4g}], far outside [-1, 1], the range "
+            "images are sampled in: rescale it (or store uint8 [N, H, W, C] images as 'arr_0')",
+            stacklevel=2,
+        )
     return data
 
 
@@ -152,7 +202,7 @@ def empirical(
 ) -> EmpiricalDenoiser:
     """Optimal denoiser of a finite data set (default: scikit-learn's 8x8 digits)."""
     if not sigma_min < sigma_max:
-        raise OptionError(f"need sigma_min < sigma_max, got {sigma_min} and {sigma_max}")
+        raise OptionError(f"model 'empirical': need sigma_min < sigma_max, got {sigma_min:g} and {sigma_max:g}")
     points = load_data(data)
     if limit:
         points = points[:limit]

@@ -21,7 +21,7 @@ import numpy as np
 
 from diffsampler import in_range, option, positive
 from diffsampler.denoiser import DenoiserBase
-from diffsampler.errors import ModelLoadError
+from diffsampler.errors import ModelLoadError, OptionError
 
 SPEC_KIND = "gmm"
 
@@ -171,7 +171,7 @@ def gmm(
     if path is not None:
         return _from_spec_file(path)
     if not sigma_min < sigma_max:
-        raise ValueError(f"need sigma_min < sigma_max, got {sigma_min} and {sigma_max}")
+        raise OptionError(f"model 'gmm': need sigma_min < sigma_max, got {sigma_min:g} and {sigma_max:g}")
     rng = np.random.default_rng(seed)
     means = _smooth_means(rng, components, tuple(shape))
     stds = rng.uniform(0.5 * spread, spread, size=components)
