@@ -256,6 +256,10 @@ def run_compare(
         raise OptionError(f"dtype must be float32 or float64, got {config.dtype!r}")
     dtype = getattr(torch, config.dtype)
     classes = labels_for(config.labels, model, config.seeds, model_name=config.model)  # refused early
+    for metric in metrics:  # e.g. PRDC's k against the number of samples, before any sampling
+        check_run = getattr(metric, "check_run", None)
+        if callable(check_run):
+            check_run(seeds=config.seeds, labels=classes)
 
     rows = _rows(config)
     built: list[tuple[SolverSpec, Any, str, Any]] = []

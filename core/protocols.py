@@ -250,7 +250,8 @@ class Metric(Protocol):
     (analytic models); image metrics ignore them. A metric that pairs each sample with the class
     or prompt it was generated from (CLIP score) sets ``uses_labels = True`` and then also gets
     ``labels`` (one index per seed) when the run has them. ``higher_is_better = True`` marks
-    scores (``compare`` stars the largest value).
+    scores (``compare`` stars the largest value). An optional ``check_run(seeds=, labels=)``
+    refuses, before ``compare`` samples anything, a run the metric cannot score.
     """
 
     def compute(

@@ -300,3 +300,14 @@ def test_compare_scores_each_sample_against_the_prompt_it_was_drawn_with(patched
     [cell] = run_compare(config).cells
     assert set(cell.values) == {"clip"}
     assert asked == [prompts[i] for i in expected]
+
+
+def test_check_run_refuses_unpairable_runs_before_sampling(tmp_path):
+    import diffsampler as ds
+
+    (tmp_path / "prompts.txt").write_text("a red fox\na blue bird\n")
+    metric = ds.get_metric("clip-score", prompts=str(tmp_path / "prompts.txt"), device="cpu")
+    metric.check_run(seeds=range(5))  # seed mod 2
+    metric.check_run(seeds=range(3), labels=[1, 0, 1])
+    with pytest.raises(OptionError, match="run up to 4"):
+        metric.check_run(seeds=range(3), labels=[0, 4, 1])

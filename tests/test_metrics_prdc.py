@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import attrs
 import numpy as np
 import pytest
 from scipy.spatial.distance import cdist
@@ -114,6 +115,11 @@ def test_compare_runs_prdc_on_an_image_model(tmp_path, monkeypatch):
     [cell] = result.cells
     assert set(cell.values) == {"precision", "recall", "density", "coverage"}
     assert all(0 <= v <= 6 / 3 for v in cell.values.values())  # density <= M/k; the rest fractions
+    assert result.higher_is_better == ("precision", "recall", "density", "coverage")
+    started: list[int] = []
+    with pytest.raises(OptionError, match="k=5 needs more than 5 points per set: the sample set has 3"):
+        run_compare(attrs.evolve(config, seeds=range(3)), on_start=started.append)
+    assert not started
 
 
 def test_cli_prdc_on_feature_files(tmp_path):

@@ -338,6 +338,10 @@ class CLIPScore:
         self._encoder: Any = None
         self._warned = False
 
+    def check_run(self, *, seeds: Sequence[int], labels: Sequence[int] | None = None) -> None:
+        """Refuse, before ``compare`` samples, a run whose images cannot be paired with prompts."""
+        pair_prompts(len(seeds), len(self.prompts), labels=labels, seeds=seeds, prompts_name=self.prompts_path)
+
     def compute(
         self,
         batches: Iterable[Any],

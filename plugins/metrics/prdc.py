@@ -197,6 +197,10 @@ class PRDC:
             self._net = load_inception(self.weights, device=self.device)
         return self._net
 
+    def check_run(self, *, seeds: Sequence[int], labels: Sequence[int] | None = None) -> None:
+        """Refuse, before ``compare`` samples, too few samples for ``k`` neighbours."""
+        check_k(self.k, len(seeds), "the sample set")
+
     def compute(
         self,
         batches: Iterable[Tensor],
