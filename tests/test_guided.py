@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import attrs
 import numpy as np
 import pytest
 import torch
@@ -220,3 +221,53 @@ def test_discrete_schedule_in_adm_time(tiny: dict, registry: ds.Registry) -> Non
     t = np.array([999 * vp_t(float(s)) for s in sigmas])
     np.testing.assert_allclose(np.diff(t), np.full(5, (t[-1] - t[0]) / 5), rtol=1e-6)
     assert float(sigmas[0]) == pytest.approx(model.sigma_max) and float(sigmas[-1]) == pytest.approx(model.sigma_min)
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "diffsampler", *args], capture_output=True, text=True)
+
+
+def test_a_state_dict_that_does_not_fit_is_summarised(tiny: dict, tmp_path: Path, registry: ds.Registry) -> None:
+    """A CM network's file with an ADM config: a few keys of each kind and their counts, not all."""
+    torch.manual_seed(3)
+    cm = _save(ADMUNet(**CM).eval(), tmp_path / "cm.pt", "diffsampler.adm", CM, "edm")
+    with pytest.raises(ModelLoadError) as info:
+        ds.get_model("adm", path=cm, config=tiny["path"].with_suffix(".json"))
+    message = str(info.value)
+    assert message.startswith(f"{cm} does not fit ADMUNet: missing keys: label_emb.weight; shape mismatches: ")
+    assert message.endswith(f"in all); check the network settings in {tiny['path'].with_suffix('.json')}")
+    assert len(message) < 1500
+
+
+def test_guidance_without_a_classifier_is_refused(tiny: dict, registry: ds.Registry, tmp_path: Path) -> None:
+    with pytest.raises(ds.OptionError, match=r"^adm: guidance_rate=4 needs a classifier: add classifier_path="):
+        ds.get_model("adm", path=tiny["path"], guidance_rate=4)
+    res = _cli("sample", "--model", "adm", "--model-opt", f"path={tiny['path']}", "--model-opt", "guidance_rate=2.5",
+               "--labels", "1", "--seeds", "0", "--nfe", "2", "--out", str(tmp_path / "run"))
+    assert res.returncode == 2 and res.stderr.strip().splitlines() == [
+        "error: adm: guidance_rate=2.5 needs a classifier: add classifier_path=... (classifier guidance), "
+        "or drop guidance_rate"
+    ]
+    plain = ds.get_model("adm", path=tiny["path"])  # no classifier, no rate: unguided, and it says so
+    assert plain.info["guidance"] is None and plain.guidance_rate == 0
+    guided = ds.get_model("adm", path=tiny["path"], classifier_path=tiny["cpath"])  # the seed's rate 4
+    assert guided.info["guidance"] == {"type": "classifier", "rate": 4.0}
+
+
+def test_cm_lists_no_guidance_or_label_options(registry: ds.Registry) -> None:
+    options = {f.name for f in attrs.fields(registry.get("model", "cm-lsun-bedroom256").options)}
+    assert options.isdisjoint({"guidance_rate", "class_label", "classifier_path", "clip"})
+    assert {"guidance_rate", "class_label", "classifier_path"} <= {
+        f.name for f in attrs.fields(registry.get("model", "adm-imagenet256").options)}
+    with pytest.raises(ds.OptionError, match="'cm-lsun-bedroom256' has no option 'guidance_rate'"):
+        ds.get_model("cm-lsun-bedroom256", guidance_rate=9)
+
+
+def test_missing_labels_are_refused_before_sampling(tiny: dict, registry: ds.Registry) -> None:
+    """``check_labels`` (called while planning) names the --labels choices of a class-conditional model."""
+    model = ds.get_model("adm", path=tiny["path"])
+    with pytest.raises(ds.OptionError, match=r"^model 'adm' is class-conditional: choose classes with "
+                                             r"--labels random\|seed\|K or the model option class_label$"):
+        model.check_labels(None)
+    model.check_labels("random")
+    ds.get_model("adm", path=tiny["path"], class_label=2).check_labels(None)

@@ -17,7 +17,7 @@ from __future__ import annotations
 from diffsampler import hookimpl
 from diffsampler.hookspecs import Register
 
-from .catalog import NAMED, ADMFileOptions, NamedOptions
+from .catalog import NAMED, ADMFileOptions, options_class
 from .factories import adm_file, named_factory, weights_present
 
 
@@ -25,7 +25,8 @@ from .factories import adm_file, named_factory, weights_present
 def register_models(register: Register) -> None:
     for entry in NAMED.values():
         where = "weights local" if weights_present(entry) else "weights not local: downloaded on first use"
-        register(entry.name, named_factory(entry), summary=f"{entry.summary} [{where}]", options=NamedOptions)
+        register(entry.name, named_factory(entry), summary=f"{entry.summary} [{where}]",
+                 options=options_class(entry))
     register(
         "adm",
         adm_file,

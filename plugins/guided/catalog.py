@@ -19,11 +19,14 @@ from diffsampler import choice, option, positive
 __all__ = [
     "ADM_FORMAT",
     "CLASSIFIER_FORMAT",
+    "DEFAULT_GUIDANCE_RATE",
     "NAMED",
     "ADMFileOptions",
+    "CMNamedOptions",
     "Named",
     "NamedOptions",
     "Weights",
+    "options_class",
 ]
 
 ADM_FORMAT = "diffsampler.adm"
@@ -96,6 +99,8 @@ NAMED: dict[str, Named] = {
     )
 }
 
+#: the classifier-guidance scale of the seed's ImageNet-256 runs
+DEFAULT_GUIDANCE_RATE = 4.0
 _PRECISION_HELP = "arithmetic: fp32 (default), fp16 or bf16 (autocast)"
 _LABEL_HELP = "class used when no cond is given (class-conditional networks)"
 _RATE_HELP = "classifier-guidance scale s: eps - s * sqrt(1 - alpha_bar) * grad log p(y|x_t) (0: off)"
@@ -123,12 +128,6 @@ def _optional_path(value: object) -> str | None:
 
 @attrs.frozen(kw_only=True)
 class _Common:
-    guidance_rate: float = option(
-        4.0, help=_RATE_HELP + "; the seed's ImageNet-256 runs use 4", converter=float,
-        validator=attrs.validators.ge(0.0),
-    )
-    class_label: int | None = option(None, help=_LABEL_HELP, converter=_optional_int)
-    clip: bool = option(True, help="clamp D(x; sigma) to [-1, 1] for VP models (the seed's CGPrecond does)")
     precision: str = option("fp32", help=_PRECISION_HELP, validator=choice("fp32", "fp16", "bf16"))
     sigma_min: float | None = option(
         None, help="lowest noise level (default: VP sigma(1e-3) ~ 0.0105, EDM 0.002)",
@@ -141,25 +140,56 @@ class _Common:
     device: str = option("cpu", help="device to load the network on (it then follows the inputs)")
 
 
+_CLIP_HELP = "clamp D(x; sigma) to [-1, 1] for VP models (the seed's CGPrecond does)"
+
+
 @attrs.frozen(kw_only=True)
 class NamedOptions(_Common):
-    """Options of the named ADM / Consistency-Models networks."""
+    """Options of the named ADM network (class-conditional, with its classifier)."""
 
+    guidance_rate: float = option(
+        DEFAULT_GUIDANCE_RATE, help=_RATE_HELP + "; the seed's ImageNet-256 runs use 4", converter=float,
+        validator=attrs.validators.ge(0.0),
+    )
+    class_label: int | None = option(None, help=_LABEL_HELP, converter=_optional_int)
+    clip: bool = option(True, help=_CLIP_HELP)
     path: str | None = option(
         None, help="local copy of the network .pt (default: env var, cache, download)",
         converter=_optional_path,
     )
     classifier_path: str | None = option(
-        None, help="local copy of the classifier .pt (ADM; default: env var, cache, download)",
+        None, help="local copy of the classifier .pt (default: env var, cache, download)",
         converter=_optional_path,
     )
     download: bool = option(True, help="download missing weights into the cache")
 
 
 @attrs.frozen(kw_only=True)
+class CMNamedOptions(_Common):
+    """Options of the named Consistency-Models network (unconditional, EDM: no guidance, no clamp)."""
+
+    path: str | None = option(
+        None, help="local copy of the network .pt (default: env var, cache, download)",
+        converter=_optional_path,
+    )
+    download: bool = option(True, help="download missing weights into the cache")
+
+
+def options_class(entry: Named) -> type:
+    """The options a named network takes: guidance and labels only where it has a classifier."""
+    return NamedOptions if entry.classifier is not None else CMNamedOptions
+
+
+@attrs.frozen(kw_only=True)
 class ADMFileOptions(_Common):
     """Options of the generic ``adm`` model (any guided-diffusion-style state dict)."""
 
+    guidance_rate: float | None = option(
+        None, help=_RATE_HELP + " (default: 4, the seed's, with a classifier_path; off without)",
+        converter=_optional_float, validator=attrs.validators.optional(attrs.validators.ge(0.0)),
+    )
+    class_label: int | None = option(None, help=_LABEL_HELP, converter=_optional_int)
+    clip: bool = option(True, help=_CLIP_HELP)
     path: str = option(help="the network's .pt state dict (loaded with weights_only=True)",
                        converter=_optional_path)
     config: str | None = option(

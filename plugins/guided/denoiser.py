@@ -106,10 +106,22 @@ class _ADMBase(DenoiserBase):
         self.info = dict(info or {})
         self.info.setdefault("precond", precond)
         self.info.setdefault("nfe_per_evaluation", 1)
-        if self.classifier is not None:
-            self.info.setdefault("guidance", {"type": "classifier", "rate": self.guidance_rate})
+        guided = self.classifier is not None and self.guidance_rate != 0
+        self.info.setdefault("guidance", {"type": "classifier", "rate": self.guidance_rate} if guided else None)
         if device is not None:
             self.to(device)
+
+    def check_labels(self, choice: str | None) -> None:
+        """Refuse, before sampling, a run without class labels (``--labels``) that needs them;
+        ``choice`` is the ``--labels`` value (a class index out of range is the caller's check)."""
+        if choice is not None or self.class_label is not None:
+            return
+        if self._unet_classes or (self.classifier is not None and self.guidance_rate != 0):
+            why = "is class-conditional" if self._unet_classes else "guides with a classifier"
+            raise OptionError(
+                f"model {self.name!r} {why}: choose classes with --labels random|seed|K "
+                "or the model option class_label"
+            )
 
     @property
     def _classifier_classes(self) -> int:
