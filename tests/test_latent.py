@@ -5,10 +5,12 @@ discrete sigma <-> step maps, eps -> x0, classifier-free guidance, decoding, and
 from __future__ import annotations
 
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import attrs
 import numpy as np
 import pytest
 import torch
@@ -189,4 +191,103 @@ def test_user_errors(sd_folder: Path, registry: ds.Registry, monkeypatch: pytest
     assert out.shape == (2, 4, 8, 8)
     monkeypatch.setitem(sys.modules, "diffusers", None)
     with pytest.raises(ds.MissingExtraError, match=r"diffsampler\[diffusers\]"):
+        ds.get_model("latent", path=sd_folder)
+
+
+def _cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    import os
+
+    return subprocess.run([sys.executable, "-m", "diffsampler", *args], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", **env})
+
+
+def test_a_missing_local_folder_is_named_at_once(registry: ds.Registry, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A mistyped folder never reaches the hub (no retries): it is named as missing."""
+    import huggingface_hub
+
+    def no_hub(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("the hub was asked")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_hub)
+    monkeypatch.setattr(huggingface_hub, "file_exists", no_hub)
+    for path in ("nodir", "./runs/sd", str(tmp_path / "gone"), "a/b/c"):
+        with pytest.raises(ds.ModelLoadError, match=rf"no such folder: '{re.escape(path)}' \(a diffusers folder"):
+            ds.get_model("latent", path=path)
+    monkeypatch.setenv("DIFFSAMPLER_SD_V15", str(tmp_path / "sd"))
+    with pytest.raises(ds.ModelLoadError, match=r"^sd-v1\.5: no such folder: "):
+        ds.get_model("sd-v1.5")
+
+
+def test_an_unreachable_hub_is_reported_as_such(tmp_path: Path) -> None:
+    res = _cli("sample", "--model", "latent", "--model-opt", "path=someorg/nosuchmodel", "--seeds", "0", "--nfe", "2",
+               "--out", str(tmp_path / "o"), HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
+    assert res.returncode == 2 and res.stderr.strip().splitlines() == [
+        "error: nosuchmodel: 'someorg/nosuchmodel' is not in the local Hugging Face cache and HF_HUB_OFFLINE "
+        "is set; pass path=/local/diffusers/folder"
+    ]
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    from diffsampler.plugins.latent.loader import _load_error
+
+    try:  # what huggingface_hub raises when the network is down, wrapped as diffusers does
+        try:
+            raise LocalEntryNotFoundError("cannot find the requested files")
+        except Exception as inner:
+            raise OSError("someorg/m does not appear to have a file named scheduler_config.json.") from inner
+    except OSError as exc:
+        message = str(_load_error(exc, "someorg/m", "m", local=False))
+    assert message.startswith("m: could not reach the Hugging Face hub for 'someorg/m'")
+    assert "DIFFSAMPLER_OFFLINE=1" in message and "HF_HUB_OFFLINE=1" in message
+
+
+def test_options_an_unconditional_model_cannot_use(ldm_folder: Path, registry: ds.Registry) -> None:
+    with pytest.raises(ds.OptionError, match=r"is unconditional: guidance_rate \(classifier-free guidance\) "
+                                             "needs a text model; drop it"):
+        ds.get_model("latent", path=ldm_folder, guidance_rate=5)
+    with pytest.raises(ds.OptionError, match="is unconditional: it takes no negative_prompt"):
+        ds.get_model("latent", path=ldm_folder, negative_prompt="blur")
+    model = ds.get_model("latent", path=ldm_folder, guidance_rate=1)  # no guidance: consistent
+    assert model.info["guidance"] is None
+    for name in ("ldm-ffhq256", "ldm-lsun-bedroom256"):
+        options = {f.name for f in attrs.fields(registry.get("model", name).options)}
+        assert options.isdisjoint({"guidance_rate", "prompt", "prompts_file", "negative_prompt"})
+    assert "guidance_rate" in {f.name for f in attrs.fields(registry.get("model", "sd-v1.5").options)}
+    with pytest.raises(ds.OptionError, match="'ldm-ffhq256' has no option 'guidance_rate'"):
+        ds.get_model("ldm-ffhq256", path=ldm_folder, guidance_rate=5)
+
+
+def test_prompt_choices_are_checked_in_the_words_of_prompts(sd_folder: Path, registry: ds.Registry,
+                                                            tmp_path: Path) -> None:
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a cat\na dog\na bird\n")
+    model = ds.get_model("latent", path=sd_folder, prompts_file=prompts)
+    with pytest.raises(ds.OptionError, match=rf"^prompt 5 is out of range: prompts_file {re.escape(str(prompts))} "
+                                             r"holds 3 prompts \(0\.\.2\)$"):
+        model.check_labels("5")
+    with pytest.raises(ds.OptionError, match=rf"^prompts_file {re.escape(str(prompts))} holds 3 prompts: "
+                                             r"choose one per sample with --labels seed\|random\|K$"):
+        model.check_labels(None)
+    for fine in ("seed", "random", "2"):
+        model.check_labels(fine)
+    bare = ds.get_model("latent", path=sd_folder)
+    with pytest.raises(ds.OptionError, match=r"needs a prompt: the model option prompt=\.\.\., or "
+                                             r"prompts_file=\.\.\. with --labels seed\|random\|K$"):
+        bare.check_labels(None)
+    one = ds.get_model("latent", path=sd_folder, prompt="a cat")
+    one.check_labels(None)
+    with pytest.raises(ds.OptionError, match="the model has one prompt: drop --labels"):
+        one.check_labels("seed")
+
+
+def test_loading_is_quiet_and_the_extra_message_is_grammatical(
+    sd_folder: Path, registry: ds.Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    res = _cli("sample", "--model", "latent", "--model-opt", f"path={sd_folder}", "--model-opt", "prompt=a cat",
+               "--seeds", "0", "--nfe", "2", "--out", str(tmp_path / "o"))
+    assert res.returncode == 0, res.stderr
+    assert not [line for line in res.stderr.splitlines() if "Loading" in line or "[transformers]" in line
+                or "accelerate" in line], res.stderr
+    monkeypatch.setitem(sys.modules, "diffusers", None)
+    with pytest.raises(ds.MissingExtraError, match=r"^a latent model needs the 'diffusers' package"):
         ds.get_model("latent", path=sd_folder)

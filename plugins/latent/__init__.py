@@ -16,7 +16,7 @@ from __future__ import annotations
 from diffsampler import hookimpl
 from diffsampler.hookspecs import Register
 
-from .catalog import NAMED, LatentFileOptions, NamedOptions
+from .catalog import NAMED, LatentFileOptions, options_class
 from .factories import latent_file, local_folder, named_factory
 
 
@@ -25,6 +25,7 @@ def register_models(register: Register) -> None:
     for entry in NAMED.values():
         where = "local folder set" if local_folder(entry) else (
             f"hub {entry.hub_id} when online" if entry.hub_id else f"set {entry.env_var} or path")
-        register(entry.name, named_factory(entry), summary=f"{entry.summary} [{where}]", options=NamedOptions)
+        register(entry.name, named_factory(entry), summary=f"{entry.summary} [{where}]",
+                 options=options_class(entry))
     register("latent", latent_file, summary="any diffusers latent model folder (LDM / Stable Diffusion)",
              options=LatentFileOptions)

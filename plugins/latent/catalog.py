@@ -14,7 +14,7 @@ import attrs
 
 from diffsampler import choice, option, positive
 
-__all__ = ["NAMED", "LatentFileOptions", "Named", "NamedOptions"]
+__all__ = ["NAMED", "LatentFileOptions", "Named", "NamedOptions", "UnconditionalOptions", "options_class"]
 
 
 @attrs.frozen(kw_only=True)
@@ -68,17 +68,6 @@ def _optional_float(value: object) -> float | None:
 
 @attrs.frozen(kw_only=True)
 class _Common:
-    guidance_rate: float | None = option(
-        None, help="classifier-free guidance scale w: eps_u + w (eps_c - eps_u); 1: no guidance, "
-                   "one network call (default: 7.5 for Stable Diffusion, as in the seed)",
-        converter=_optional_float,
-    )
-    prompt: str | None = option(None, help="text prompt (text-conditional models)")
-    prompts_file: str | None = option(
-        None, help="text file, one prompt a line: cond / --labels K picks prompt K "
-                   "(--labels random: a random prompt per seed)", converter=_optional_path,
-    )
-    negative_prompt: str = option("", help="the unconditional / negative prompt of CFG")
     precision: str = option("fp32", help="arithmetic: fp32, fp16 or bf16 (autocast)",
                             validator=choice("fp32", "fp16", "bf16"))
     sigma_min: float | None = option(None, help="lowest noise level (default: the model's step 0)",
@@ -91,17 +80,45 @@ class _Common:
 
 
 @attrs.frozen(kw_only=True)
-class NamedOptions(_Common):
-    """Options of the named latent models."""
+class _Text(_Common):
+    guidance_rate: float | None = option(
+        None, help="classifier-free guidance scale w: eps_u + w (eps_c - eps_u); 1: no guidance, "
+                   "one network call (default: 7.5 for Stable Diffusion, as in the seed; text models only)",
+        converter=_optional_float,
+    )
+    prompt: str | None = option(None, help="text prompt (text-conditional models)")
+    prompts_file: str | None = option(
+        None, help="text file, one prompt a line: --labels seed picks prompt seed mod lines, "
+                   "--labels K prompt K, --labels random a random prompt per seed", converter=_optional_path,
+    )
+    negative_prompt: str = option("", help="the unconditional / negative prompt of CFG (text models)")
+
+
+@attrs.frozen(kw_only=True)
+class NamedOptions(_Text):
+    """Options of the named text-to-image models."""
 
     path: str | None = option(None, help="local diffusers folder (default: env var, then the hub id)",
                               converter=_optional_path)
 
 
 @attrs.frozen(kw_only=True)
-class LatentFileOptions(_Common):
-    """Options of the generic ``latent`` model."""
+class UnconditionalOptions(_Common):
+    """Options of the named unconditional LDMs (no prompt, no guidance)."""
+
+    path: str | None = option(None, help="local diffusers folder (default: the env var)",
+                              converter=_optional_path)
+
+
+def options_class(entry: Named) -> type:
+    """The options a named model takes: the text ones only for a text model."""
+    return NamedOptions if entry.text else UnconditionalOptions
+
+
+@attrs.frozen(kw_only=True)
+class LatentFileOptions(_Text):
+    """Options of the generic ``latent`` model (text options apply to text models only)."""
 
     path: str = option(help="a diffusers folder (unet/, vae/ or vqvae/, scheduler/, "
-                            "text_encoder/ + tokenizer/ for text models) or a hub id",
+                            "text_encoder/ + tokenizer/ for text models) or a hub id (org/name)",
                        converter=_optional_path)

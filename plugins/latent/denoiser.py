@@ -81,7 +81,8 @@ class LatentDenoiser(DenoiserBase):
         )
         self.info = dict(info or {})
         self.info["nfe_per_evaluation"] = 2 if self.guided else 1
-        if encode_text is not None:
+        self.info["guidance"] = None
+        if self.guided:
             self.info["guidance"] = {"type": "classifier-free", "rate": self.guidance_rate,
                                      "negative_prompt": negative_prompt}
         self._cache: dict[str, Tensor] = {}
@@ -95,6 +96,31 @@ class LatentDenoiser(DenoiserBase):
     def label_dim(self) -> int:
         """Prompts to choose from by index (``--labels``); 0 with a single prompt or none."""
         return len(self.prompts) if len(self.prompts) > 1 else 0
+
+    def check_labels(self, choice: str | None) -> None:
+        """Refuse, before sampling, a ``--labels`` choice (``None``, ``random``, ``seed`` or an
+        index) that cannot pick this model's prompts, in the words of prompts."""
+        if self.encode_text is None:
+            return  # unconditional: labels are refused as for any unconditional model
+        source = self.info.get("prompts_file")
+        where = f"prompts_file {source}" if source else "the model"
+        count = len(self.prompts)
+        if count == 0:
+            raise OptionError(self._no_prompt())
+        if choice is None:
+            if count > 1:
+                raise OptionError(f"{where} holds {count} prompts: choose one per sample with "
+                                  "--labels seed|random|K")
+            return
+        if count == 1:
+            raise OptionError(f"--labels {choice} picks prompts from a prompts_file of several lines; "
+                              f"{where} has one prompt: drop --labels")
+        if choice.isdigit() and int(choice) >= count:
+            raise OptionError(f"prompt {choice} is out of range: {where} holds {count} prompts (0..{count - 1})")
+
+    def _no_prompt(self) -> str:
+        return (f"model {self.name!r} needs a prompt: the model option prompt=..., or prompts_file=... "
+                "with --labels seed|random|K")
 
     # -- Denoiser / TimeMapped / Decodable -----------------------------------------------------
     def sigma_to_t(self, sigma: Tensor) -> Tensor:
@@ -155,11 +181,11 @@ class LatentDenoiser(DenoiserBase):
 
     def _context(self, cond: Any, batch: int, device: torch.device) -> Tensor:
         if cond is None:
-            if len(self.prompts) != 1:
-                raise SamplingError(
-                    f"model {self.name!r} needs a prompt: the model option prompt=..., or prompts_file=... "
-                    "with --labels random|K"
-                )
+            if len(self.prompts) > 1:
+                raise SamplingError(f"model {self.name!r} holds {len(self.prompts)} prompts: choose one "
+                                    "per sample (cond, or --labels seed|random|K)")
+            if not self.prompts:
+                raise SamplingError(self._no_prompt())
             prompts = self.prompts * batch
         elif isinstance(cond, str):
             prompts = [cond] * batch

@@ -9,24 +9,108 @@ Diffusion), ``vae/`` (``AutoencoderKL``) or ``vqvae/`` (``VQModel``), ``schedule
 
 from __future__ import annotations
 
+import contextlib
 import os
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from diffsampler.errors import ModelLoadError, require
+from diffsampler.errors import ModelLoadError, OptionError, require
 
 from .denoiser import LatentDenoiser
 
-__all__ = ["load_latent"]
+__all__ = ["load_latent", "looks_local", "resolve_source"]
+
+_OFFLINE_HINT = "set DIFFSAMPLER_OFFLINE=1 (or HF_HUB_OFFLINE=1) to skip the hub at once"
 
 
 def _require() -> Any:
-    require("transformers", extra="diffusers", purpose="latent models")
-    return require("diffusers", extra="diffusers", purpose="latent models")
+    require("transformers", extra="diffusers", purpose="a latent model")
+    return require("diffusers", extra="diffusers", purpose="a latent model")
 
 
 def _offline() -> bool:
     return os.environ.get("DIFFSAMPLER_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def looks_local(source: str) -> bool:
+    """Whether ``source`` can only be meant as a local path: a hub id is ``org/name``, with one
+    ``/`` and no leading ``.``, ``/`` or ``~`` (nor a Windows separator)."""
+    if source.startswith((".", "/", "~")) or (os.sep != "/" and os.sep in source):
+        return True
+    return source.count("/") != 1 or source.endswith("/")
+
+
+def resolve_source(source: str, name: str) -> tuple[str, bool]:
+    """``(source, is_local)``: an existing local folder, or a hub id to try online; else a
+    :class:`ModelLoadError` at once (no hub round trips for a mistyped folder)."""
+    local = Path(source).expanduser()
+    if local.exists():
+        if not local.is_dir():
+            raise ModelLoadError(f"{name}: {os.fspath(local)} is not a diffusers folder")
+        return os.fspath(local), True
+    if looks_local(source):
+        raise ModelLoadError(
+            f"{name}: no such folder: {source!r} (a diffusers folder with unet/, scheduler/, "
+            "vae/ or vqvae/; a hub id is org/name)"
+        )
+    if _offline():
+        raise ModelLoadError(f"{name}: {source!r} is no local folder and DIFFSAMPLER_OFFLINE is set")
+    return source, False
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) says the hub could not be reached, whatever file the
+    library then names as missing."""
+    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
+
+    seen: BaseException | None = exc
+    for _ in range(20):  # a bounded walk down the cause chain
+        if seen is None:
+            return False
+        if isinstance(seen, LocalEntryNotFoundError | OfflineModeIsEnabled | ConnectionError | TimeoutError):
+            return True
+        if "ConnectError" in type(seen).__name__ or "ConnectTimeout" in type(seen).__name__:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _load_error(exc: BaseException, source: str, name: str, local: bool) -> ModelLoadError:
+    from huggingface_hub import constants
+
+    if not local and constants.HF_HUB_OFFLINE and _unreachable(exc):
+        return ModelLoadError(f"{name}: {source!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE "
+                              "is set; pass path=/local/diffusers/folder")
+    if not local and _unreachable(exc):
+        return ModelLoadError(
+            f"{name}: could not reach the Hugging Face hub for {source!r}, and it is not in the "
+            f"local Hugging Face cache (offline?); pass path=/local/diffusers/folder, or {_OFFLINE_HINT}"
+        )
+    return ModelLoadError(f"{name}: cannot load the diffusers model {source!r}: {str(exc).splitlines()[0][:300]}")
+
+
+@contextlib.contextmanager
+def _quiet(diffusers: Any) -> Iterator[None]:
+    """diffusers' and transformers' own log warnings, progress bars and deprecation notices off
+    while loading (their errors still show; exceptions are untouched), as before afterwards."""
+    import transformers
+
+    logs = [diffusers.utils.logging, transformers.utils.logging]
+    before = [(log.get_verbosity(), log.is_progress_bar_enabled()) for log in logs]
+    for log in logs:
+        log.set_verbosity_error()
+        log.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", module=r"(diffusers|transformers|huggingface_hub)(\.|$)")
+            yield
+    finally:
+        for log, (level, bars) in zip(logs, before, strict=True):
+            log.set_verbosity(level)
+            if bars:
+                log.enable_progress_bar()
 
 
 def _has(source: str, sub: str) -> bool:
@@ -58,50 +142,83 @@ def _alphas_cumprod(diffusers: Any, cfg: dict[str, Any]) -> Any:
     return torch.cumprod(1 - betas, dim=0)
 
 
+def _networks(diffusers: Any, source: str, kw: dict[str, Any]) -> tuple[Any, Any, Any, Any]:
+    """``(alphas_cumprod, unet, autoencoder, (tokenizer, text encoder) or None)`` from ``source``."""
+    import transformers
+
+    sched_cfg = diffusers.DDPMScheduler.load_config(source, subfolder="scheduler", **kw)
+    alphas_cumprod = _alphas_cumprod(diffusers, sched_cfg)
+    text = _has(source, "text_encoder")
+    unet_cls = diffusers.UNet2DConditionModel if text else diffusers.UNet2DModel
+    unet = unet_cls.from_pretrained(source, subfolder="unet", **kw).eval().requires_grad_(False)
+    if _has(source, "vqvae"):
+        vae = diffusers.VQModel.from_pretrained(source, subfolder="vqvae", **kw)
+    else:
+        vae = diffusers.AutoencoderKL.from_pretrained(source, subfolder="vae", **kw)
+    vae = vae.eval().requires_grad_(False)
+    texts = None
+    if text:
+        tokenizer = transformers.CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **kw)
+        encoder = transformers.CLIPTextModel.from_pretrained(source, subfolder="text_encoder", **kw)
+        texts = (tokenizer, encoder.eval().requires_grad_(False))
+    return alphas_cumprod, unet, vae, texts
+
+
+def _read_prompts(name: str, prompt: str | None, prompts_file: str | None) -> list[str]:
+    prompts: list[str] = []
+    if prompts_file is not None:
+        try:
+            lines = Path(prompts_file).expanduser().read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            raise ModelLoadError(f"{name}: cannot read prompts_file: {exc}") from None
+        prompts = [line.strip() for line in lines if line.strip()]
+        if not prompts:
+            raise ModelLoadError(f"{name}: {prompts_file} holds no prompt")
+    if prompt is not None:
+        if prompts:
+            raise ModelLoadError(f"{name}: give prompt or prompts_file, not both")
+        prompts = [prompt]
+    return prompts
+
+
+def _refuse_text_options(name: str, guidance_rate: float | None, negative_prompt: str) -> None:
+    """An unconditional model has nothing to guide: refuse options that could not act."""
+    if guidance_rate is not None and guidance_rate != 1.0:
+        raise OptionError(f"model {name!r} is unconditional: guidance_rate (classifier-free guidance) "
+                          "needs a text model; drop it")
+    if negative_prompt:
+        raise OptionError(f"model {name!r} is unconditional: it takes no negative_prompt")
+
+
 def load_latent(
-    source: str, *, name: str, guidance_rate: float | None, prompt: str | None,
-    prompts_file: str | None, negative_prompt: str, precision: str, sigma_min: float | None,
-    sigma_max: float | None, device: str, default_rate: float = 7.5,
+    source: str, *, name: str, guidance_rate: float | None = None, prompt: str | None = None,
+    prompts_file: str | None = None, negative_prompt: str = "", precision: str = "fp32",
+    sigma_min: float | None = None, sigma_max: float | None = None, device: str = "cpu",
+    default_rate: float = 7.5,
 ) -> LatentDenoiser:
     """The latent model in ``source`` (a local diffusers folder, or a hub id when online)."""
     diffusers = _require()
     import torch
 
-    local = Path(source).expanduser()
-    if local.exists():
-        source = os.fspath(local)
-        if not local.is_dir():
-            raise ModelLoadError(f"{name}: {source} is not a diffusers folder")
-    elif _offline():
-        raise ModelLoadError(f"{name}: {source!r} is no local folder and DIFFSAMPLER_OFFLINE is set")
-    kw: dict[str, Any] = {"local_files_only": local.exists()}
+    source, local = resolve_source(source, name)
+    kw: dict[str, Any] = {"local_files_only": local}
     try:
-        sched_cfg = diffusers.DDPMScheduler.load_config(source, subfolder="scheduler", **kw)
-        alphas_cumprod = _alphas_cumprod(diffusers, sched_cfg)
-        text = _has(source, "text_encoder")
-        unet_cls = diffusers.UNet2DConditionModel if text else diffusers.UNet2DModel
-        unet = unet_cls.from_pretrained(source, subfolder="unet", **kw).eval().requires_grad_(False)
-        if _has(source, "vqvae"):
-            vae = diffusers.VQModel.from_pretrained(source, subfolder="vqvae", **kw)
-        else:
-            vae = diffusers.AutoencoderKL.from_pretrained(source, subfolder="vae", **kw)
-        vae = vae.eval().requires_grad_(False)
-        modules: dict[str, torch.nn.Module] = {"unet": unet, "vae": vae}
-        encode_text = None
-        if text:
-            import transformers
-
-            tokenizer = transformers.CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **kw)
-            encoder = transformers.CLIPTextModel.from_pretrained(source, subfolder="text_encoder", **kw)
-            modules["text_encoder"] = encoder.eval().requires_grad_(False)
-
-            def encode_text(prompts: list[str]) -> torch.Tensor:
-                ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length,
-                                truncation=True, return_tensors="pt").input_ids
-                enc = modules["text_encoder"]
-                return enc(ids.to(next(enc.parameters()).device))[0]
+        with _quiet(diffusers):
+            alphas_cumprod, unet, vae, texts = _networks(diffusers, source, kw)
     except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"{name}: cannot load the diffusers model {source!r}: {str(exc).splitlines()[0]}") from None
+        raise _load_error(exc, source, name, local) from None
+    modules: dict[str, torch.nn.Module] = {"unet": unet, "vae": vae}
+    encode_text = None
+    if texts is not None:
+        tokenizer, modules["text_encoder"] = texts
+
+        def encode_text(prompts: list[str]) -> torch.Tensor:
+            ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length,
+                            truncation=True, return_tensors="pt").input_ids
+            enc = modules["text_encoder"]
+            return enc(ids.to(next(enc.parameters()).device))[0]
+    else:
+        _refuse_text_options(name, guidance_rate, negative_prompt)
 
     # LDM's VQ autoencoders take the latents as they are (LDMPipeline and the seed do not
     # scale; diffusers' VQModel config carries SD's 0.18215 by default, unused); KL ones use it.
@@ -116,24 +233,14 @@ def load_latent(
     def decode(latent: torch.Tensor) -> torch.Tensor:
         return vae.decode(latent / scale, return_dict=False)[0]
 
-    prompts: list[str] = []
-    if prompts_file is not None:
-        try:
-            lines = Path(prompts_file).expanduser().read_text(encoding="utf-8").splitlines()
-        except OSError as exc:
-            raise ModelLoadError(f"{name}: cannot read prompts_file: {exc}") from None
-        prompts = [line.strip() for line in lines if line.strip()]
-        if not prompts:
-            raise ModelLoadError(f"{name}: {prompts_file} holds no prompt")
-    if prompt is not None:
-        if prompts:
-            raise ModelLoadError(f"{name}: give prompt or prompts_file, not both")
-        prompts = [prompt]
+    prompts = _read_prompts(name, prompt, prompts_file)
     size = unet.config.sample_size
     size = size if isinstance(size, int) else size[0]
-    rate = (default_rate if text else 1.0) if guidance_rate is None else guidance_rate
-    info = {"source": source, "vae_scaling_factor": scale, "num_train_timesteps": len(alphas_cumprod),
-            "unet": type(unet).__name__, "autoencoder": type(vae).__name__}
+    rate = (default_rate if texts is not None else 1.0) if guidance_rate is None else guidance_rate
+    info: dict[str, Any] = {"source": source, "vae_scaling_factor": scale, "num_train_timesteps": len(alphas_cumprod),
+                            "unet": type(unet).__name__, "autoencoder": type(vae).__name__}
+    if prompts_file is not None:
+        info["prompts_file"] = prompts_file
     model = LatentDenoiser(
         unet=run_unet, modules=modules, decoder=decode, shape=(unet.config.in_channels, size, size),
         alphas_cumprod=alphas_cumprod, encode_text=encode_text, prompts=prompts,
