@@ -291,3 +291,19 @@ def test_loading_is_quiet_and_the_extra_message_is_grammatical(
     monkeypatch.setitem(sys.modules, "diffusers", None)
     with pytest.raises(ds.MissingExtraError, match=r"^a latent model needs the 'diffusers' package"):
         ds.get_model("latent", path=sd_folder)
+
+
+@pytest.mark.xfail(strict=True, reason="needs core: labels_for (core/runs.py) to call the model's check_labels")
+def test_prompt_choices_are_refused_while_planning(sd_folder: Path, tmp_path: Path) -> None:
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a cat\na dog\na bird\n")
+    base = ["sample", "--model", "latent", "--model-opt", f"path={sd_folder}", "--model-opt",
+            f"prompts_file={prompts}", "--seeds", "0", "--nfe", "2"]
+    for extra, message in (
+        (["--labels", "5"], f"prompt 5 is out of range: prompts_file {prompts} holds 3 prompts (0..2)"),
+        ([], f"prompts_file {prompts} holds 3 prompts: choose one per sample with --labels seed|random|K"),
+    ):
+        out = tmp_path / f"run{len(extra)}"
+        res = _cli(*base, *extra, "--out", str(out))
+        assert res.returncode == 2 and res.stderr.strip().splitlines() == [f"error: {message}"], res.stderr
+        assert not out.exists()  # refused before the header and config.json
