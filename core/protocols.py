@@ -104,7 +104,9 @@ class HasBottleneck(Protocol):
 class ClassConditional(Protocol):
     """A model that takes class labels through ``cond`` (integer indices ``[batch]``).
 
-    ``label_dim`` is the number of classes (0: the model is unconditional after all).
+    ``label_dim`` is the number of classes (0: the model is unconditional after all). An optional
+    ``check_labels(choice)`` (``None``, ``"random"``, ``"seed"`` or a class index as a string)
+    refuses, while a run is planned, labels the model cannot take, in its own words (prompts).
     """
 
     @property

@@ -162,6 +162,9 @@ def labels_for(choice: str | None, model: Denoiser, seeds: Iterable[int], *, mod
 
     from .protocols import ClassConditional
 
+    check = getattr(model, "check_labels", None)
+    if callable(check):  # the model's own words (prompts, classes) and the labels it cannot do without
+        check(choice)
     if choice is None:
         return None
     classes = int(model.label_dim) if isinstance(model, ClassConditional) else 0

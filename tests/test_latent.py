@@ -293,7 +293,6 @@ def test_loading_is_quiet_and_the_extra_message_is_grammatical(
         ds.get_model("latent", path=sd_folder)
 
 
-@pytest.mark.xfail(strict=True, reason="needs core: labels_for (core/runs.py) to call the model's check_labels")
 def test_prompt_choices_are_refused_while_planning(sd_folder: Path, tmp_path: Path) -> None:
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a cat\na dog\na bird\n")
