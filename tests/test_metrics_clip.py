@@ -119,7 +119,7 @@ def test_loading_offline_without_files_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("DIFFSAMPLER_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    with pytest.raises(ModelLoadError, match="could not load the CLIP model"):
+    with pytest.raises(ModelLoadError, match="is not in the local Hugging Face cache and offline mode is set; pass --model DIR"):
         CLIPEncoder.load("laion/CLIP-ViT-g-14-laion2B-s34B-b88K")
 
 
@@ -311,3 +311,16 @@ def test_check_run_refuses_unpairable_runs_before_sampling(tmp_path):
     metric.check_run(seeds=range(3), labels=[1, 0, 1])
     with pytest.raises(OptionError, match="run up to 4"):
         metric.check_run(seeds=range(3), labels=[0, 4, 1])
+
+
+def test_clip_loading_names_a_missing_folder_and_an_unreachable_hub(monkeypatch):
+    def no_hub(*args, **kwargs):
+        raise OSError("cannot find config.json") from ConnectionError("network is unreachable")
+
+    monkeypatch.setattr(transformers.CLIPModel, "from_pretrained", no_hub)
+    monkeypatch.delenv("DIFFSAMPLER_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    with pytest.raises(ModelLoadError, match=r"^no such CLIP folder: 'nodir'"):  # no hub round trip
+        CLIPEncoder.load("nodir")
+    with pytest.raises(ModelLoadError, match=r"could not be fetched: the Hugging Face hub is unreachable \(offline\?\); set DIFFSAMPLER_OFFLINE"):
+        CLIPEncoder.load("openai/clip-vit-base-patch32")

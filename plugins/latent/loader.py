@@ -9,20 +9,17 @@ Diffusion), ``vae/`` (``AutoencoderKL``) or ``vqvae/`` (``VQModel``), ``schedule
 
 from __future__ import annotations
 
-import contextlib
 import os
-import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from diffsampler.errors import ModelLoadError, OptionError, require
+from diffsampler.hub import OFFLINE_HINT, hub_unreachable, looks_local, quiet_hub_libraries
 
 from .denoiser import LatentDenoiser
 
-__all__ = ["load_latent", "looks_local", "resolve_source"]
+__all__ = ["load_latent", "resolve_source"]
 
-_OFFLINE_HINT = "set DIFFSAMPLER_OFFLINE=1 (or HF_HUB_OFFLINE=1) to skip the hub at once"
 
 
 def _require() -> Any:
@@ -32,14 +29,6 @@ def _require() -> Any:
 
 def _offline() -> bool:
     return os.environ.get("DIFFSAMPLER_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
-
-
-def looks_local(source: str) -> bool:
-    """Whether ``source`` can only be meant as a local path: a hub id is ``org/name``, with one
-    ``/`` and no leading ``.``, ``/`` or ``~`` (nor a Windows separator)."""
-    if source.startswith((".", "/", "~")) or (os.sep != "/" and os.sep in source):
-        return True
-    return source.count("/") != 1 or source.endswith("/")
 
 
 def resolve_source(source: str, name: str) -> tuple[str, bool]:
@@ -60,57 +49,18 @@ def resolve_source(source: str, name: str) -> tuple[str, bool]:
     return source, False
 
 
-def _unreachable(exc: BaseException) -> bool:
-    """Whether ``exc`` (or what caused it) says the hub could not be reached, whatever file the
-    library then names as missing."""
-    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
-
-    seen: BaseException | None = exc
-    for _ in range(20):  # a bounded walk down the cause chain
-        if seen is None:
-            return False
-        if isinstance(seen, LocalEntryNotFoundError | OfflineModeIsEnabled | ConnectionError | TimeoutError):
-            return True
-        if "ConnectError" in type(seen).__name__ or "ConnectTimeout" in type(seen).__name__:
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
-
-
 def _load_error(exc: BaseException, source: str, name: str, local: bool) -> ModelLoadError:
     from huggingface_hub import constants
 
-    if not local and constants.HF_HUB_OFFLINE and _unreachable(exc):
+    if not local and constants.HF_HUB_OFFLINE and hub_unreachable(exc):
         return ModelLoadError(f"{name}: {source!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE "
                               "is set; pass path=/local/diffusers/folder")
-    if not local and _unreachable(exc):
+    if not local and hub_unreachable(exc):
         return ModelLoadError(
             f"{name}: could not reach the Hugging Face hub for {source!r}, and it is not in the "
-            f"local Hugging Face cache (offline?); pass path=/local/diffusers/folder, or {_OFFLINE_HINT}"
+            f"local Hugging Face cache (offline?); pass path=/local/diffusers/folder, or {OFFLINE_HINT}"
         )
     return ModelLoadError(f"{name}: cannot load the diffusers model {source!r}: {str(exc).splitlines()[0][:300]}")
-
-
-@contextlib.contextmanager
-def _quiet(diffusers: Any) -> Iterator[None]:
-    """diffusers' and transformers' own log warnings, progress bars and deprecation notices off
-    while loading (their errors still show; exceptions are untouched), as before afterwards."""
-    import transformers
-
-    logs = [diffusers.utils.logging, transformers.utils.logging]
-    before = [(log.get_verbosity(), log.is_progress_bar_enabled()) for log in logs]
-    for log in logs:
-        log.set_verbosity_error()
-        log.disable_progress_bar()
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", module=r"(diffusers|transformers|huggingface_hub)(\.|$)")
-            yield
-    finally:
-        for log, (level, bars) in zip(logs, before, strict=True):
-            log.set_verbosity(level)
-            if bars:
-                log.enable_progress_bar()
 
 
 def _has(source: str, sub: str) -> bool:
@@ -203,7 +153,7 @@ def load_latent(
     source, local = resolve_source(source, name)
     kw: dict[str, Any] = {"local_files_only": local}
     try:
-        with _quiet(diffusers):
+        with quiet_hub_libraries():
             alphas_cumprod, unet, vae, texts = _networks(diffusers, source, kw)
     except (OSError, ValueError) as exc:
         raise _load_error(exc, source, name, local) from None

@@ -269,20 +269,38 @@ class CLIPEncoder:
     @classmethod
     def load(cls, name: str = DEFAULT_MODEL, *, device: str = "cpu") -> CLIPEncoder:
         """From a local directory, or the hub unless ``DIFFSAMPLER_OFFLINE``/``HF_HUB_OFFLINE`` is set."""
-        transformers: Any = require("transformers", extra="clip", purpose="the CLIP score")
-        offline = any(
-            os.environ.get(v, "").strip().lower() in {"1", "true", "yes", "on"}
-            for v in ("DIFFSAMPLER_OFFLINE", "HF_HUB_OFFLINE")
+        from diffsampler.hub import (
+            OFFLINE_HINT,
+            hub_offline,
+            hub_unreachable,
+            looks_local,
+            quiet_hub_libraries,
         )
+
+        transformers: Any = require("transformers", extra="clip", purpose="the CLIP score")
         local = Path(name).expanduser()
+        if not local.is_dir() and looks_local(name):  # no hub round trips for a mistyped folder
+            raise ModelLoadError(
+                f"no such CLIP folder: {name!r} (a transformers CLIP checkpoint: config.json, weights, "
+                "tokenizer files; a hub id is org/name)"
+            )
+        offline = hub_offline()
         source = str(local) if local.is_dir() else name
         try:
-            model = transformers.CLIPModel.from_pretrained(source, local_files_only=offline)
-            tokenizer = transformers.AutoTokenizer.from_pretrained(source, local_files_only=offline)
+            with quiet_hub_libraries():
+                model = transformers.CLIPModel.from_pretrained(source, local_files_only=offline)
+                tokenizer = transformers.AutoTokenizer.from_pretrained(source, local_files_only=offline)
         except (OSError, ValueError) as exc:
+            if not local.is_dir() and hub_unreachable(exc):
+                where = "is not in the local Hugging Face cache and offline mode is set" if offline else (
+                    f"could not be fetched: the Hugging Face hub is unreachable (offline?); {OFFLINE_HINT}")
+                raise ModelLoadError(
+                    f"the CLIP model {name!r} {where}; pass --model DIR (Python: model=DIR) with a local "
+                    "transformers CLIP checkpoint"
+                ) from None
             raise ModelLoadError(
-                f"could not load the CLIP model {name!r} ({str(exc).splitlines()[0]}); pass model=DIR "
-                "with a transformers CLIP checkpoint (config.json, weights, tokenizer files)"
+                f"could not load the CLIP model {name!r} ({str(exc).splitlines()[0][:300]}); pass --model DIR "
+                "(Python: model=DIR) with a transformers CLIP checkpoint (config.json, weights, tokenizer files)"
             ) from None
         return cls(model, tokenizer, device=device)
 
