@@ -15,7 +15,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from diffsampler.devices import resolve_device
-from diffsampler.distributed import barrier, device_for_rank, shard
+from diffsampler.distributed import barrier, device_for_rank, on_main_first, shard
 from diffsampler.errors import OptionError
 from diffsampler.seeds import parse_seeds
 from diffsampler.sigmas import parse_sigma_list
@@ -210,7 +210,7 @@ def _run(config: Any, out: Path, fmt: str, dist: Any, *, as_json: bool,
     rundir = RunDirectory(out, fmt, plan.model.shape)
     record = plan.record()
     shown = escape(str(out))
-    if dist.is_main:
+    def prepare_on_main() -> bool:
         resuming = rundir.prepare(record, main=True)
         rundir.remove_stale_temporaries()
         missing = rundir.reopen(plan.batches)
@@ -220,7 +220,10 @@ def _run(config: Any, out: Path, fmt: str, dist: Any, *, as_json: bool,
         if missing:
             _say(f"{shown} held this run, complete, but lost {escape(', '.join(missing))} since: "
                  "sampling again what is missing")
-    barrier()
+        return resuming
+
+    # rank 0 checks and prepares the directory; a refusal there stops every rank cleanly
+    resuming = bool(on_main_first(prepare_on_main))
     if not dist.is_main:
         resuming = rundir.prepare(record, main=False)
     if rundir.complete(plan.batches):

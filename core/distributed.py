@@ -9,7 +9,7 @@ Under ``torchrun`` (``WORLD_SIZE`` > 1 in the environment) :func:`setup` joins t
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
@@ -17,7 +17,7 @@ import attrs
 if TYPE_CHECKING:
     from torch import Tensor
 
-__all__ = ["Dist", "all_reduce_sum", "barrier", "setup", "shard", "teardown"]
+__all__ = ["Dist", "all_reduce_sum", "barrier", "on_main_first", "setup", "shard", "teardown"]
 
 T = TypeVar("T")
 
@@ -89,6 +89,32 @@ def barrier() -> None:
         import torch.distributed as dist
 
         dist.barrier()
+
+
+def on_main_first(action: Callable[[], T]) -> T | None:
+    """Run ``action`` on rank 0 only, then bring every rank to the same point (a barrier that
+    also carries whether ``action`` failed). A user error there (:class:`DiffSamplerError`) stops
+    every process: rank 0 raises it (the CLI prints it once), the others exit with status 2
+    quietly instead of dying at the barrier. Returns the action's result on rank 0, else None."""
+    from .errors import DiffSamplerError
+
+    result: T | None = None
+    failure: DiffSamplerError | None = None
+    if _current.is_main:
+        try:
+            result = action()
+        except DiffSamplerError as exc:
+            failure = exc
+    if _current.active:
+        import torch
+
+        device = f"cuda:{_current.local_rank}" if _current.backend == "nccl" else "cpu"
+        flag = all_reduce_sum(torch.tensor([float(failure is not None)], device=device))
+        if float(flag.item()) > 0 and not _current.is_main:
+            raise SystemExit(2)
+    if failure is not None:
+        raise failure
+    return result
 
 
 def all_reduce_sum(tensor: Tensor) -> Tensor:

@@ -209,6 +209,16 @@ def test_two_process_gloo_run_equals_one_process_run(tmp_path):
     a, b = np.load(tmp_path / "one" / "samples.npz"), np.load(tmp_path / "two" / "samples.npz")
     assert np.array_equal(a["seeds"], b["seeds"])
     assert np.array_equal(a["samples"], b["samples"])
+    # a refusal that only rank 0 finds (the folder holds another run) stops both ranks cleanly
+    other = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+         "--master_addr=127.0.0.1", f"--master_port={port}",
+         "-m", "diffsampler", *args[:-4], "--nfe", "4", "--device", "cpu", "--out", str(tmp_path / "two")],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert other.returncode != 0 and other.stderr.count("holds a different run") == 1, other.stderr[-3000:]
+    # both ranks exit with status 2 (torchrun's own summary lists them); rank 1 did not die at a barrier
+    assert other.stderr.count("exitcode  : 2") == 2 and "Connection reset" not in other.stderr
 
 
 def test_class_labels_per_seed_are_recorded_and_followed(tmp_path):
