@@ -249,7 +249,10 @@ class Registry:
 
     def register_commands(self, app: Any) -> None:
         """Call every plugin's ``register_commands(app)``; failures are recorded."""
-        for impl in self.plugin_manager.hook.register_commands.get_hookimpls():
+        origin = {p.name: p.distribution for p in self.plugins}
+        impls = self.plugin_manager.hook.register_commands.get_hookimpls()
+        # diffsampler's own commands first: a plugin cannot take the name of a built-in one
+        for impl in sorted(impls, key=lambda i: origin.get(i.plugin_name) != "diffsampler"):
             commands, groups = len(app.registered_commands), len(app.registered_groups)
             taken = _command_names(app)
             try:

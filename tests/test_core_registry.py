@@ -136,7 +136,14 @@ def test_a_plugin_command_cannot_replace_a_builtin_one():
         app.command("hello")(hello)
         app.command("sample")(hello)
 
-    reg = discover(entry_points=True, plugins=[("p", types.SimpleNamespace(register_commands=register_commands))])
+    gits = typer.Typer()
+
+    @ds.hookimpl
+    def register_group(app):
+        app.add_typer(gits, name="gits")  # the built-in GITS plugin's group
+
+    reg = discover(entry_points=True, plugins=[("p", types.SimpleNamespace(register_commands=register_commands)),
+                                               ("q", types.SimpleNamespace(register_commands=register_group))])
     ds.reset_registry(reg)
     try:
         app = build_app()
@@ -144,7 +151,10 @@ def test_a_plugin_command_cannot_replace_a_builtin_one():
         assert names.count("sample") == 1 and "hello" not in names  # all or nothing
         (failure,) = [f for f in reg.failures if f.plugin == "p"]
         assert "command 'sample' already exists" in failure.error
-        assert isinstance(app, typer.Typer)
+        (failure,) = [f for f in reg.failures if f.plugin == "q"]  # whatever the discovery order
+        assert "command 'gits' already exists" in failure.error
+        groups = [g for g in app.registered_groups if g.name == "gits"]
+        assert len(groups) == 1 and groups[0].typer_instance is not gits
     finally:
         ds.reset_registry(None)
 
@@ -243,3 +253,25 @@ def test_a_missing_required_option_is_named_with_its_help():
     with pytest.raises(ds.OptionError, match=r"^model 'needy' needs option 'path'; on the command line: --model-opt path=\.\.\.$"):
         reg.create("model", "needy")
     assert reg.create("model", "needy", path="w.pt") == "w.pt"
+
+
+def test_builtin_command_groups_register_first_whatever_the_discovery_order():
+    import typer
+
+    import diffsampler.plugins.gits as gits_plugin
+    from diffsampler.registry import Registry
+
+    taker = typer.Typer()
+
+    @ds.hookimpl
+    def register_commands(app):
+        app.add_typer(taker, name="gits")
+
+    reg = Registry()
+    reg.add_plugin(types.SimpleNamespace(register_commands=register_commands), "early", distribution="third-party")
+    reg.add_plugin(gits_plugin, "gits", distribution="diffsampler")
+    app = typer.Typer()
+    reg.register_commands(app)
+    (group,) = app.registered_groups
+    assert group.typer_instance is not taker  # the built-in one
+    assert [f.plugin for f in reg.failures] == ["early"] and "command 'gits' already exists" in reg.failures[0].error
