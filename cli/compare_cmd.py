@@ -18,7 +18,15 @@ from diffsampler.errors import MissingExtraError, OptionError
 from diffsampler.outputs import atomic_write_bytes
 from diffsampler.seeds import parse_seeds
 
-from ._common import console, err_console, parse_pairs, print_json, table_console
+from ._common import (
+    console,
+    err_console,
+    exit_status,
+    parse_pairs,
+    print_json,
+    sigterm_interrupts,
+    table_console,
+)
 
 
 def compare(
@@ -83,7 +91,7 @@ def compare(
                         TimeElapsedColumn(), console=err_console, transient=True,
                         disable=not err_console.is_terminal)  # a transient bar in a log is one stray newline
     try:
-        with progress:
+        with progress, sigterm_interrupts():
             task = progress.add_task("ground truth and cells", total=None)
             result = run_compare(
                 cfg,
@@ -96,7 +104,10 @@ def compare(
         err_console.print(escape(
             f"interrupted: the {done} finished cells are in {out / 'results.json'} (marked incomplete)"
         ))
-        raise typer.Exit(130) from None
+        raise typer.Exit(exit_status(stop)) from None
+    except KeyboardInterrupt as stop:  # while loading the model or computing the ground truth
+        err_console.print("interrupted before the first cell: nothing written")
+        raise typer.Exit(exit_status(stop)) from None
     files = _write(out, result)
     if as_json:
         print_json(result.to_dict())
@@ -173,6 +184,9 @@ def _write(out: Path, result: Any) -> list[str]:
                          *[values.get(k, "") for k in keys], f"{cell.seconds:.4f}"])
     atomic_write_bytes(out / "results.csv", buf.getvalue().encode())
     files = ["results.json", "results.csv"]
+    if not any(cell.values for cell in result.cells):  # interrupted before the first cell
+        (out / "plot.png").unlink(missing_ok=True)
+        return files
     try:
         _plot(out / "plot.png", result)
         files.append("plot.png")

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import signal
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from types import FrameType
 from typing import Annotated, Any
 
 import typer
@@ -20,43 +16,11 @@ from diffsampler.errors import OptionError
 from diffsampler.seeds import parse_seeds
 from diffsampler.sigmas import parse_sigma_list
 
-from ._common import err_console, parse_pairs, print_json
+from ._common import err_console, exit_status, parse_pairs, print_json, sigterm_interrupts
 
 # Typed flags for the options of the built-in solvers; any other option goes through --opt.
 _SOLVER_FLAGS = ("max_order", "predict_x0", "lower_order_final", "variant", "deis_mode", "r",
                  "thresholding")
-
-
-class _Terminated(KeyboardInterrupt):
-    """SIGTERM, raised in the main thread as Ctrl-C raises KeyboardInterrupt: the same clean stop."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
-
-
-def _exit_status(exc: KeyboardInterrupt) -> int:
-    """128 + the signal number, as a shell reports a process stopped by it (130 for Ctrl-C)."""
-    return 128 + int(getattr(exc, "signum", signal.SIGINT))
-
-
-@contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-    """Turn SIGTERM into :class:`_Terminated` while sampling (Typer turns Ctrl-C's
-    KeyboardInterrupt into a silent exit before ``main()`` could report it)."""
-
-    def handler(signum: int, _frame: FrameType | None) -> None:
-        raise _Terminated(signum)
-
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread: leave signals alone
-        yield
-        return
-    try:
-        yield
-    finally:  # None: a handler set outside Python, which cannot be put back
-        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 def _say(text: str) -> None:
@@ -189,12 +153,12 @@ def sample(
     )
     dist = setup(config.device)
     try:
-        with _sigterm_interrupts():
+        with sigterm_interrupts():
             _run(config, out, fmt, dist, as_json=as_json, requested_nfe=nfe)
     except KeyboardInterrupt as exc:  # before sampling started (the sampling loop reports its own)
         if dist.is_main:
             _say("[bold red]interrupted[/] before sampling started")
-        raise typer.Exit(_exit_status(exc)) from None
+        raise typer.Exit(exit_status(exc)) from None
     finally:
         teardown()
 
@@ -240,7 +204,7 @@ def _run(config: Any, out: Path, fmt: str, dist: Any, *, as_json: bool,
             kept = rundir.count_done(plan.batches)
             _say(f"[bold red]interrupted:[/] {kept} of {len(plan.batches)} batches kept in "
                  f"{shown}; rerun the same command to resume")
-        raise typer.Exit(_exit_status(exc)) from None
+        raise typer.Exit(exit_status(exc)) from None
 
 
 def _header(plan: Any, out: Path, dist: Any, *, skipped: int, mine: int, resuming: bool) -> str:

@@ -363,17 +363,18 @@ def run_compare(
                 cells.append(cell)
                 if on_cell is not None:
                     on_cell(cell)
-    except KeyboardInterrupt:
-        raise CompareInterrupted(result(complete=False)) from None
+    except KeyboardInterrupt as stop:
+        raise CompareInterrupted(result(complete=False), signum=getattr(stop, "signum", 2)) from None
     return result(complete=True)
 
 
 class CompareInterrupted(KeyboardInterrupt):
     """Ctrl-C during :func:`run_compare`; ``partial`` holds the cells finished before it."""
 
-    def __init__(self, partial: CompareResult) -> None:
+    def __init__(self, partial: CompareResult, *, signum: int = 2) -> None:
         super().__init__()
         self.partial = partial
+        self.signum = signum  # SIGINT (Ctrl-C) or the signal the CLI turned into an interrupt
 
 
 def _short(value: Any) -> str:

@@ -297,3 +297,23 @@ def test_compare_labels_reach_the_samples_and_the_teacher():
                - teacher.reference(model, (0, 1, 2), torch.float32)).max() > 0.1
     with pytest.raises(ds.OptionError, match="class 12 is out of range"):
         run_compare(attrs.evolve(config, labels="12"))
+
+
+def test_sigterm_and_an_interruption_before_any_cell_keep_what_there_is(tmp_path):
+    from diffsampler.cli._common import Terminated, exit_status
+    from diffsampler.cli.compare_cmd import _write
+    from diffsampler.compare import CompareInterrupted
+
+    def terminate(cell):
+        raise Terminated(15)
+
+    config = CompareConfig(model_options={"shape": (2,)}, solvers=("euler",), nfes=(3, 4), seeds=(0,),
+                           metrics=("l2-exact",))
+    with pytest.raises(CompareInterrupted) as stop:
+        run_compare(config, on_cell=terminate)
+    assert exit_status(stop.value) == 143 and len(stop.value.partial.cells) == 1
+    empty = attrs.evolve(stop.value.partial, cells=(), rows=())
+    (tmp_path / "plot.png").write_bytes(b"an older plot")
+    assert _write(tmp_path, empty) == ["results.json", "results.csv"]  # no plot of nothing, no stale one
+    assert not (tmp_path / "plot.png").exists()
+    assert json.loads((tmp_path / "results.json").read_text())["complete"] is False
