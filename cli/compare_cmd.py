@@ -130,8 +130,9 @@ def _read_config(path: Path) -> dict[str, Any]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise OptionError(f"cannot read comparison configuration {str(path)!r}: {exc}") from None
-    if isinstance(data, dict) and isinstance(data.get("config", data), dict):
-        return dict(data.get("config", data))
+    config = data.get("config", data) if isinstance(data, dict) else None
+    if isinstance(config, dict) and {"solvers", "nfes"} <= set(config):
+        return dict(config)
     raise OptionError(f"{str(path)!r} is not a comparison configuration (a results.json written by compare)")
 
 

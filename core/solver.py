@@ -134,6 +134,8 @@ class ODESolver:
 
     def __init__(self, **options: Any) -> None:
         owner = f"solver {getattr(self, 'name', type(self).__name__)}"
+        if type(self).step is ODESolver.step:
+            raise PluginError(f"{owner} does not implement step(run, x, i), the update rule")
         if self.Options is None and options:
             raise OptionError(f"{owner} takes no options, got {', '.join(options)}")
         self.options: Any = build_options(self.Options, options, owner=owner)

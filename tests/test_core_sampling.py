@@ -91,6 +91,14 @@ def test_a_solver_breaking_the_contract_is_named(solver, message):
         solver().sample(_small_gmm(), torch.ones(2, 2), [4.0, 2.0, 1.0])
 
 
+def test_a_solver_without_an_update_rule_is_refused_when_built():
+    class NoStep(ds.ODESolver):
+        order = 2
+
+    with pytest.raises(ds.PluginError, match=r"solver NoStep does not implement step\(run, x, i\)"):
+        NoStep()
+
+
 @pytest.mark.parametrize(
     "sigmas, message",
     [
@@ -134,6 +142,9 @@ def test_steps_for_nfe_and_unreachable_budget():
 
     class TwoEval(ds.ODESolver):
         evals_per_step = 2
+
+        def step(self, run, x, i):  # never run: only the NFE arithmetic is asked
+            raise AssertionError
 
     with pytest.raises(ds.OptionError, match=r"NFE 7 is not reachable.*nearest: 6 or 8"):
         ds.steps_for_nfe(TwoEval(), 7)
