@@ -51,14 +51,15 @@ def _embedded(path: Path, *, weights: str | None, device: str, batch: int, what:
 
     from diffsampler.imagesets import iter_images
 
-    from .fid import image_features, load_inception
+    from .fid import _device, image_features, load_inception
     from .prdc import set_size
 
     total = set_size(path)
+    device = _device(device)  # a missing GPU is refused before the weights are fetched
     net = load_inception(weights, device=device)
     _err().print(f"{what}: {total} image{'' if total == 1 else 's'} from {path}", highlight=False, soft_wrap=True)
     progress = Progress(TextColumn(what), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        console=_err(), transient=True)
+                        console=_err(), transient=True, disable=not _err().is_terminal)
     with progress:
         task = progress.add_task(what, total=total)
         yield from image_features(net, iter_images(path, batch), batch=batch,
