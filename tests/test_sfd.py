@@ -301,10 +301,11 @@ def test_torchrun_two_processes_train_like_one(tmp_path):
     script.write_text(TORCHRUN_SCRIPT)
     out = tmp_path / "student.pt"
     env = {**os.environ, "PYTHONPATH": os.path.dirname(__file__)}
-    subprocess.run(
+    proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script), str(out)],
-        check=True, capture_output=True, timeout=180, env=env,
+        capture_output=True, text=True, timeout=180, env=env,
     )
+    assert proc.returncode == 0, proc.stderr[-4000:]
     one = trainer(tiny_teacher(), lr=1e-4)
     one.train()
     two = torch.load(out, weights_only=True)
