@@ -209,10 +209,11 @@ def with_model_defaults(config: RunConfig, model: Denoiser) -> RunConfig:
     return attrs.evolve(config, **updates)
 
 
-def with_solver_defaults(config: RunConfig, asked: RunConfig, solver: Solver) -> RunConfig:
+def with_solver_defaults(config: RunConfig, asked: RunConfig, part: Any) -> RunConfig:
     """``config`` with the step count and AFS the user left open (in ``asked``) taken from a
-    learned solver's own plan (:class:`~diffsampler.SamplesItself`: an AMED predictor's)."""
-    own = dict(solver.sampling_defaults) if isinstance(solver, SamplesItself) else {}
+    learned solver's or schedule's own plan (:class:`~diffsampler.SamplesItself`: an AMED
+    predictor's, a GITS file's)."""
+    own = dict(part.sampling_defaults) if isinstance(part, SamplesItself) else {}
     updates: dict[str, Any] = {}
     if asked.afs is None and "afs" in own:
         updates["afs"] = bool(own["afs"])
@@ -251,6 +252,8 @@ def plan_run(config: RunConfig) -> RunPlan:
             schedule_name, schedule_options = config.schedule, dict(config.schedule_options)
         schedule = get_schedule(schedule_name, **schedule_options)
         schedule_options = options_as_dict(getattr(schedule, "options", None)) or schedule_options
+        config = with_solver_defaults(config, asked, schedule)  # a searched (GITS) file's own count
+        assert config.afs is not None
         steps = resolve_num_steps(
             solver,
             num_steps=config.num_steps,

@@ -312,6 +312,12 @@ def test_the_afs_setting_of_the_search_is_checked(schedule_file, tmp_path):
     with pytest.raises(ds.OptionError, match=r"searched with AFS: sample with --afs$"):  # planning checks it
         plan_run(RunConfig(schedule_options={"file": str(afs_file)}, afs=False, **run))
     assert plan_run(RunConfig(schedule_options={"file": str(afs_file)}, afs=True, **run)).nfe == 4
+    # steps and AFS left open: the file's own (5 NFE without AFS, 4 with)
+    left_open = {k: v for k, v in run.items() if k != "num_steps"}
+    plain_plan = plan_run(RunConfig(schedule_options={"file": str(path)}, **left_open))
+    afs_plan = plan_run(RunConfig(schedule_options={"file": str(afs_file)}, **left_open))
+    assert (len(plain_plan.sigmas), plain_plan.config.afs, plain_plan.nfe) == (6, False, 5)
+    assert (len(afs_plan.sigmas), afs_plan.config.afs, afs_plan.nfe) == (6, True, 4)
 
 
 def test_save_onto_a_folder_is_one_line_and_leaves_no_temporary(schedule_file, tmp_path):

@@ -175,6 +175,13 @@ class GITSScheduleFile(ScheduleBase):
             self._check_shape(s, denoiser)
         return np.asarray(s.sigmas, dtype=np.float64)
 
+    @property
+    def sampling_defaults(self) -> dict[str, Any]:
+        """The searched step count and AFS setting (:class:`~diffsampler.SamplesItself`):
+        ``diffsampler sample --schedule gits --schedule-opt file=F`` needs no ``--steps``."""
+        s = self.schedule
+        return {} if s is None else {"num_steps": s.num_steps, "afs": bool(s.afs)}
+
     def _count_message(self, s: GITSSchedule, num_steps: int) -> str:
         if s.afs:
             return (
