@@ -253,17 +253,17 @@ def plan_run(config: RunConfig) -> RunPlan:
         schedule = get_schedule(schedule_name, **schedule_options)
         schedule_options = options_as_dict(getattr(schedule, "options", None)) or schedule_options
         config = with_solver_defaults(config, asked, schedule)  # a searched (GITS) file's own count
-        assert config.afs is not None
         steps = resolve_num_steps(
             solver,
             num_steps=config.num_steps,
             nfe=config.nfe,
-            afs=config.afs,
+            afs=bool(config.afs),
             denoise_to_zero=config.denoise_to_zero,
         )
         sigmas = schedule.sigmas(steps, model.sigma_min, model.sigma_max, denoiser=model)
         if isinstance(schedule, ChecksRun):  # e.g. a GITS file searched with the other AFS setting
             schedule.check(model, sigma_tuple(sigmas), afs=bool(config.afs))
+    assert config.afs is not None
     nfe = solver.nfe(len(sigmas), afs=config.afs, denoise_to_zero=config.denoise_to_zero)
     if isinstance(solver, ChecksRun):
         solver.check(model, sigma_tuple(sigmas), afs=config.afs)
