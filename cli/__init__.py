@@ -6,6 +6,7 @@ never a traceback. Plugins add commands through the ``register_commands(app)`` h
 
 from __future__ import annotations
 
+import signal
 import warnings
 from typing import Annotated, TextIO
 
@@ -16,7 +17,7 @@ from diffsampler import __version__
 from diffsampler.errors import DiffSamplerError
 from diffsampler.registry import get_registry
 
-from ._common import err_console
+from ._common import err_console, exit_status, sigterm_interrupts
 from .bench_cmd import bench
 from .compare_cmd import compare
 from .info_cmd import info
@@ -67,15 +68,30 @@ def _show_warning(message: Warning | str, category: type[Warning], filename: str
     err_console.print(f"[bold yellow]warning:[/] {escape(str(message))}{kind}", highlight=False, soft_wrap=True)
 
 
+def _unreported_interrupt(stop: SystemExit) -> KeyboardInterrupt | None:
+    """The Ctrl-C / SIGTERM that ended a command which did not report it itself: Typer turns it
+    into ``Exit(130) from`` the interrupt; commands that report their own exit ``from None``."""
+    cause = getattr(stop.__context__, "__cause__", None)
+    return cause if isinstance(cause, KeyboardInterrupt) else None
+
+
 def main() -> None:
     """Entry point of the ``diffsampler`` script."""
     warnings.showwarning = _show_warning
     try:
-        app = build_app()
-        app()
+        with sigterm_interrupts():  # SIGTERM stops a command as Ctrl-C does (its own handling, if any)
+            app = build_app()
+            app()
     except DiffSamplerError as exc:
         err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise SystemExit(2) from None
-    except KeyboardInterrupt:  # outside a command (Typer turns one inside into exit status 130)
+    except KeyboardInterrupt as stop:  # outside a command
         err_console.print("[bold red]interrupted[/]")
-        raise SystemExit(130) from None
+        raise SystemExit(exit_status(stop)) from None
+    except SystemExit as stop:
+        interrupt = _unreported_interrupt(stop)
+        if interrupt is None:
+            raise
+        name = signal.Signals(getattr(interrupt, "signum", signal.SIGINT)).name
+        err_console.print(f"[bold red]interrupted[/] ({name}) before the command finished: its output is not complete")
+        raise SystemExit(exit_status(interrupt)) from None

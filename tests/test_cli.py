@@ -165,3 +165,30 @@ def test_warnings_print_as_one_line_like_errors():
         _show_warning(FutureWarning("old API"), FutureWarning, "g.py", 2)
     assert captured.get().splitlines() == ["warning: FID of 8 samples [ref=x]", "warning: old API (FutureWarning)"]
     assert warnings.showwarning is not _show_warning  # installed by main() only
+
+
+@pytest.mark.parametrize(("signum", "status", "name"), [(None, 130, "SIGINT"), (15, 143, "SIGTERM")])
+def test_a_command_stopped_by_a_signal_says_so(monkeypatch, signum, status, name):
+    import types
+
+    from diffsampler.cli import main
+    from diffsampler.cli._common import Terminated, err_console
+    from diffsampler.registry import discover
+
+    def long_job():
+        """Stands for gits search, amed train, fid ref: nothing of its own for interruptions."""
+        raise KeyboardInterrupt if signum is None else Terminated(signum)
+
+    @ds.hookimpl
+    def register_commands(app):
+        app.command("long-job")(long_job)
+
+    ds.reset_registry(discover(entry_points=True, plugins=[("t", types.SimpleNamespace(register_commands=register_commands))]))
+    monkeypatch.setattr(sys, "argv", ["diffsampler", "long-job"])
+    try:
+        with err_console.capture() as captured, pytest.raises(SystemExit) as stop:
+            main()
+    finally:
+        ds.reset_registry(None)
+    assert stop.value.code == status
+    assert captured.get().strip() == f"interrupted ({name}) before the command finished: its output is not complete"
