@@ -251,12 +251,17 @@ def _sample_and_finish(plan: Any, rundir: Any, out: Path, dist: Any, *, as_json:
         # execute hands every batch finished before an interruption to keep() before it returns
         execute(plan, batches=mine, on_batch=keep, device=device_for_rank(config.device, dist))
     elapsed = time.perf_counter() - started
-    barrier()
-    if not dist.is_main:
+    barrier()  # every rank's batches are on disk
+
+    def finish() -> list[str]:
+        per_seed = seed_labels(plan, config.seeds)
+        return list(rundir.finish(plan.batches, {"seconds": round(elapsed, 3)},
+                                  labels=None if per_seed is None else dict(zip(config.seeds, per_seed, strict=True))))
+
+    # rank 0 assembles the outputs while the others wait, so that no rank leaves the group early
+    written = on_main_first(finish)
+    if not dist.is_main or written is None:
         return
-    per_seed = seed_labels(plan, config.seeds)
-    written = rundir.finish(plan.batches, {"seconds": round(elapsed, 3)},
-                            labels=None if per_seed is None else dict(zip(config.seeds, per_seed, strict=True)))
     summary = {"out": str(out), "files": written, "nfe": plan.nfe, "seconds": round(elapsed, 3),
                "samples": len(config.seeds), "processes": dist.world_size}
     if as_json:

@@ -34,7 +34,7 @@ from .errors import OptionError
 from .images import is_image_shape, make_grid, to_uint8, write_png
 from .seeds import Batch, format_seeds
 
-__all__ = ["FORMATS", "RunDirectory", "atomic_write_bytes", "check_output_file", "png_name"]
+__all__ = ["FORMATS", "RunDirectory", "atomic_write_bytes", "check_output_file", "check_output_folder", "png_name"]
 
 PREVIEW = 64
 #: the longest value a "holds a different run" message shows
@@ -404,13 +404,25 @@ def check_output_file(path: str | os.PathLike[str], *, flag: str = "--out") -> P
     out = Path(path)
     if out.is_dir():
         raise OptionError(f"{flag} {str(out)!r} is a folder; give a file name")
-    parent = out.parent
-    if parent.exists() and not parent.is_dir():
-        raise OptionError(f"{flag} {str(out)!r}: {str(parent)!r} is not a folder")
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OptionError(f"{flag} {str(out)!r}: cannot create its folder ({exc.strerror})") from None
-    if not os.access(parent, os.W_OK):
-        raise OptionError(f"{flag} {str(out)!r}: the folder {str(parent)!r} is not writable")
+    _writable_folder(out.parent, f"{flag} {str(out)!r}: its folder ")
     return out
+
+
+def check_output_folder(path: str | os.PathLike[str], *, flag: str) -> Path:
+    """Refuse, before any work, an output folder that cannot be written (a file in the way, no
+    permission); a missing one is created."""
+    folder = Path(path)
+    _writable_folder(folder, f"{flag} ")
+    return folder
+
+
+def _writable_folder(folder: Path, prefix: str) -> None:
+    where = f"{prefix}{str(folder)!r}"
+    if folder.exists() and not folder.is_dir():
+        raise OptionError(f"{where} is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OptionError(f"{where} cannot be created ({exc.strerror})") from None
+    if not os.access(folder, os.W_OK):
+        raise OptionError(f"{where} is not writable")

@@ -274,14 +274,14 @@ def test_unwritable_outputs_are_refused_before_training(tmp_path):
     res = runner.invoke(build_app(), ["sfd", "train", "--out", str(tmp_path / "new" / "s.json"),
                                       "--checkpoint", str(tmp_path / "ck"), "--device", "cpu"])
     assert isinstance(res.exception, OptionError) and str(res.exception) == (
-        f"--checkpoint {str(tmp_path / 'ck')!r} is a file; give a folder")
+        f"--checkpoint {str(tmp_path / 'ck')!r} is a file, not a folder")
 
 
 TORCHRUN_SCRIPT = '''
 import sys
 import torch
 torch.set_num_threads(1)
-from diffsampler.distributed import setup, teardown
+from diffsampler.distributed import barrier, setup, teardown
 from test_sfd import trainer, tiny_teacher
 setup("cpu")
 tr = trainer(tiny_teacher(), lr=1e-4)
@@ -289,6 +289,7 @@ tr.train()
 if tr.dist.is_main:
     torch.save({k: v for k, v in tr.student.net.state_dict().items()}, sys.argv[1])
     torch.save(torch.tensor([h["loss"] for h in tr.history]), sys.argv[1] + ".loss")
+barrier()  # leave the group together: gloo can abort a rank that tears down while its peer still works
 teardown()
 '''
 

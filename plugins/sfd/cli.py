@@ -59,21 +59,12 @@ def _stop_between_iterations(show: bool) -> Iterator[_Interruption]:
 
 def _check_outputs(out: Path, checkpoint: Path | None) -> None:
     """Refuse, before the teacher is loaded, a student path or checkpoint folder that cannot be written."""
-    from diffsampler.errors import OptionError
-    from diffsampler.outputs import check_output_file
+    from diffsampler.outputs import check_output_file, check_output_folder
 
     check_output_file(out.with_suffix(".json"), flag="--out")
     check_output_file(out.with_suffix(".safetensors"), flag="--out")
-    if checkpoint is None:
-        return
-    if checkpoint.exists() and not checkpoint.is_dir():
-        raise OptionError(f"--checkpoint {str(checkpoint)!r} is a file; give a folder")
-    try:
-        checkpoint.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OptionError(f"--checkpoint {str(checkpoint)!r}: cannot create it ({exc.strerror})") from None
-    if not os.access(checkpoint, os.W_OK):
-        raise OptionError(f"--checkpoint {str(checkpoint)!r} is not writable")
+    if checkpoint is not None:
+        check_output_folder(checkpoint, flag="--checkpoint")
 
 
 def train(
