@@ -114,7 +114,7 @@ def _search(distiller: Any, model_name: str, model_options: dict[str, Any], coef
 
     import diffsampler as ds
     from diffsampler.cli._common import console, print_json
-    from diffsampler.distributed import current
+    from diffsampler.distributed import current, on_main_first
 
     from .search import STAGES
 
@@ -140,9 +140,8 @@ def _search(distiller: Any, model_name: str, model_options: dict[str, Any], coef
         schedules = [distiller.schedule(result, teacher=model, coeff=c, progress=report) for c in coeffs]
     seconds = time.perf_counter() - t0
     paths = out_paths(out, coeffs)
-    if main:
-        for sched, path in zip(schedules, paths, strict=True):
-            sched.save(path)
+    # rank 0 writes while the others wait (no rank leaves the process group early)
+    on_main_first(lambda: [sched.save(path) for sched, path in zip(schedules, paths, strict=True)])
     sample_nfe = student.nfe(len(schedules[0].sigmas), afs=o.afs)
     summary = {
         "files": [str(p) for p in paths],

@@ -150,7 +150,7 @@ def _train(distiller: Any, model_name: str, model_options: dict[str, Any], out: 
 
     import diffsampler as ds
     from diffsampler.cli._common import console
-    from diffsampler.distributed import current
+    from diffsampler.distributed import current, on_main_first
 
     main = current().is_main
     teacher = ds.get_model(model_name, **model_options)
@@ -186,10 +186,14 @@ def _train(distiller: Any, model_name: str, model_options: dict[str, Any], out: 
                       stop=interruption.requested)
     if interruption.signum is not None and trainer.iteration < trainer.iterations:
         _interrupted(trainer, checkpoint, interruption.signum, main)
-    if not main:
+    def save() -> tuple[Any, Any]:
+        student = trainer.result()
+        return student, student.save(out)
+
+    saved = on_main_first(save)  # rank 0 writes while the others wait
+    if saved is None:
         return
-    student = trainer.result()
-    path = student.save(out)
+    student, path = saved
     counts = list(student.sigma_table)
     served = f"{student.nfe} NFE" if len(counts) == 1 else f"{counts[0]}-{counts[-1]} sigmas"
     console.print(f"wrote {path} ({served}, {trainer.elapsed_s:.1f} s of training)")
