@@ -209,9 +209,9 @@ def with_model_defaults(config: RunConfig, model: Denoiser) -> RunConfig:
     return attrs.evolve(config, **updates)
 
 
-def with_solver_defaults(config: RunConfig, asked: RunConfig, part: Any) -> RunConfig:
-    """``config`` with the step count and AFS the user left open (in ``asked``) taken from a
-    learned solver's or schedule's own plan (:class:`~diffsampler.SamplesItself`: an AMED
+def with_learned_defaults(config: RunConfig, asked: RunConfig, part: Any) -> RunConfig:
+    """``config`` with the step count and AFS the user left open (in ``asked``) taken from what a
+    learned solver or schedule was made for (:class:`~diffsampler.SamplesItself`: an AMED
     predictor's, a GITS file's)."""
     own = dict(part.sampling_defaults) if isinstance(part, SamplesItself) else {}
     updates: dict[str, Any] = {}
@@ -234,7 +234,7 @@ def plan_run(config: RunConfig) -> RunPlan:
     asked, config = config, with_model_defaults(config, model)
     assert config.solver is not None and config.afs is not None
     solver = get_solver(config.solver, **config.solver_options)
-    config = with_solver_defaults(config, asked, solver)
+    config = with_learned_defaults(config, asked, solver)
     assert config.afs is not None
     schedule_options: dict[str, Any]
     if config.sigmas is not None:
@@ -252,7 +252,7 @@ def plan_run(config: RunConfig) -> RunPlan:
             schedule_name, schedule_options = config.schedule, dict(config.schedule_options)
         schedule = get_schedule(schedule_name, **schedule_options)
         schedule_options = options_as_dict(getattr(schedule, "options", None)) or schedule_options
-        config = with_solver_defaults(config, asked, schedule)  # a searched (GITS) file's own count
+        config = with_learned_defaults(config, asked, schedule)  # a searched (GITS) file's own count
         steps = resolve_num_steps(
             solver,
             num_steps=config.num_steps,
