@@ -41,6 +41,8 @@ PREVIEW = 64
 _SHOWN = 80
 #: what a damaged ``.parts`` file raises when read (truncated, overwritten, not an npz)
 _DAMAGED = (zipfile.BadZipFile, OSError, ValueError, KeyError, EOFError)
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_END = b"IEND\xaeB`\x82"
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -115,6 +117,11 @@ class _Format:
         """Files beside the samples that hold the labels of a labelled run."""
         return []
 
+    def damaged(self, count: int) -> list[Path]:
+        """Final files that exist but cannot hold ``count`` samples (truncated, overwritten,
+        another run's). Checks structure and sizes, never reads the whole samples."""
+        return []
+
     def clean_parts(self) -> None:
         shutil.rmtree(self.parts, ignore_errors=True)
 
@@ -135,6 +142,23 @@ class _Npz(_Format):
         atomic_write_bytes(self.root / "samples.npz", _npz_bytes(**arrays))
         self.clean_parts()
         return ["samples.npz"]
+
+    def damaged(self, count: int) -> list[Path]:
+        path = self.root / "samples.npz"
+        if not path.exists():
+            return []
+        try:
+            with zipfile.ZipFile(path) as archive:
+                if not _members_fit(path, archive) or "samples.npy" not in archive.namelist():
+                    return [path]
+                with archive.open("samples.npy") as member:
+                    major, _ = np.lib.format.read_magic(member)
+                    read_header = (np.lib.format.read_array_header_1_0 if major == 1
+                                   else np.lib.format.read_array_header_2_0)
+                    shape, _, _ = read_header(member)
+            return [] if shape[:1] == (count,) else [path]
+        except _DAMAGED:
+            return [path]
 
 
 class _Zip(_Format):
@@ -158,6 +182,17 @@ class _Zip(_Format):
         self.clean_parts()
         return ["images.zip"]
 
+    def damaged(self, count: int) -> list[Path]:
+        path = self.root / "images.zip"
+        if not path.exists():
+            return []
+        try:
+            with zipfile.ZipFile(path) as archive:
+                images = sum(name.endswith(".png") for name in archive.namelist())
+                return [] if images == count and _members_fit(path, archive) else [path]
+        except _DAMAGED:
+            return [path]
+
 
 class _Grid(_Format):
     name = "grid"
@@ -171,6 +206,16 @@ class _Grid(_Format):
         write_png(self.root / "grid.png", make_grid(to_uint8(x)))
         self.clean_parts()
         return ["grid.png"]
+
+    def damaged(self, count: int) -> list[Path]:
+        path = self.root / "grid.png"
+        if not path.exists():
+            return []
+        with open(path, "rb") as f:
+            head = f.read(8)
+            f.seek(max(path.stat().st_size - 12, 0))
+            tail = f.read()
+        return [] if head == _PNG_SIGNATURE and tail[4:] == _PNG_END else [path]
 
 
 class _Png(_Format):
@@ -201,6 +246,13 @@ class _Png(_Format):
             atomic_write_bytes(self.root / "dataset.json", _dataset_json(labels))
             written.append("dataset.json")
         return written
+
+
+def _members_fit(path: Path, archive: zipfile.ZipFile) -> bool:
+    """Every member's data lies inside the file (a zip cut short keeps a readable directory
+    only if the cut fell in the data, which this catches)."""
+    size = path.stat().st_size
+    return all(info.header_offset + info.compress_size <= size for info in archive.infolist())
 
 
 def _dataset_json(labels: Mapping[int, int]) -> bytes:
@@ -299,12 +351,14 @@ class RunDirectory:
         return bool(self._read_record().get("complete"))
 
     def missing_outputs(self, batches: Sequence[Batch]) -> list[str]:
-        """What a run recorded complete has lost since (deleted or moved samples)."""
+        """What a run recorded complete has lost since (deleted, moved or damaged samples)."""
         if not self._recorded_complete():
             return []
-        labelled = self._read_record().get("config", {}).get("labels") is not None
+        config = self._read_record().get("config", {})
+        labelled = config.get("labels") is not None
         paths = self.format.final_paths() + (self.format.label_paths() if labelled else [])
         missing = [p.name for p in paths if not p.exists()]
+        missing += [f"{p.name} (damaged)" for p in self.format.damaged(len(config.get("seeds", [])))]
         if not self.format.uses_parts:
             lost = sum(not (self.root / png_name(s)).exists() for b in batches for s in b.seeds)
             missing += [f"{lost} PNG file{'s' if lost != 1 else ''}"] if lost else []

@@ -515,3 +515,31 @@ def test_zip_labels_are_inside_the_zip_where_edm_reads_them(tmp_path):
 def test_header_says_step_for_one_step(tmp_path):
     proc = invoke("sample", "--seeds", "0", "--steps", "2", "--out", str(tmp_path))
     assert proc.exit_code == 0 and ", 1 step, NFE 1," in proc.stderr
+
+
+@pytest.mark.parametrize(("fmt", "name", "damage"), [
+    ("npz", "samples.npz", lambda b: b[: len(b) // 2]),            # cut short
+    ("npz", "samples.npz", lambda b: b"not an npz file"),           # overwritten
+    ("zip", "images.zip", lambda b: b[: len(b) - 300]),             # central directory lost
+    ("grid", "grid.png", lambda b: b[:-20]),                        # cut short
+])
+def test_a_complete_run_whose_samples_were_damaged_samples_them_again(tmp_path, fmt, name, damage):
+    args = ("sample", "--seeds", "0-9", "--batch", "4", "--nfe", "3", "--format", fmt, "--out", str(tmp_path))
+    assert invoke(*args).exit_code == 0
+    good = (tmp_path / name).read_bytes()
+    (tmp_path / name).write_bytes(damage(good))
+    again = invoke(*args)
+    assert again.exit_code == 0, again.output
+    assert f"but lost {name} (damaged) since: sampling again what is missing" in again.stderr
+    if fmt == "npz":
+        assert np.array_equal(np.load(tmp_path / name)["samples"], _reference(range(10), nfe=3))
+    else:
+        assert (tmp_path / name).read_bytes() == good
+    assert "nothing to do" in invoke(*args).stderr
+
+
+def test_samples_npz_of_another_size_counts_as_damaged(tmp_path):
+    args = ("sample", "--seeds", "0-9", "--batch", "4", "--nfe", "3", "--out", str(tmp_path))
+    assert invoke(*args).exit_code == 0
+    np.savez(tmp_path / "samples.npz", samples=np.zeros((3, 2)), seeds=np.arange(3))
+    assert "lost samples.npz (damaged)" in invoke(*args).stderr
