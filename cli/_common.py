@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
@@ -14,8 +16,8 @@ from rich.console import Console
 
 from diffsampler.options import parse_pairs
 
-__all__ = ["Terminated", "console", "err_console", "exit_status", "parse_pairs", "print_json", "sigterm_interrupts",
-           "table_console"]
+__all__ = ["StopRequest", "Terminated", "console", "err_console", "exit_status", "parse_pairs", "print_json",
+           "sigterm_interrupts", "stop_between_steps", "table_console"]
 
 console = Console()
 err_console = Console(stderr=True)
@@ -60,3 +62,39 @@ def sigterm_interrupts() -> Iterator[None]:
         yield
     finally:  # None: a handler set outside Python, which cannot be put back
         signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+class StopRequest:
+    """The first SIGINT or SIGTERM received (``signum``), recorded by the handler of
+    :func:`stop_between_steps`; a training loop asks :meth:`requested` between its steps."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def requested(self) -> bool:
+        return self.signum is not None
+
+
+@contextmanager
+def stop_between_steps(show: bool, *, step: str = "iteration") -> Iterator[StopRequest]:
+    """While inside, the first Ctrl-C (SIGINT) or SIGTERM only asks a training loop to stop
+    after the current ``step``, where what it trained can be saved; a second one stops at once."""
+    state = StopRequest()
+    if threading.current_thread() is not threading.main_thread():  # handlers need the main thread
+        yield state
+        return
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if state.signum is not None:
+            signal.default_int_handler(signum, frame)  # the second one: KeyboardInterrupt now
+        state.signum = signum
+        if show:  # os.write: safe inside a signal handler, unlike the console's print
+            os.write(2, f"\n{signal.Signals(signum).name}: stopping after this {step} "
+                        "(Ctrl-C again to quit at once, losing it)\n".encode())
+
+    previous = {signum: signal.signal(signum, handler) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield state
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)

@@ -426,3 +426,46 @@ def test_info_lists_the_options():
     opts = {o["name"]: o["default"] for o in found[("distiller", "amed")]["options"]}
     assert opts["scale_dir"] == 0.01 and opts["m"] == 1 and opts["teacher"] == "heun" and opts["lr"] == 5e-3
     assert ("solver", "amed") in found
+
+
+def test_stop_between_iterations_keeps_what_was_trained(digits):
+    args = dict(solver="euler", num_steps=3, batch=4, total_kimg=0.02, lr=5e-3, teacher="heun", m=1, seed=3)
+    asked = []
+
+    def stop_after_two():
+        asked.append(1)
+        return len(asked) > 2
+
+    stopped = ds.get_distiller("amed", **args).distill(digits, stop=stop_after_two)
+    assert (stopped.settings["iterations"], stopped.settings["iterations_planned"]) == (2, 5)
+    shorter = ds.get_distiller("amed", **{**args, "total_kimg": 0.008}).distill(digits)  # 2 iterations
+    assert shorter.settings["iterations"] == 2
+    for a, b in zip(stopped.parameters(), shorter.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_ctrl_c_writes_the_predictor_trained_so_far(tmp_path, monkeypatch):
+    import os
+    import signal
+
+    from diffsampler.plugins.amed import train as amed_train
+
+    real = amed_train.step_losses
+    calls = []
+
+    def interrupted_after_two(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # as if Ctrl-C came during the second iteration
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(amed_train, "step_losses", interrupted_after_two)
+    out = tmp_path / "p.safetensors"
+    res = run("amed", "train", "--solver", "euler", "--nfe", "3", "--batch", "4", "--total-kimg", "0.02",
+              "--out", str(out))
+    assert res.exit_code == 130, res.output
+    assert (f"interrupted at iteration 2/5; the predictor trained so far was written to {out}; rerun the "
+            "same command to train it fully") in res.stderr
+    from diffsampler.plugins.amed.predictor import load_predictor
+
+    assert load_predictor(out).settings["iterations"] == 2 and len(calls) == 2

@@ -31,7 +31,7 @@ def test_output_file_checks(tmp_path):
     with pytest.raises(OptionError, match="is a folder; give a file name"):
         check_output_file(tmp_path)
     (tmp_path / "f").write_text("")
-    with pytest.raises(OptionError, match="its folder .* is a file, not a folder"):
+    with pytest.raises(OptionError, match=r"its folder .* is a file, not a folder"):
         check_output_file(tmp_path / "f" / "out.json")
     out = check_output_file(tmp_path / "new" / "deeper" / "out.json")
     assert out.parent.is_dir() and not out.exists()  # the folder is made, the file is not

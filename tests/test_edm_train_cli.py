@@ -105,3 +105,24 @@ def test_progress_printer_prints_about_every_twentieth_and_the_last() -> None:
     for step in range(1, 8):
         report(step, 7, 0.5)
     assert len(lines) == 7
+
+
+def test_ctrl_c_writes_the_network_trained_so_far(tmp_path: Path) -> None:
+    import json
+    import signal
+
+    out = tmp_path / "t"
+    proc = subprocess.Popen([sys.executable, "-m", "diffsampler", "train-denoiser", "--out", str(out),
+                             *TINY[2:], "--steps", "100000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"})
+    assert proc.stdout is not None
+    first = proc.stdout.readline()  # "step K/100000  loss ..."
+    proc.send_signal(signal.SIGINT)
+    rest, stderr = proc.communicate(timeout=60)
+    assert first.startswith("step ") and proc.returncode == 130, stderr
+    record = json.loads(out.with_suffix(".json").read_text())
+    done = record["training"]["config"]["steps_done"]
+    assert 1 <= done < 100000 and out.with_suffix(".safetensors").is_file()
+    assert f"wrote {out.with_suffix('.json')}" in rest
+    assert stderr.strip().splitlines()[-1] == (f"interrupted at step {done}/100000; the network trained so far "
+                                               "(EMA weights) was written")

@@ -68,7 +68,13 @@ def train(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     import diffsampler as ds
-    from diffsampler.cli._common import console, parse_pairs, print_json
+    from diffsampler.cli._common import (
+        console,
+        err_console,
+        parse_pairs,
+        print_json,
+        stop_between_steps,
+    )
     from diffsampler.devices import resolve_device
     from diffsampler.outputs import check_output_file
 
@@ -110,10 +116,18 @@ def train(
                      if k in ("loss", "r_mean", "r_std", "scale_dir_mean", "scale_time_mean")})
 
     t0 = time.perf_counter()
-    with progress:
+    with progress, stop_between_steps(show=True) as interruption:
         predictor = distiller.distill(net, progress=report, model_name=model, model_options=model_options,
-                                      device=device)
+                                      device=device, stop=interruption.requested)
     seconds = time.perf_counter() - t0
+    done, planned = predictor.settings["iterations"], predictor.settings["iterations_planned"]
+    if interruption.signum is not None and done < planned:
+        if done:
+            predictor.save(out)
+        kept = (f"the predictor trained so far was written to {out}" if done else "nothing was trained yet")
+        err_console.print(escape(f"interrupted at iteration {done}/{planned}; {kept}; rerun the same "
+                                 "command to train it fully"), highlight=False, soft_wrap=True)
+        raise typer.Exit(128 + interruption.signum)
     predictor.save(out)
     name = "amed" if solver == "amed" else f"amed-{solver}"
     nfe_run = 2 * (num_steps - 1) - int(afs)

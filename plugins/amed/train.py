@@ -164,7 +164,11 @@ class AMED:
     def distill(
         self, teacher: Any, *, progress: Progress | None = None, model_name: str | None = None,
         model_options: Mapping[str, Any] | None = None, device: str | torch.device | None = None,
+        stop: Callable[[], bool] | None = None,
     ) -> AMEDPredictor:
+        """Train a predictor for ``teacher``. ``stop()`` is asked between iterations: when it says
+        True, training ends there and the predictor trained so far is returned (its settings
+        record ``iterations`` done of ``iterations_planned``)."""
         o = self.options
         if not isinstance(teacher, HasBottleneck):
             raise OptionError(
@@ -178,15 +182,20 @@ class AMED:
         optimizer = torch.optim.Adam(predictor.parameters(), lr=o.lr, betas=(0.9, 0.999), eps=1e-8)
         iterations = max(1, math.ceil(o.total_kimg * 1000 / o.batch))
         start = time.perf_counter()
+        done = 0
         for it in range(iterations):
+            if stop is not None and stop():
+                break
             seeds = range(o.seed + it * o.batch, o.seed + (it + 1) * o.batch)
             latents = seed_noise(seeds, teacher.shape, device=dev) * sigmas[0]
             with torch.no_grad():
                 points = self.teacher_points(teacher, latents, fine)
             step_losses(teacher, predictor, latents, points, sigmas, optimizer=optimizer,
                         progress=progress, info={"iteration": it, "iterations": iterations})
+            done = it + 1
         predictor.settings["train_seconds"] = round(time.perf_counter() - start, 3)
-        predictor.settings["iterations"] = iterations
+        predictor.settings["iterations"] = done
+        predictor.settings["iterations_planned"] = iterations
         return predictor.eval()
 
     def initial_predictor(

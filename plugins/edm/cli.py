@@ -41,8 +41,11 @@ def train_denoiser(
     """Train a small EDM denoiser on scikit-learn's digits (EDM loss, EMA weights).
 
     Every option is checked, and the output files too, before the first step: errors are one
-    line (exit status 2).
+    line (exit status 2). Ctrl-C or SIGTERM ends training after the current step and writes the
+    network trained so far (exit status 130 / 143).
     """
+    from diffsampler.cli._common import err_console, stop_between_steps
+
     from .train import TrainConfig, progress_printer, train
 
     cfg = TrainConfig(
@@ -51,8 +54,21 @@ def train_denoiser(
         num_blocks=num_blocks, attn_resolutions=_ints(attn_resolutions, "--attn-resolutions"),
         seed=seed, threads=threads, device=device,
     )
-    path = train(cfg, out, progress=progress_printer(typer.echo))
+    done = 0
+
+    def progress(step: int, total: int, loss: float) -> None:
+        nonlocal done
+        done = step
+        printer(step, total, loss)
+
+    printer = progress_printer(typer.echo)
+    with stop_between_steps(show=True, step="step") as interruption:
+        path = train(cfg, out, progress=progress, stop=interruption.requested)
     typer.echo(f"wrote {path} and {path.with_suffix('.safetensors')}")
+    if interruption.signum is not None and done < cfg.steps:
+        err_console.print(f"interrupted at step {done}/{cfg.steps}; the network trained so far (EMA weights) "
+                          "was written", highlight=False, soft_wrap=True)
+        raise typer.Exit(128 + interruption.signum)
 
 
 def add_commands(app: typer.Typer) -> None:

@@ -193,11 +193,14 @@ def train(
     out: str | Path,
     *,
     progress: Callable[[int, int, float], None] | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> Path:
     """Train, then write ``<out>.safetensors`` and ``<out>.json``; returns the JSON path.
 
     The device and the output paths are checked before the first step (:class:`OptionError`).
     ``progress(step, steps, loss)`` is called after every step (see :func:`progress_printer`).
+    ``stop()`` is asked after every step: True ends training there, as ``--minutes`` does (the
+    files record ``steps_done``).
     """
     import copy
 
@@ -254,7 +257,7 @@ def train(
         avg = 0.98 * avg + 0.02 * value if step > 1 else value
         if progress is not None:
             progress(step, cfg.steps, avg)
-        if time.monotonic() > deadline:
+        if time.monotonic() > deadline or (stop is not None and stop()):
             break
     elapsed = time.monotonic() - start
     record = attrs.asdict(cfg)

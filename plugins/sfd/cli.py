@@ -5,57 +5,12 @@ Torch and the trainer are imported when the command runs.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import threading
-from collections.abc import Iterator
 from pathlib import Path
-from types import FrameType
 from typing import Annotated, Any
 
 import typer
 
 __all__ = ["add_commands", "train"]
-
-_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
-class _Interruption:
-    """The first SIGINT or SIGTERM received (``signum``), recorded by the handler of
-    :func:`_stop_between_iterations`; the trainer asks :meth:`requested` between iterations."""
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-
-    def requested(self) -> bool:
-        return self.signum is not None
-
-
-@contextlib.contextmanager
-def _stop_between_iterations(show: bool) -> Iterator[_Interruption]:
-    """While inside, the first Ctrl-C (SIGINT) or SIGTERM only asks training to stop after the
-    current iteration, where its state can be saved; a second one stops at once (as before)."""
-    state = _Interruption()
-    if threading.current_thread() is not threading.main_thread():  # handlers need the main thread
-        yield state
-        return
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        if state.signum is not None:
-            signal.default_int_handler(signum, frame)  # the second one: KeyboardInterrupt now
-        state.signum = signum
-        if show:  # os.write: safe inside a signal handler, unlike the console's print
-            os.write(2, f"\n{signal.Signals(signum).name}: stopping after this iteration "
-                        "(Ctrl-C again to quit at once, losing it)\n".encode())
-
-    previous = {signum: signal.signal(signum, handler) for signum in _STOP_SIGNALS}
-    try:
-        yield state
-    finally:
-        for signum, old in previous.items():
-            signal.signal(signum, old)
-
 
 def _check_outputs(out: Path, checkpoint: Path | None) -> None:
     """Refuse, before the teacher is loaded, a student path or checkpoint folder that cannot be written."""
@@ -149,7 +104,7 @@ def _train(distiller: Any, model_name: str, model_options: dict[str, Any], out: 
     )
 
     import diffsampler as ds
-    from diffsampler.cli._common import console
+    from diffsampler.cli._common import console, stop_between_steps
     from diffsampler.distributed import current, on_main_first
 
     main = current().is_main
@@ -164,7 +119,7 @@ def _train(distiller: Any, model_name: str, model_options: dict[str, Any], out: 
     progress = Progress(TextColumn("SFD {task.description}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), TimeRemainingColumn(),
                         disable=not main)
-    with progress, _stop_between_iterations(show=main) as interruption:
+    with progress, stop_between_steps(show=main) as interruption:
         nfes = sorted({n - 1 - int(o.afs) for n in o.step_counts})
         label = f"NFE {nfes[0]}" if len(nfes) == 1 else f"NFE {nfes[0]}-{nfes[-1]}"
         # a resumed run shows the loss of its last iteration, not nan, until the next one ends
