@@ -50,8 +50,9 @@ def hub_unreachable(exc: BaseException) -> bool:
 @contextlib.contextmanager
 def quiet_hub_libraries() -> Iterator[None]:
     """diffusers' and transformers' own log warnings, progress bars and Python warnings off while
-    loading (their errors still show; exceptions are untouched), as before afterwards. Libraries
-    that are not installed are skipped."""
+    loading (their errors still show; exceptions are untouched), as before afterwards; also
+    huggingface_hub's log warnings (its "Retrying in 1s" lines for an unreachable hub), but not
+    its download progress bars. Libraries that are not installed are skipped."""
     logs = []
     for name in ("diffusers", "transformers"):
         try:
@@ -63,6 +64,12 @@ def quiet_hub_libraries() -> Iterator[None]:
         log.set_verbosity_error()
         log.disable_progress_bar()
     try:
+        hub_log = importlib.import_module("huggingface_hub.utils.logging")
+        hub_level = hub_log.get_verbosity()
+        hub_log.set_verbosity_error()
+    except ImportError:
+        hub_log = None
+    try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", module=r"(diffusers|transformers|huggingface_hub)(\.|$)")
             yield
@@ -71,3 +78,5 @@ def quiet_hub_libraries() -> Iterator[None]:
             log.set_verbosity(level)
             if bars:
                 log.enable_progress_bar()
+        if hub_log is not None:
+            hub_log.set_verbosity(hub_level)

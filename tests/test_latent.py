@@ -306,3 +306,18 @@ def test_prompt_choices_are_refused_while_planning(sd_folder: Path, tmp_path: Pa
         res = _cli(*base, *extra, "--out", str(out))
         assert res.returncode == 2 and res.stderr.strip().splitlines() == [f"error: {message}"], res.stderr
         assert not out.exists()  # refused before the header and config.json
+
+
+def test_hub_retry_lines_are_quiet_while_loading(caplog: pytest.LogCaptureFixture) -> None:
+    hub_log = pytest.importorskip("huggingface_hub.utils.logging")
+    from diffsampler.hub import quiet_hub_libraries
+
+    logger = hub_log.get_logger("huggingface_hub.utils._http")  # where "Retrying in 1s" comes from
+    before = hub_log.get_verbosity()
+    with quiet_hub_libraries():
+        logger.warning("Retrying in 1s [Retry 1/5].")
+        logger.error("a real error")
+    assert hub_log.get_verbosity() == before
+    logger.warning("after")
+    shown = [r.getMessage() for r in caplog.records]
+    assert "Retrying in 1s [Retry 1/5]." not in shown and "a real error" in shown and "after" in shown
