@@ -141,3 +141,24 @@ def test_missing_and_unreadable_model_files_say_what_was_expected(tmp_path: Path
     bare.write_bytes(b"\0" * 16)
     with pytest.raises(ds.ModelLoadError, match=r"no installed model plugin can load .*edm: .*JSON config beside"):
         ds.get_model(str(bare))
+
+
+@pytest.mark.parametrize("label_dropout", [0.0, 0.1])
+def test_a_class_conditional_network_without_label_dropout_needs_labels(tmp_path: Path, label_dropout: float) -> None:
+    from diffsampler.plugins.edm.precond import EDMPrecond
+    from diffsampler.runs import RunConfig, plan_run
+
+    net = EDMPrecond(img_resolution=8, img_channels=1, label_dim=4, model_channels=16, channel_mult=[1],
+                     num_blocks=1, attn_resolutions=[], label_dropout=label_dropout)
+    path = save_network(net, tmp_path / "cond")
+    unlabelled = RunConfig(model=str(path), nfe=2, seeds=range(2))
+    if label_dropout:  # an unconditional mode exists: EDM's all-zero label vector
+        assert plan_run(unlabelled).config.labels is None
+    else:  # as the seed, which gives every class-conditional network random labels: never a zero vector
+        with pytest.raises(ds.OptionError, match=r"^model 'cond' is class-conditional and was trained without "
+                                                 r"label dropout \(no unconditional mode\): choose classes with "
+                                                 r"--labels random\|seed\|K or the model option class_label$"):
+            plan_run(unlabelled)
+    for labels in ("random", "seed", "3"):
+        assert plan_run(RunConfig(model=str(path), nfe=2, seeds=range(2), labels=labels)).config.labels == labels
+    assert ds.get_model(path, class_label=1).check_labels(None) is None

@@ -103,6 +103,21 @@ class EDMDenoiser(DenoiserBase):
         if device is not None:
             self.net = self.net.to(device)
 
+    def check_labels(self, choice: str | None) -> None:
+        """Refuse, before sampling, a run without class labels (``--labels``) of a class-conditional
+        network trained without label dropout (EDM's ImageNet-64): EDM's all-zero label vector is
+        no class it has seen, so it has no unconditional mode. Networks trained with label dropout
+        (``digits``) sample unconditionally with that vector."""
+        if choice is not None or self.class_label is not None or not self.label_dim:
+            return
+        unet = getattr(self.net, "model", self.net)
+        if float(getattr(unet, "label_dropout", 0) or 0) > 0:
+            return
+        raise OptionError(
+            f"model {self.name!r} is class-conditional and was trained without label dropout (no "
+            "unconditional mode): choose classes with --labels random|seed|K or the model option class_label"
+        )
+
     # -- Denoiser protocol (shape, sigma_min, sigma_max from DenoiserBase) ----------------------
     def __call__(self, x: Tensor, sigma: Tensor, cond: Any = None) -> Tensor:
         """``D(x; sigma)`` in ``x``'s dtype."""
