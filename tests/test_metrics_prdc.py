@@ -150,3 +150,81 @@ def test_prdc_metric_checks_k_against_the_samples_before_inception(tmp_path):
     metric = ds.get_metric("prdc", ref=str(tmp_path / "real.npz"), k=5, device="cpu", weights=str(tmp_path / "none.pth"))
     with pytest.raises(OptionError, match=r"^PRDC with k=5 needs more than 5 points per set: the sample set has 5$"):
         metric.compute([torch.zeros(3, 3, 8, 8), torch.zeros(2, 3, 8, 8)])
+
+
+def test_subset_is_edms_random_subset_of_the_seeds_prdc():
+    from diffsampler.plugins.metrics.prdc import subset
+
+    # EDM's ImageFolderDataset(max_size=4, random_seed=0) over 10 images keeps these (sorted)
+    assert subset(10, 4).tolist() == [2, 4, 8, 9]
+    assert subset(10, 10) is None and subset(10, 0) is None and subset(3, 5000) is None
+    keep = subset(12_000, 5000)
+    assert len(keep) == 5000 and len(set(keep.tolist())) == 5000 and np.all(np.diff(keep) > 0)
+
+
+def test_take_rows_picks_across_batches():
+    import torch
+
+    from diffsampler.plugins.metrics.prdc import take_rows
+
+    whole = np.arange(23 * 2).reshape(23, 2)
+    keep = np.array([0, 4, 5, 6, 13, 22])
+    for batches in ([whole[:5], whole[5:14], whole[14:]], [torch.from_numpy(whole[i:i + 4]) for i in range(0, 23, 4)]):
+        picked = np.concatenate([np.asarray(b) for b in take_rows(batches, keep)])
+        assert np.array_equal(picked, whole[keep])
+
+
+def test_max_size_scores_the_seeds_subsets(tmp_path, monkeypatch):
+    import json
+
+    import torch
+    from typer.testing import CliRunner
+
+    import diffsampler as ds
+    import diffsampler.plugins.metrics.fid as fid_module
+    from diffsampler.cli import build_app
+    from diffsampler.plugins.metrics.prdc import subset
+
+    rng = np.random.default_rng(3)
+    real, fake = rng.standard_normal((40, 5)), rng.standard_normal((30, 5)) + 0.3
+    np.savez(tmp_path / "real.npz", features=real)
+    np.savez(tmp_path / "fake.npz", features=fake)
+    expected = brute_force(real[subset(40, 12)], fake[subset(30, 12)], 3)
+    assert expected != brute_force(real, fake, 3)
+    out = CliRunner().invoke(build_app(), ["prdc", "--real", str(tmp_path / "real.npz"), "--fake",
+                                           str(tmp_path / "fake.npz"), "--k", "3", "--max-size", "12", "--json"])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.stdout) == pytest.approx(expected, abs=1e-12)
+
+    def flat_features(net, batches, *, batch=250, on_batch=None):  # a stand-in embedding: flatten
+        for b in batches:
+            yield b.reshape(len(b), -1).double().numpy()
+
+    monkeypatch.setattr(fid_module, "image_features", flat_features)
+    metric = ds.get_metric("prdc", ref=str(tmp_path / "real.npz"), k=3, max_size=12, device="cpu")
+    metric._net = object()
+    values = metric.compute([torch.from_numpy(fake[:13]), torch.from_numpy(fake[13:])])
+    assert values == pytest.approx(expected, abs=1e-12)
+
+
+def test_an_image_reference_embeds_only_the_chosen_images(tmp_path, monkeypatch):
+    import torch
+
+    import diffsampler as ds
+    import diffsampler.plugins.metrics.fid as fid_module
+
+    images = np.random.default_rng(4).integers(0, 256, (10, 4, 4, 3), dtype=np.uint8)
+    np.savez(tmp_path / "real.npz", arr_0=images)
+    seen = []
+
+    def flat_features(net, batches, *, batch=250, on_batch=None):
+        for b in batches:
+            seen.append(len(b))
+            yield torch.as_tensor(np.asarray(b)).reshape(len(b), -1).double().numpy()
+
+    monkeypatch.setattr(fid_module, "image_features", flat_features)
+    metric = ds.get_metric("prdc", ref=str(tmp_path / "real.npz"), k=2, max_size=4, batch=3, device="cpu")
+    metric._net = object()
+    metric.compute([torch.from_numpy(images[:5].astype(np.float64))])
+    assert np.array_equal(metric._real, images[[2, 4, 8, 9]].reshape(4, -1))
+    assert sum(seen[:-1]) == 4  # the reference: the 4 chosen images only; then the 4 of 5 samples

@@ -45,24 +45,29 @@ def _warn(message: str) -> None:
     err_console.print(f"[bold yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
-def _embedded(path: Path, *, weights: str | None, device: str, batch: int, what: str) -> Iterator[np.ndarray]:
-    """Inception features of the image set at ``path``, batch by batch, with a progress bar."""
+def _embedded(path: Path, *, weights: str | None, device: str, batch: int, what: str,
+              keep: np.ndarray | None = None) -> Iterator[np.ndarray]:
+    """Inception features of the image set at ``path`` (of the images ``keep`` picks, sorted
+    indices), batch by batch, with a progress bar."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from diffsampler.imagesets import iter_images
 
     from .fid import _device, image_features, load_inception
-    from .prdc import set_size
+    from .prdc import set_size, take_rows
 
-    total = set_size(path)
+    count = set_size(path)
+    total = count if keep is None else len(keep)
     device = _device(device)  # a missing GPU is refused before the weights are fetched
     net = load_inception(weights, device=device)
-    _err().print(f"{what}: {total} image{'' if total == 1 else 's'} from {path}", highlight=False, soft_wrap=True)
+    chosen = "" if keep is None else f" (a random {total} of {count})"
+    _err().print(f"{what}: {total} image{'' if total == 1 else 's'}{chosen} from {path}", highlight=False,
+                 soft_wrap=True)
     progress = Progress(TextColumn(what), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                         console=_err(), transient=True, disable=not _err().is_terminal)
     with progress:
         task = progress.add_task(what, total=total)
-        yield from image_features(net, iter_images(path, batch), batch=batch,
+        yield from image_features(net, take_rows(iter_images(path, batch), keep), batch=batch,
                                   on_batch=lambda n: progress.advance(task, n))
 
 
@@ -129,6 +134,8 @@ def prdc_cmd(
     real: Annotated[Path, typer.Option(help="real images (folder, .zip, .npz) or features .npz from 'fid ref --features'")],
     fake: Annotated[Path, typer.Option(help="generated images (folder, .zip, .npz)")],
     k: Annotated[int, typer.Option(min=1, help="nearest neighbour k")] = 5,
+    max_size: Annotated[int, typer.Option(min=0, help="points per set: a random subset as the seed's prdc.py "
+                                                      "(EDM's, seed 0); 0: all")] = 5000,
     chunk: Annotated[int, typer.Option(min=1, help="rows per distance block")] = 4096,
     weights: Weights = None,
     device: Device = "auto",
@@ -139,7 +146,7 @@ def prdc_cmd(
     from diffsampler.imagesets import check_image_set
 
     from .fid import _device
-    from .prdc import check_k, prdc, set_size, stored_features
+    from .prdc import check_k, prdc, set_size, stored_features, subset
 
     stored = {"real": stored_features(real), "fake": stored_features(fake, real=False)}
     sets = (("real", real), ("fake", fake))
@@ -149,13 +156,15 @@ def prdc_cmd(
     sizes = {what: len(kept) if (kept := stored[what]) is not None else set_size(path, features=True)
              for what, path in sets}  # both read, then k: a set that is no image set is named first
     for what, path in sets:
-        check_k(k, sizes[what], f"{what} {str(path)!r}")
+        check_k(k, min(sizes[what], max_size or sizes[what]), f"{what} {str(path)!r}")
 
     def features(path: Path, what: str) -> np.ndarray:
+        keep = subset(sizes[what], max_size)
         kept = stored[what]
         if kept is not None:
-            return kept
-        return np.concatenate(list(_embedded(path, weights=weights, device=device, batch=batch, what=what)))
+            return kept if keep is None else kept[keep]
+        return np.concatenate(list(_embedded(path, weights=weights, device=device, batch=batch, what=what,
+                                             keep=keep)))
 
     values = prdc(features(real, "real"), features(fake, "fake"), k=k, chunk=chunk, device=_device(device))
     if json_out:

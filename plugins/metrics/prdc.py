@@ -11,6 +11,10 @@ itself counts as its 0-th neighbour) and ``B(x, r)`` the open ball:
 Euclidean distances are computed in blocks of ``chunk x chunk`` (memory bounded: 50k x 50k never
 forms the full matrix), in float64 by default, as the reference implementation's scikit-learn
 distances.
+
+The scores depend on the set sizes (the k-NN radii shrink as a set grows), so, as the seed's
+``prdc.py``, each set is cut to ``max_size`` (5,000) points first: the random subset EDM's
+``ImageFolderDataset(max_size=..., random_seed=0)`` keeps (:func:`subset`).
 """
 
 from __future__ import annotations
@@ -30,7 +34,35 @@ if TYPE_CHECKING:
     import torch
     from torch import Tensor
 
-__all__ = ["PRDC", "PRDCOptions", "check_k", "knn_radii", "prdc", "set_size"]
+__all__ = ["MAX_SIZE", "PRDC", "PRDCOptions", "check_k", "knn_radii", "prdc", "set_size", "subset", "take_rows"]
+
+#: points per set, as the seed's prdc.py (5,000 generated and 5,000 reference images)
+MAX_SIZE = 5000
+
+
+def subset(n: int, max_size: int) -> np.ndarray | None:
+    """The sorted indices of the ``max_size`` of ``n`` items that EDM's ``ImageFolderDataset``
+    keeps with ``random_seed=0`` (a ``RandomState(0)`` shuffle, the first ``max_size``); None
+    when all are kept (``max_size`` 0 or at least ``n``)."""
+    if not max_size or n <= max_size:
+        return None
+    order = np.arange(n, dtype=np.int64)
+    np.random.RandomState(0).shuffle(order)
+    return np.sort(order[:max_size])
+
+
+def take_rows(batches: Iterable[Any], keep: np.ndarray | None) -> Iterator[Any]:
+    """The rows of a stream of batches whose running index is in ``keep`` (sorted; None: all)."""
+    if keep is None:
+        yield from batches
+        return
+    start = 0
+    for batch in batches:
+        n = len(batch)
+        rows = keep[(keep >= start) & (keep < start + n)] - start
+        start += n
+        if len(rows):
+            yield batch[rows.tolist()]
 
 
 def _blocks(n: int, chunk: int) -> Iterator[slice]:
@@ -108,6 +140,8 @@ class PRDCOptions:
         "or an image set (folder, .zip, .npz) to embed (else $DIFFSAMPLER_PRDC_REF)"
     )
     k: int = option(5, help="nearest neighbour k", validator=in_range(1))
+    max_size: int = option(MAX_SIZE, help="points per set: EDM's random subset (seed 0) as the seed's "
+                           "prdc.py; 0: every point", validator=in_range(0))
     chunk: int = option(4096, help="rows per distance block (memory ~ 8 chunk^2 bytes)", validator=in_range(1))
     dtype: str = option("float64", help="distance precision", validator=choice("float64", "float32"))
     weights: str | None = option(None, help="Inception weights file (see the fid metric)")
@@ -158,13 +192,14 @@ def check_k(k: int, n: int, what: str) -> None:
         raise OptionError(f"PRDC with k={k} needs more than {k} points per set: {what} has {n}")
 
 
-def _embed(path: str, net_factory: Any, *, batch: int = 250) -> np.ndarray:
-    """Inception features of the image set at ``path``."""
+def _embed(path: str, net_factory: Any, *, batch: int = 250, keep: np.ndarray | None = None) -> np.ndarray:
+    """Inception features of the image set at ``path`` (of the images ``keep`` picks)."""
     from diffsampler.imagesets import iter_images
 
     from .fid import image_features
 
-    return np.concatenate(list(image_features(net_factory(), iter_images(path, batch), batch=batch)))
+    images = take_rows(iter_images(path, batch), keep)
+    return np.concatenate(list(image_features(net_factory(), images, batch=batch)))
 
 
 class PRDC:
@@ -173,12 +208,12 @@ class PRDC:
     paper = "Naeem et al. 2020, arXiv:2002.09797 (density and coverage); Kynkaanniemi et al. 2019"
     higher_is_better = True
 
-    def __init__(self, *, ref: str | None = None, k: int = 5, chunk: int = 4096, dtype: str = "float64",
-                 weights: str | None = None, device: str = "auto", batch: int = 250) -> None:
+    def __init__(self, *, ref: str | None = None, k: int = 5, max_size: int = MAX_SIZE, chunk: int = 4096,
+                 dtype: str = "float64", weights: str | None = None, device: str = "auto", batch: int = 250) -> None:
         from .fid import from_env
 
         self.ref_path = from_env(ref, "DIFFSAMPLER_PRDC_REF", "prdc", "real features or images", "ref")
-        self.k, self.chunk, self.dtype = k, chunk, dtype
+        self.k, self.max_size, self.chunk, self.dtype = k, max_size, chunk, dtype
         self.weights, self.device, self.batch = weights, device, batch
         self._net: Any = None
         # checked now, so that compare refuses a wrong ref before it samples
@@ -187,8 +222,10 @@ class PRDC:
             from diffsampler.imagesets import check_image_set
 
             check_image_set(self.ref_path)
-        real_count = len(self._real) if self._real is not None else set_size(self.ref_path, features=True)
-        check_k(k, real_count, f"ref {self.ref_path!r}")
+        self._real_count = len(self._real) if self._real is not None else set_size(self.ref_path, features=True)
+        if self._real is not None and (keep := subset(len(self._real), max_size)) is not None:
+            self._real = self._real[keep]
+        check_k(k, min(self._real_count, max_size or self._real_count), f"ref {self.ref_path!r}")
 
     def _inception(self) -> Any:
         if self._net is None:
@@ -199,7 +236,7 @@ class PRDC:
 
     def check_run(self, *, seeds: Sequence[int], labels: Sequence[int] | None = None) -> None:
         """Refuse, before ``compare`` samples, too few samples for ``k`` neighbours."""
-        check_k(self.k, len(seeds), "the sample set")
+        check_k(self.k, min(len(seeds), self.max_size or len(seeds)), "the sample set")
 
     def compute(
         self,
@@ -211,10 +248,13 @@ class PRDC:
         from .fid import _device, image_features
 
         batches = list(batches)
-        check_k(self.k, sum(len(b) for b in batches), "the sample set")  # before Inception runs
+        count = sum(len(b) for b in batches)
+        check_k(self.k, min(count, self.max_size or count), "the sample set")  # before Inception runs
         if self._real is None:
-            self._real = _embed(self.ref_path, self._inception, batch=self.batch)
-        fake = np.concatenate(list(image_features(self._inception(), batches, batch=self.batch)))
+            self._real = _embed(self.ref_path, self._inception, batch=self.batch,
+                                keep=subset(self._real_count, self.max_size))
+        chosen = take_rows(batches, subset(count, self.max_size))
+        fake = np.concatenate(list(image_features(self._inception(), chosen, batch=self.batch)))
         return prdc(self._real, fake, k=self.k, chunk=self.chunk, dtype=self.dtype,
                     device=_device(self.device))
 
