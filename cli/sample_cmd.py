@@ -197,11 +197,15 @@ def _run(config: Any, out: Path, fmt: str, dist: Any, *, as_json: bool,
                 print_json({"out": str(out), **rundir.summary(), "processes": dist.world_size,
                             "already_complete": True})
         return
+    done_before = rundir.count_done(plan.batches) if dist.is_main else 0
+    started = time.perf_counter()
     try:
-        _sample_and_finish(plan, rundir, out, dist, as_json=as_json, resuming=resuming)
+        _sample_and_finish(plan, rundir, out, dist, as_json=as_json, resuming=resuming,
+                           done_before=done_before)
     except KeyboardInterrupt as exc:  # SIGINT or SIGTERM; finished batches are on disk
         if dist.is_main:
             kept = rundir.count_done(plan.batches)
+            rundir.record_invocation(time.perf_counter() - started, kept - done_before, interrupted=True)
             _say(f"[bold red]interrupted:[/] {kept} of {len(plan.batches)} batches kept in "
                  f"{shown}; rerun the same command to resume")
         raise typer.Exit(exit_status(exc)) from None
@@ -226,7 +230,7 @@ def _header(plan: Any, out: Path, dist: Any, *, skipped: int, mine: int, resumin
 
 
 def _sample_and_finish(plan: Any, rundir: Any, out: Path, dist: Any, *, as_json: bool,
-                       resuming: bool) -> None:
+                       resuming: bool, done_before: int) -> None:
     from diffsampler.runs import execute, seed_labels
 
     config = plan.config
@@ -255,7 +259,8 @@ def _sample_and_finish(plan: Any, rundir: Any, out: Path, dist: Any, *, as_json:
 
     def finish() -> list[str]:
         per_seed = seed_labels(plan, config.seeds)
-        return list(rundir.finish(plan.batches, {"seconds": round(elapsed, 3)},
+        rundir.record_invocation(elapsed, len(plan.batches) - done_before, interrupted=False)
+        return list(rundir.finish(plan.batches, {},
                                   labels=None if per_seed is None else dict(zip(config.seeds, per_seed, strict=True))))
 
     # rank 0 assembles the outputs while the others wait, so that no rank leaves the group early

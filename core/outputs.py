@@ -428,6 +428,20 @@ class RunDirectory:
         preview = ["grid.png (preview)"] if self.format.name != "grid" and (self.root / "grid.png").exists() else []
         return [*written, *preview, "config.json"]
 
+    def invocations(self) -> list[dict[str, Any]]:
+        """The sampling sessions recorded so far: ``{"seconds", "batches", "interrupted"}`` each."""
+        runs = self._read_record().get("invocations", [])
+        return [r for r in runs if isinstance(r, dict)] if isinstance(runs, list) else []
+
+    def record_invocation(self, seconds: float, batches: int, *, interrupted: bool) -> dict[str, Any]:
+        """Add one sampling session (main rank) to ``config.json``'s ``invocations``; ``seconds``
+        becomes their total, so a resumed run's time covers every session. Returns the session."""
+        session = {"seconds": round(seconds, 3), "batches": batches, "interrupted": interrupted}
+        runs = [*self.invocations(), session]
+        total = round(sum(float(r.get("seconds", 0)) for r in runs), 3)
+        self._write_record({**self._read_record(), "invocations": runs, "seconds": total})
+        return session
+
     def remove_stale_temporaries(self) -> None:
         for tmp in self.root.rglob(".*.tmp-*"):
             tmp.unlink(missing_ok=True)

@@ -543,3 +543,23 @@ def test_samples_npz_of_another_size_counts_as_damaged(tmp_path):
     assert invoke(*args).exit_code == 0
     np.savez(tmp_path / "samples.npz", samples=np.zeros((3, 2)), seeds=np.arange(3))
     assert "lost samples.npz (damaged)" in invoke(*args).stderr
+
+
+def test_config_records_every_sampling_session_and_their_total_time(tmp_path):
+    out = tmp_path / "run"
+    args = ["sample", "--seeds", "0-399", "--batch", "2", "--nfe", "50", "--out", str(out)]
+    proc = subprocess.Popen([sys.executable, "-m", "diffsampler", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    _wait_for_parts(out, 3, proc)
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=60)
+    kept = len(list((out / ".parts").glob("batch-*.npz")))
+    (first,) = json.loads((out / "config.json").read_text())["invocations"]
+    assert first["interrupted"] is True and first["batches"] == kept and first["seconds"] > 0
+    assert invoke(*args).exit_code == 0
+    record = json.loads((out / "config.json").read_text())
+    assert record["invocations"][0] == first and record["complete"] is True
+    second = record["invocations"][1]
+    assert second["interrupted"] is False and second["batches"] == 200 - kept
+    assert record["seconds"] == pytest.approx(first["seconds"] + second["seconds"], abs=2e-3)
