@@ -14,6 +14,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from diffsampler import jsontext
 from diffsampler.errors import MissingExtraError, OptionError
 from diffsampler.outputs import atomic_write_bytes
 from diffsampler.seeds import parse_seeds
@@ -174,7 +175,7 @@ def _table(result: Any, key: str) -> Table:
 
 def _write(out: Path, result: Any) -> list[str]:
     data = result.to_dict()
-    atomic_write_bytes(out / "results.json", (json.dumps(data, indent=2) + "\n").encode())
+    atomic_write_bytes(out / "results.json", (jsontext.dumps(data) + "\n").encode())
     buf = io.StringIO()
     keys = result.keys()
     writer = csv.writer(buf)

@@ -30,6 +30,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from . import jsontext
 from .errors import OptionError
 from .images import is_image_shape, make_grid, to_uint8, write_png
 from .seeds import Batch, format_seeds
@@ -328,7 +329,7 @@ class RunDirectory:
         return record
 
     def _write_record(self, record: dict[str, Any]) -> None:
-        atomic_write_bytes(self.config_path, (json.dumps(record, indent=2) + "\n").encode())
+        atomic_write_bytes(self.config_path, (jsontext.dumps(record) + "\n").encode())
 
     def _differences_from(self, earlier: dict[str, Any], record: dict[str, Any]) -> list[str]:
         now = json.loads(json.dumps(record["config"]))  # as it would be on disk (tuples -> lists)

@@ -8,7 +8,6 @@ batch 7 loses nothing of batches 0-6).
 
 from __future__ import annotations
 
-import json
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -349,7 +348,3 @@ def _naming_half_precision(dtype: str) -> Iterator[None]:
         raise SamplingError(
             f"{exc} with dtype {dtype}: half precision overflows on this model; use float32"
         ) from None
-
-
-def dumps(data: Mapping[str, Any]) -> str:
-    return json.dumps(data, indent=2, sort_keys=False)

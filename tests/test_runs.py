@@ -563,3 +563,15 @@ def test_config_records_every_sampling_session_and_their_total_time(tmp_path):
     second = record["invocations"][1]
     assert second["interrupted"] is False and second["batches"] == 200 - kept
     assert record["seconds"] == pytest.approx(first["seconds"] + second["seconds"], abs=2e-3)
+
+
+def test_config_json_writes_lists_of_numbers_on_one_line(tmp_path):
+    from diffsampler.jsontext import dumps
+
+    data = {"seeds": list(range(5000)), "nested": {"sigmas": [80.0, 0.5], "rows": [[1, 2], [3]]},
+            "runs": [{"seconds": 1.5}], "empty": [], "text": "a\x00b"}
+    assert json.loads(dumps(data)) == data
+    assert invoke("sample", "--seeds", "0-4999", "--batch", "5000", "--nfe", "1", "--out", str(tmp_path)).exit_code == 0
+    text = (tmp_path / "config.json").read_text()
+    assert len(text.splitlines()) < 200
+    assert json.loads(text)["config"]["seeds"] == list(range(5000))
