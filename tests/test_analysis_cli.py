@@ -222,3 +222,25 @@ def test_an_amed_predictor_trained_with_afs_is_analysed_with_afs(tmp_path):
     assert done.returncode == 0, done.stderr
     config = json.loads((tmp_path / "yes" / "deviation.json").read_text())["config"]
     assert config["afs"] is True and config["solver"] == "amed-ipndm"
+
+
+def test_labels_reach_the_model_per_seed_as_in_sample(tmp_path):
+    from diffsampler.runs import labels_for
+
+    digits = ds.get_model("digits")
+    setup = collect(model="digits", num_steps=5, seeds=range(5), labels="random", batch=2)
+    expected = labels_for("random", digits, range(5), model_name="digits")
+    assert setup.cond.tolist() == expected and setup.config["labels"] == "random"
+    sigmas = torch.as_tensor(setup.sigmas)
+    noise = ds.seed_noise(range(5), digits.shape) * float(sigmas[0])
+    by_hand = ds.get_solver("euler").sample(digits, noise, setup.sigmas, cond=torch.tensor(expected),
+                                            return_trajectory=True).trajectory
+    torch.testing.assert_close(setup.trajectory, by_hand, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(collect(model="digits", num_steps=5, seeds=range(5)).trajectory, by_hand)
+    for bad, message in (("cat", "labels must be 'random', 'seed' or a class index, got 'cat'"),
+                         ("12", "class 12 is out of range: model 'digits' has 10")):
+        proc = cli("analyze", "deviation", "--model", "digits", "--steps", "4", "--seeds", "0-1",
+                   "--labels", bad, "--no-plot", "--out", str(tmp_path / bad))
+        assert proc.returncode == 2 and proc.stderr.strip() == f"error: {message}", proc.stderr
+    proc = cli("analyze", "deviation", *SMALL, "--labels", "random", "--no-plot", "--out", str(tmp_path / "g"))
+    assert proc.returncode == 2 and "not class-conditional: drop --labels" in proc.stderr

@@ -42,6 +42,9 @@ def make_command(kind: str) -> Callable[..., None]:
         ] = None,
         steps: Annotated[int, typer.Option(help="noise levels (num_steps): steps - 1 solver steps")] = 19,
         seeds: Annotated[str, typer.Option(help="seeds, e.g. 0-63")] = "0-31",
+        labels: Annotated[
+            str | None, typer.Option(help="class labels per seed, as sample: random, seed or a class index")
+        ] = None,
         param: Annotated[
             list[str] | None, typer.Option("--param", help=f"analysis option key=value: {_options_help(kind)}")
         ] = None,
@@ -75,7 +78,7 @@ def make_command(kind: str) -> Callable[..., None]:
             model=model, model_options=parse_pairs(model_opt, "--model-opt"), solver=solver,
             solver_options=parse_pairs(opt, "--opt"), schedule=schedule,
             schedule_options=parse_pairs(schedule_opt, "--schedule-opt"), num_steps=steps,
-            seeds=parse_seeds(seeds), dtype=dtype, device=device, batch=batch, afs=afs,
+            seeds=parse_seeds(seeds), dtype=dtype, device=device, batch=batch, afs=afs, labels=labels,
         )
         result, options = analyze(kind, setup, params)
         files = write_result(out, result, config=setup.config, options=options, plot=plot)

@@ -62,13 +62,21 @@ def collect(
     device: str = "cpu",
     batch: int = 64,
     afs: bool = False,
+    labels: str | None = None,
 ) -> Setup:
     """Sample the trajectories of ``seeds`` (``num_steps`` sigmas: ``num_steps - 1`` steps).
 
     ``schedule=None`` takes the solver's recommended schedule (as ``diffsampler sample`` does).
     ``afs``: the analytical first step (Zhou et al. 2024), as ``diffsampler sample --afs``.
+    ``labels``: class labels (or prompt numbers) per seed, as ``diffsampler sample --labels``
+    (``random``, ``seed`` or a class index; None: the model's default, refused by models that
+    cannot do without).
     """
     import torch
+
+    from diffsampler.runs import check_labels, labels_for
+
+    check_labels(None, None, labels)
 
     den = get_model(model, **dict(model_options or {})) if isinstance(model, str) else model
     sol = get_solver(solver, **dict(solver_options or {}))
@@ -90,13 +98,18 @@ def collect(
     seeds = tuple(int(s) for s in seeds)
     if not seeds:
         raise OptionError("no seeds given")
+    name = model if isinstance(model, str) else type(model).__name__
+    per_seed = labels_for(labels, den, seeds, model_name=name)  # refused before any sampling
+    cond = None if per_seed is None else torch.tensor(per_seed, device=device)
     if hasattr(den, "to") and device != "cpu":
         den = den.to(device)
     parts, nfe = [], 0
     for start in range(0, len(seeds), batch):
         chunk = seeds[start : start + batch]
         noise = seed_noise(chunk, den.shape, dtype=getattr(torch, dtype), device=device)
-        result = sol.sample(den, noise * float(sigmas[0]), sigmas, afs=afs, return_trajectory=True)
+        part_cond = None if cond is None else cond[start : start + batch]
+        result = sol.sample(den, noise * float(sigmas[0]), sigmas, cond=part_cond, afs=afs,
+                            return_trajectory=True)
         parts.append(result.trajectory)
         nfe = result.nfe
     trajectory = torch.cat(parts, dim=1)
@@ -114,10 +127,11 @@ def collect(
         "nfe": nfe,
         "sigmas": [float(s) for s in sigmas],
         "seeds": list(seeds),
+        "labels": labels,
         "dtype": dtype,
         "device": device,
     }
     return Setup(
         model=den, solver=sol, sigmas=np.asarray(sigmas, dtype=np.float64), seeds=seeds,
-        trajectory=trajectory, nfe=nfe, config=config,
+        trajectory=trajectory, nfe=nfe, config=config, cond=cond,
     )
