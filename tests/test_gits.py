@@ -365,3 +365,111 @@ def test_afs_adds_a_free_first_step_at_the_best_candidate(afs_samples):
     l2 = (x.x - end).reshape(m, -1).norm(dim=1).mean().item()
     assert sched.costs["afs_samples"] == m
     assert l2 == pytest.approx(sched.costs["afs_l2"], rel=1e-9)
+
+
+# -- class labels (the seed: a random class per warm-up trajectory) ------------------------
+def seed_rule_labels(seeds, classes):
+    """Per-seed labels as ``diffsampler sample --labels random`` draws them, written out."""
+    return [int(np.random.default_rng([int(s), 1]).integers(classes)) for s in seeds]
+
+
+def labelled_cost(model, g, labels):
+    """The mean cost matrix with ``labels`` handed to the teacher solver directly."""
+    o = g.options
+    sigmas = list(g.teacher_sigmas(model))
+    seeds = range(o.seed, o.seed + o.num_warmup)
+    noise = ds.seed_noise(seeds, model.shape, dtype=torch.float64)
+    cond = None if labels is None else torch.tensor(labels)
+    traj = g.teacher_solver().sample(model, noise * sigmas[0], sigmas, cond=cond, return_trajectory=True).trajectory
+    derivs = torch.stack([(traj[i] - model(traj[i], torch.full((len(seeds),), s, dtype=torch.float64), cond)) / s
+                          for i, s in enumerate(sigmas[:-1])])
+    return cost_sums(traj, derivs, sigmas, o.metric).numpy() / o.num_warmup
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return ds.get_model("digits")
+
+
+def test_class_conditional_models_get_random_labels_per_seed_by_default(digits):
+    base = dict(num_warmup=6, batch=4, teacher_steps=13, num_steps=5)
+    g = gits(**base)
+    assert g.options.labels == "auto"
+    labels = seed_rule_labels(range(g.options.seed, g.options.seed + 6), 10)
+    assert len(set(labels)) > 1
+    result = g.search(digits)
+    assert result.labels == "random"
+    np.testing.assert_allclose(result.cost, labelled_cost(digits, g, labels), rtol=1e-5, atol=1e-5)
+    sched = g.schedule(result)
+    assert sched.indices == tuple(dp_path(labelled_cost(digits, g, labels), 5, 1.15))
+    assert sched.settings["labels"] == "random"
+    # without labels (the all-zero label vector) the matrix and the schedule differ
+    bare = gits(**base, labels="none").search(digits)
+    assert bare.labels == "none" and not np.allclose(bare.cost, result.cost, rtol=1e-3)
+    np.testing.assert_allclose(bare.cost, labelled_cost(digits, g, None), rtol=1e-5, atol=1e-5)
+    assert gits(**base, labels="none").schedule(bare).indices != sched.indices
+    # a class index and 'seed' (seed mod classes) are honoured too; the batching does not matter
+    fixed = gits(**{**base, "batch": 6}, labels=3).search(digits)
+    np.testing.assert_allclose(fixed.cost, labelled_cost(digits, g, [3] * 6), rtol=1e-5, atol=1e-5)
+    by_seed = gits(**base, labels="seed").search(digits)
+    seeds = range(g.options.seed, g.options.seed + 6)
+    np.testing.assert_allclose(by_seed.cost, labelled_cost(digits, g, [s % 10 for s in seeds]), rtol=1e-5, atol=1e-5)
+
+
+def test_the_afs_search_samples_with_the_searchs_labels(digits):
+    g = gits(num_warmup=4, batch=4, teacher_steps=21, num_steps=4, afs=True)
+    result = g.search(digits)
+    sched = g.schedule(result, teacher=digits)
+    labels = torch.tensor(seed_rule_labels(range(g.options.seed, g.options.seed + 4), 10))
+    noise = ds.seed_noise(range(g.options.seed, g.options.seed + 4), digits.shape, dtype=torch.float64)
+    solver = ds.get_solver("ipndm")
+    end = solver.sample(digits, noise * 80.0, list(result.teacher_sigmas), cond=labels).x
+    x = solver.sample(digits, noise * 80.0, list(sched.sigmas), cond=labels, afs=True).x
+    l2 = (x - end).reshape(4, -1).norm(dim=1).mean().item()
+    assert l2 == pytest.approx(sched.costs["afs_l2"], rel=1e-9)
+
+
+def test_unconditional_models_are_unaffected():
+    model = small_model()
+    auto, none = gits().search(model), gits(labels="none").search(model)
+    np.testing.assert_array_equal(auto.cost, none.cost)
+    assert auto.labels == "none" and gits().schedule(auto).settings["labels"] == "none"
+    with pytest.raises(ds.OptionError, match="not class-conditional: drop --labels"):
+        gits(labels="random").search(model)
+
+
+class NeedsLabels:
+    """A class-conditional model with no unconditional mode (as EDM's ImageNet-64)."""
+
+    shape, sigma_min, sigma_max, label_dim = (2,), 0.002, 80.0, 3
+
+    def __init__(self):
+        self.calls = []
+
+    def check_labels(self, choice):
+        if choice is None:
+            raise ds.OptionError("model 'needs' has no unconditional mode: choose classes with --labels")
+
+    def __call__(self, x, sigma, cond=None):
+        self.calls.append(cond)
+        return x * 0 + cond.to(x.dtype)[:, None] / 10
+
+
+def test_a_model_that_needs_labels_refuses_none_before_any_work():
+    model = NeedsLabels()
+    with pytest.raises(ds.OptionError, match="no unconditional mode"):
+        gits(labels="none").search(model)
+    assert model.calls == []
+    with pytest.raises(ds.OptionError, match="class 5 is out of range"):
+        gits(labels="5").search(model)
+    assert model.calls == []
+    gits(num_warmup=4, batch=4).search(model)
+    labels = seed_rule_labels(range(gits().options.seed, gits().options.seed + 4), 3)
+    assert model.calls and all(c.tolist() == labels for c in model.calls)
+
+
+def test_labels_and_cond_are_not_both_given_and_bad_choices_are_named():
+    with pytest.raises(ds.OptionError, match="not both"):
+        gits(labels="random").search(small_model(), cond=1)
+    with pytest.raises(ds.OptionError, match="option labels must be auto, none, random, seed or a class index"):
+        gits(labels="any")

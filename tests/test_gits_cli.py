@@ -124,6 +124,38 @@ def test_main_prints_the_refusal_as_one_line(tmp_path):
     assert res.stderr.strip().splitlines()[-1].endswith(f"--out {str(tmp_path)!r} is a folder; give a file name")
 
 
+def test_default_is_the_seeds_seven_sigmas(tmp_path):
+    out = tmp_path / "d.json"
+    res = run("gits", "search", *SMALL, "--num-warmup", "3", "--teacher-steps", "11", "--device", "cpu",
+              "--out", str(out), "--json")
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.output)
+    assert summary["num_steps"] == 7 and summary["nfe"] == 6 and summary["labels"] == "none"
+    assert json.loads(out.read_text())["settings"]["labels"] == "none"  # gmm: unconditional
+    res = run("gits", "search", "--help")
+    assert "default 7" in " ".join(res.output.split())
+
+
+def test_labels_of_a_class_conditional_model(tmp_path):
+    common = ["--model", "digits", "--steps", "4", "--num-warmup", "2", "--teacher-steps", "7",
+              "--device", "cpu"]
+    found = {}
+    for labels in ("auto", "none", "seed", "3"):
+        out = tmp_path / f"{labels}.json"
+        res = run("gits", "search", *common, "--labels", labels, "--out", str(out))
+        assert res.exit_code == 0, res.output
+        data = json.loads(out.read_text())
+        found[labels] = data["settings"]["labels"]
+        flag = "" if found[labels] == "none" else f" --labels {found[labels]}"
+        assert f"--steps 4{flag}" in " ".join(res.output.split())
+    assert found == {"auto": "random", "none": "none", "seed": "seed", "3": "3"}
+    res = run("gits", "search", *common, "--labels", "12", "--out", str(tmp_path / "x.json"))
+    assert isinstance(res.exception, OptionError) and "class 12 is out of range" in str(res.exception)
+    res = run("gits", "search", *SMALL, "--labels", "random", "--out", str(tmp_path / "x.json"), "--device", "cpu")
+    assert isinstance(res.exception, OptionError) and "not class-conditional" in str(res.exception)
+    assert not (tmp_path / "x.json").exists()
+
+
 SCRIPT = textwrap.dedent(
     """
     import sys, numpy as np, torch

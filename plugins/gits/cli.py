@@ -42,8 +42,11 @@ def search(
     model_opt: Annotated[list[str] | None, typer.Option("--model-opt", help="model option key=value")] = None,
     solver: Annotated[str, typer.Option(help="student solver (sets --nfe's steps and the AFS search)")] = "ipndm",
     opt: Annotated[list[str] | None, typer.Option("--opt", help="student solver option key=value")] = None,
-    steps: Annotated[int | None, typer.Option(help="sigmas of the schedule (steps + 1), without the AFS point")] = None,
-    nfe: Annotated[int | None, typer.Option(help="NFE of the student solver with the schedule")] = None,
+    steps: Annotated[int | None, typer.Option(
+        help="sigmas of the schedule (steps + 1), without the AFS point; default 7, the seed's (ipndm: NFE 6)",
+        show_default=False)] = None,
+    nfe: Annotated[int | None, typer.Option(help="NFE of the student solver with the schedule (instead of --steps)",
+                                            show_default=False)] = None,
     afs: Annotated[bool, typer.Option(help="search a free first step (sample with --afs)")] = False,
     teacher: Annotated[str, typer.Option(help="teacher solver")] = "ipndm",
     teacher_opt: Annotated[list[str] | None, typer.Option("--teacher-opt", help="teacher solver option key=value")] = None,
@@ -55,6 +58,9 @@ def search(
     num_warmup: Annotated[int, typer.Option(help="teacher trajectories")] = 256,
     batch: Annotated[int, typer.Option(help="trajectories per batch (memory bound)")] = 64,
     seed: Annotated[int | None, typer.Option(help="first warm-up seed")] = None,
+    labels: Annotated[str, typer.Option(
+        help="class labels of the trajectories: none, random (per seed), seed (seed mod classes) or a class "
+             "index; auto: random for a class-conditional model, as the seed, else none")] = "auto",
     dtype: Annotated[str, typer.Option(help="float32 or float64")] = "float32",
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
@@ -71,11 +77,10 @@ def search(
     from diffsampler.options import parse_pairs
     from diffsampler.outputs import check_output_file
 
-    if (steps is None) == (nfe is None):
-        if steps is None and nfe is None:
-            nfe = 5
-        else:
-            raise OptionError("give --steps or --nfe, not both")
+    from .options import GITSOptions
+
+    if steps is not None and nfe is not None:
+        raise OptionError("give --steps or --nfe, not both")
     coeffs = _coeffs(coeff)
     for path in out_paths(out, coeffs):  # before any work: a search is not lost to a bad --out
         check_output_file(path)
@@ -85,14 +90,15 @@ def search(
     if nfe is not None:
         # with AFS the DP chooses one point fewer; the free first step restores the count
         steps = ds.resolve_num_steps(student, nfe=nfe, afs=afs) - int(afs)
-    assert steps is not None
+    elif steps is None:
+        steps = GITSOptions().num_steps  # the seed's default, as the distiller's
     model_options = parse_pairs(model_opt, "--model-opt")
     options: dict[str, Any] = dict(
         num_steps=steps, coeff=coeffs[0], metric=metric, num_warmup=num_warmup, teacher=teacher,
         teacher_options=",".join(f"{k}={v}" for k, v in parse_pairs(teacher_opt, "--teacher-opt").items()),
         teacher_steps=teacher_steps, teacher_schedule=teacher_schedule, teacher_rho=teacher_rho,
         afs=afs, solver=solver, solver_options=",".join(f"{k}={v}" for k, v in solver_options.items()),
-        batch=batch, dtype=dtype, device=device,
+        batch=batch, dtype=dtype, device=device, labels=labels,
     )
     if seed is not None:
         options["seed"] = seed
@@ -160,6 +166,7 @@ def _search(distiller: Any, model_name: str, model_options: dict[str, Any], coef
             "total": seconds,
         },
         "teacher_nfe": result.teacher_nfe * o.num_warmup,
+        "labels": result.labels,
     }
     if not main:
         return
@@ -187,19 +194,22 @@ def _search(distiller: Any, model_name: str, model_options: dict[str, Any], coef
     cost.add_row("total", f"{sec['total']:.3f}", "")
     console.print(cost)
     console.print(escape(usage_hint(model_name, model_options, o.solver, o.solver_options, paths[0],
-                                    summary["num_steps"], afs=o.afs)),
+                                    summary["num_steps"], afs=o.afs, labels=result.labels)),
                   highlight=False, soft_wrap=True)
 
 
 def usage_hint(model: str, model_options: dict[str, Any], solver: str, solver_options: str,
-               path: Path, num_steps: int, *, afs: bool) -> str:
-    """The ``diffsampler sample`` command that samples with a searched file as it was searched."""
+               path: Path, num_steps: int, *, afs: bool, labels: str = "none") -> str:
+    """The ``diffsampler sample`` command that samples with a searched file as it was searched
+    (with the search's labels choice, if any)."""
     from shlex import quote
 
     flags = [f"--model {quote(model)}", *(f"--model-opt {quote(f'{k}={v}')}" for k, v in model_options.items()),
              f"--solver {quote(solver)}",
              *(f"--opt {quote(kv.strip())}" for kv in solver_options.split(",") if kv.strip()),
              f"--schedule gits --schedule-opt {quote(f'file={path}')} --steps {num_steps}"]
+    if labels not in ("none", "cond"):
+        flags.append(f"--labels {quote(labels)}")
     return "use: diffsampler sample " + " ".join(flags) + (" --afs" if afs else "")
 
 

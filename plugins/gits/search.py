@@ -6,7 +6,8 @@ the seed, all deliberate: the warm-up noise is per seed (``seed_noise``), every 
 matrix is the exact mean over all ``num_warmup`` trajectories (the seed averages per-round means
 over ``num_warmup // (batch + 1) + 1`` rounds of a full batch), the teacher never uses AFS (the seed
 hands the student's ``afs`` flag to the teacher too), and the AFS search scores candidates on the
-first ``afs_samples`` warm-up trajectories (the seed: on the last round's batch).
+first ``afs_samples`` warm-up trajectories (the seed: on the last round's batch). Class labels,
+as the seed's, are random for a class-conditional model (option ``labels``), but drawn per seed.
 """
 
 from __future__ import annotations
@@ -83,6 +84,10 @@ class SearchResult:
     model: dict[str, Any]
     batches: tuple[Any, ...]
     endpoints: tuple[Any, ...] = attrs.field(repr=False)
+    #: the labels choice the trajectories were made with (``none``, ``random``, ... or ``cond``)
+    labels: str = "none"
+    #: their conditioning (``None`` or a callable of seeds), reused by the AFS search
+    cond: Any = attrs.field(default=None, repr=False, eq=False)
 
 
 class GITS:
@@ -145,8 +150,9 @@ class GITS:
         """Teacher trajectories and the mean cost matrix (``num_warmup`` trajectories, sharded
         over ``torchrun`` processes and summed with ``all_reduce_sum``).
 
-        ``cond``: ``None``, one conditioning for every trajectory, or a callable
-        ``cond(seeds) -> conditioning`` for a batch's seeds.
+        ``cond``: ``None`` (the option ``labels`` decides: by default a random class per seed
+        for a class-conditional model, as the seed), one conditioning for every trajectory, or a
+        callable ``cond(seeds) -> conditioning`` for a batch's seeds.
         """
         import torch
 
@@ -154,10 +160,14 @@ class GITS:
         from diffsampler.seeds import plan_batches, seed_noise
 
         from .cost import cost_sums
+        from .labels import labels_cond
         from .teacher import teacher_batch
 
         o = self.options
         device, dtype = self._device(), self._dtype()
+        name = str((model_info or {}).get("name") or getattr(teacher, "name", None) or type(teacher).__name__)
+        cond, labels = labels_cond(o.labels, teacher, model_name=name, device=device, first_seed=o.seed,
+                                   cond=cond)
         solver = self.teacher_solver()
         sigmas = self.teacher_sigmas(teacher)
         if o.num_steps > o.teacher_steps:
@@ -196,7 +206,7 @@ class GITS:
             cost=cost, teacher_sigmas=sigmas, num_warmup=o.num_warmup, teacher_nfe=teacher_nfe,
             extra_nfe=extra_nfe, seconds={"teacher": t_teacher, "cost": t_cost},
             model=model_identity(teacher, model_info), batches=tuple(mine),
-            endpoints=tuple(endpoints),
+            endpoints=tuple(endpoints), labels=labels, cond=cond,
         )
 
     def schedule(
@@ -210,7 +220,8 @@ class GITS:
         progress: Progress | None = None,
     ) -> GITSSchedule:
         """The DP on ``result`` for ``coeff`` and ``num_steps`` (default: the options'), then,
-        with ``afs``, the best extra first step (needs ``teacher``, the model)."""
+        with ``afs``, the best extra first step (needs ``teacher``, the model; sampled with the
+        search's labels unless ``cond`` is given)."""
         o = self.options
         coeff = o.coeff if coeff is None else float(coeff)
         num_steps = o.num_steps if num_steps is None else int(num_steps)
@@ -231,10 +242,10 @@ class GITS:
         if o.afs:
             if teacher is None:
                 raise OptionError("the AFS search samples with the model: pass teacher=")
-            path, afs_info = self._afs(result, path, teacher, cond, progress)
+            path, afs_info = self._afs(result, path, teacher, result.cond if cond is None else cond, progress)
             costs.update(afs_info)
         sigmas = tuple(result.teacher_sigmas[i] for i in path)
-        settings = {**self.settings(), "coeff": coeff, "num_steps": num_steps,
+        settings = {**self.settings(), "labels": result.labels, "coeff": coeff, "num_steps": num_steps,
                     "teacher_sigmas": list(result.teacher_sigmas)}
         return GITSSchedule(
             sigmas=sigmas, indices=tuple(path), afs=o.afs, settings=settings, model=result.model,
