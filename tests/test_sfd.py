@@ -58,8 +58,12 @@ def test_registration_does_not_import_torch():
 
 def test_seed_defaults():
     o = ds.get_distiller("sfd").options
-    assert (o.lr, o.batch, o.M, o.rho, o.afs, o.teacher, o.num_steps) == (5e-5, 128, 3, 7.0, True, "dpmpp", 4)
-    assert o.teacher_options == "max_order=3" and o.total_kimg == 200
+    assert (o.lr, o.batch, o.M, o.rho, o.afs, o.num_steps, o.total_kimg) == (5e-5, 128, 3, 7.0, True, 4, 200)
+    # the teacher and the noise range follow the seed's rules once the teacher is known
+    assert (o.teacher, o.teacher_options, o.teacher_afs, o.sigma_min, o.sigma_max) == (None,) * 5
+    r = ds.get_distiller("sfd").trainer(tiny_teacher()).options
+    assert (r.teacher, r.teacher_options, r.teacher_afs) == ("dpmpp", "max_order=3,thresholding=dynamic", False)
+    assert (r.sigma_min, r.sigma_max) == (0.006, 80.0)
 
 
 def test_teacher_grid_contains_the_student_points_and_targets_are_the_teacher_run():
@@ -70,7 +74,7 @@ def test_teacher_grid_contains_the_student_points_and_targets_are_the_teacher_ru
     targets = tr.teacher_targets(x)
     assert targets.shape == (3, 8, 1, 8, 8)
     with torch.no_grad():
-        end = ds.get_solver("dpmpp", max_order=3).sample(tr.teacher, x, tr.teacher_sigmas).x
+        end = ds.get_solver("dpmpp", max_order=3, thresholding="dynamic").sample(tr.teacher, x, tr.teacher_sigmas).x
     torch.testing.assert_close(targets[-1], end)
 
 
@@ -310,8 +314,10 @@ def test_torchrun_two_processes_train_like_one(tmp_path):
     one = trainer(tiny_teacher(), lr=1e-4)
     one.train()
     two = torch.load(out, weights_only=True)
+    # float round-off of the summed gradients, amplified by Adam where a gradient is near zero:
+    # 1e-5 is 1/60 of the largest weight update here (6e-4)
     for k, v in one.student.net.state_dict().items():
-        torch.testing.assert_close(two[k], v, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(two[k], v, rtol=1e-4, atol=1e-5)
     losses = torch.load(str(out) + ".loss", weights_only=True)
     torch.testing.assert_close(losses, torch.tensor([h["loss"] for h in one.history]), rtol=1e-5, atol=0)
     teacher = tiny_teacher().net.state_dict()

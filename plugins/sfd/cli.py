@@ -28,9 +28,25 @@ def train(
     model_opt: Annotated[list[str] | None, typer.Option("--model-opt", help="model option key=value")] = None,
     steps: Annotated[int, typer.Option(help="student sigmas (steps + 1); 4 with --afs = 2 NFE")] = 4,
     m: Annotated[int, typer.Option("--M", help="teacher points inserted between two student points")] = 3,
-    teacher: Annotated[str, typer.Option(help="teacher solver")] = "dpmpp",
-    teacher_opt: Annotated[list[str] | None, typer.Option("--teacher-opt", help="teacher solver option key=value")] = None,
-    teacher_afs: Annotated[bool, typer.Option(help="teacher run with AFS (second stage from an SFD student)")] = False,
+    teacher: Annotated[
+        str | None, typer.Option(help="teacher solver (default: the seed's, dpmpp; euler when --model is an SFD student)")
+    ] = None,
+    teacher_opt: Annotated[
+        list[str] | None,
+        typer.Option("--teacher-opt", help="teacher solver option key=value (default for dpmpp: "
+                     "max_order=3, thresholding=dynamic, the seed's)"),
+    ] = None,
+    teacher_afs: Annotated[
+        bool | None,
+        typer.Option("--teacher-afs/--no-teacher-afs",
+                     help="teacher run with AFS (default: off; an SFD student teacher's own AFS, the seed's second stage)"),
+    ] = None,
+    sigma_min: Annotated[
+        float | None, typer.Option(help="lowest sigma trained (default: the seed's 0.006, or a student teacher's own)")
+    ] = None,
+    sigma_max: Annotated[
+        float | None, typer.Option(help="highest sigma trained (default: the seed's 80, or a student teacher's own)")
+    ] = None,
     rho: Annotated[float, typer.Option(help="rho of the polynomial schedule")] = 7.0,
     afs: Annotated[bool, typer.Option(help="analytical first step (free first student step)")] = True,
     lr: Annotated[float, typer.Option(help="Adam learning rate")] = 5e-5,
@@ -79,6 +95,7 @@ def train(
         num_steps=steps, M=m, teacher=teacher, teacher_afs=teacher_afs, rho=rho, afs=afs, lr=lr, batch=batch,
         total_kimg=total_kimg, ema=ema, device=device, step_condition=step_condition, min_steps=min_steps,
         max_steps=max_steps, labels=labels, lpips=lpips, lpips_vgg=lpips_vgg, lpips_lin=lpips_lin,
+        sigma_min=sigma_min, sigma_max=sigma_max,
     )
     if teacher_opt is not None:
         options["teacher_options"] = ",".join(f"{k}={v}" for k, v in parse_pairs(teacher_opt, "--teacher-opt").items())

@@ -10,6 +10,10 @@ from diffsampler import choice, in_range, option, positive
 
 __all__ = [
     "DEFAULT_FIRST_SEED",
+    "SEED_SIGMA_MAX",
+    "SEED_SIGMA_MIN",
+    "SEED_TEACHER",
+    "SEED_TEACHER_OPTIONS",
     "SFDModelOptions",
     "SFDOptions",
     "SFDScheduleOptions",
@@ -35,9 +39,21 @@ def parse_pairs_text(text: str) -> dict[str, str]:
     return out
 
 
-def _pairs(text: str) -> str:
+def _pairs(text: str | None) -> str | None:
+    if text is None:
+        return None
     parse_pairs_text(text)
     return str(text)
+
+
+#: The seed's noise range for EDM (pixel) and LDM teachers (``training_loop.py``: ``net.sigma_min =
+#: 0.006``, ``sigma_max = 80``); its Stable Diffusion runs use ``sigma_min = 0.1``.
+SEED_SIGMA_MIN = 0.006
+SEED_SIGMA_MAX = 80.0
+#: The seed's first-stage teacher: DPM-Solver++(3M) whose ``dpm_pp_sampler`` always applies
+#: dynamic thresholding to the data prediction (``solvers.py``).
+SEED_TEACHER = "dpmpp"
+SEED_TEACHER_OPTIONS = "max_order=3,thresholding=dynamic"
 
 
 @attrs.frozen(kw_only=True)
@@ -50,12 +66,34 @@ class SFDOptions:
         validator=in_range(2, 1000),
     )
     M: int = option(3, help="teacher points inserted between two student points", validator=in_range(0, 1000))
-    teacher: str = option("dpmpp", help="teacher solver (any registered solver)")
-    teacher_options: str = option(
-        "max_order=3", help="teacher solver options, key=value,... (seed: dpmpp order 3)", converter=_pairs
+    teacher: str | None = option(
+        None,
+        help="teacher solver (any registered solver); None = the seed's rule: dpmpp, or euler when the "
+        "teacher is an SFD student (the second stage)",
     )
-    teacher_afs: bool = option(
-        False, help="teacher run with AFS (the second stage: the teacher is a first-stage student with AFS)"
+    teacher_options: str | None = option(
+        None,
+        help="teacher solver options, key=value,...; None (or empty) = the seed's: "
+        f"{SEED_TEACHER_OPTIONS} for dpmpp, none for any other solver",
+        converter=_pairs,
+    )
+    teacher_afs: bool | None = option(
+        None,
+        help="teacher run with AFS; None = the seed's rule: off, or the student's own AFS when the "
+        "teacher is an SFD student (the second stage)",
+    )
+    sigma_min: float | None = option(
+        None,
+        help=f"lowest sigma of the student and teacher grids; None = the seed's {SEED_SIGMA_MIN} (raised "
+        "to the teacher's sigma_min if that is higher), or an SFD student teacher's own (pass 0.1 for "
+        "Stable Diffusion, as the seed)",
+        validator=attrs.validators.optional(positive),
+    )
+    sigma_max: float | None = option(
+        None,
+        help=f"highest sigma (the noise's scale); None = the seed's {SEED_SIGMA_MAX:g} (lowered to the "
+        "teacher's sigma_max if that is lower), or an SFD student teacher's own",
+        validator=attrs.validators.optional(positive),
     )
     schedule: Literal["polynomial"] = option(
         "polynomial", help="student and teacher schedule (the teacher's is M+1 times finer)",
@@ -65,7 +103,10 @@ class SFDOptions:
     afs: bool = option(True, help="analytical first step: the first student step is free (seed default)")
     lr: float = option(5e-5, help="Adam learning rate (seed: 5e-5; betas 0.9, 0.999, eps 1e-8)", validator=positive)
     lr_drop: float = option(
-        0.5, help="fraction of the training after which lr drops tenfold (seed: 0.5)", validator=in_range(0, 1)
+        0.5,
+        help="fraction of the training after which lr drops tenfold (seed: 0.5; as the seed, the iteration "
+        "after the one that starts with that many trajectories seen)",
+        validator=in_range(0, 1),
     )
     batch: int = option(128, help="trajectories per iteration (all processes together)", validator=in_range(1, 10**6))
     total_kimg: float = option(200.0, help="thousands of teacher trajectories to train on (seed: 200)", validator=positive)
@@ -101,6 +142,8 @@ class SFDOptions:
     def __attrs_post_init__(self) -> None:
         if self.step_condition and self.min_steps > self.max_steps:
             raise ValueError(f"min_steps ({self.min_steps}) must not exceed max_steps ({self.max_steps})")
+        if self.sigma_min is not None and self.sigma_max is not None and not self.sigma_min < self.sigma_max:
+            raise ValueError(f"sigma_min ({self.sigma_min}) must be below sigma_max ({self.sigma_max})")
         if self.step_condition and not self.min_steps <= self.num_steps <= self.max_steps:
             raise ValueError(
                 f"num_steps ({self.num_steps}) must lie in min_steps..max_steps ({self.min_steps}..{self.max_steps})"

@@ -7,7 +7,8 @@ student's ``N``); the student, a copy of the teacher network, then takes Euler s
 own ``N`` points, one at a time from its own (detached) previous output, and after each step
 ``|x_student - x_teacher|_1`` is minimised by one Adam update. With AFS the first step is the
 analytical ``d = x / sqrt(1 + sigma^2)``: no network, no update (as the seed). The learning
-rate drops tenfold after ``lr_drop`` of the training (seed: half).
+rate drops tenfold after ``lr_drop`` of the training (seed: half). Both grids span the seed's
+sigma 80 -> 0.006, and options left ``None`` follow the seed's rules (:func:`with_seed_rules`).
 
 SFD-v (``step_condition``): the student gets a second embedding, of its number of sigmas
 ``N``, and every batch draws ``N`` from ``min_steps..max_steps`` (seed: 4..7), so one network
@@ -31,6 +32,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import attrs
 import numpy as np
 import torch
 
@@ -43,10 +45,17 @@ from diffsampler.plugins.edm.checkpoint import build_from_config, config_of, loa
 from diffsampler.plugins.edm.denoiser import EDMDenoiser
 
 from .format import PAPER
-from .options import SFDOptions, parse_pairs_text
+from .options import (
+    SEED_SIGMA_MAX,
+    SEED_SIGMA_MIN,
+    SEED_TEACHER,
+    SEED_TEACHER_OPTIONS,
+    SFDOptions,
+    parse_pairs_text,
+)
 from .student import SFDStudent
 
-__all__ = ["CHECKPOINT_FORMAT", "SFDTrainer", "fingerprint"]
+__all__ = ["CHECKPOINT_FORMAT", "SFDTrainer", "fingerprint", "noise_range", "with_seed_rules"]
 
 CHECKPOINT_FORMAT = "diffsampler.sfd.checkpoint/1"
 # options that may differ between a checkpoint and the run that resumes it
@@ -65,6 +74,47 @@ def fingerprint(net: torch.nn.Module) -> str:
 
 def _same(a: list[float] | tuple[float, ...], b: list[float]) -> bool:
     return len(a) == len(b) and all(math.isclose(u, v, rel_tol=1e-9) for u, v in zip(a, b, strict=True))
+
+
+def noise_range(options: SFDOptions, teacher: EDMDenoiser) -> tuple[float, float]:
+    """The ``(sigma_min, sigma_max)`` of the student and teacher grids.
+
+    Unset, the seed's: 0.006..80 for a pixel-space EDM teacher (``training_loop.py``; kept inside
+    the teacher's own range), or an SFD student teacher's own range (the seed's second stage reads
+    the stage-1 network's). A value set explicitly must lie inside the teacher's range.
+    """
+    student = isinstance(teacher, SFDStudent)
+    lo = teacher.sigma_min if student else max(SEED_SIGMA_MIN, teacher.sigma_min)
+    hi = teacher.sigma_max if student else min(SEED_SIGMA_MAX, teacher.sigma_max)
+    lo = lo if options.sigma_min is None else options.sigma_min
+    hi = hi if options.sigma_max is None else options.sigma_max
+    tol = 1e-9
+    if lo < teacher.sigma_min * (1 - tol) or hi > teacher.sigma_max * (1 + tol):
+        raise OptionError(
+            f"SFD's sigma range {lo:g}..{hi:g} leaves the teacher's {teacher.sigma_min:g}..{teacher.sigma_max:g}: "
+            f"pick sigma_min/sigma_max inside it, or widen the teacher's (--model-opt sigma_min={lo:g},sigma_max={hi:g})"
+        )
+    if not lo < hi:
+        raise OptionError(f"SFD needs sigma_min < sigma_max, got {lo:g} and {hi:g}")
+    return float(lo), float(hi)
+
+
+def with_seed_rules(options: SFDOptions, teacher: EDMDenoiser) -> SFDOptions:
+    """``options`` with every "the seed's rule" (``None``) made concrete for ``teacher``.
+
+    First stage: teacher ``dpmpp`` with ``max_order=3`` and dynamic thresholding (the seed's
+    ``dpm_pp_sampler`` always thresholds), no AFS. Second stage (``teacher`` an SFD student): the
+    seed forces Euler with the student's own AFS (``loss.py``, ``is_second_stage``). Options set
+    explicitly are kept. ``lpips`` keeps its own rule (see :class:`SFDTrainer`).
+    """
+    student = isinstance(teacher, SFDStudent)
+    solver = options.teacher or ("euler" if student else SEED_TEACHER)
+    solver_options = options.teacher_options or (SEED_TEACHER_OPTIONS if solver == SEED_TEACHER else "")
+    afs = options.teacher_afs if options.teacher_afs is not None else (bool(teacher.afs) if student else False)
+    lo, hi = noise_range(options, teacher)
+    return attrs.evolve(
+        options, teacher=solver, teacher_options=solver_options, teacher_afs=afs, sigma_min=lo, sigma_max=hi
+    )
 
 
 def has_step_condition(net: torch.nn.Module) -> bool:
@@ -96,7 +146,9 @@ class SFDTrainer:
             raise OptionError(
                 f"SFD fine-tunes an EDM network (models digits, edm-*, or an EDM file); got {type(teacher).__name__}"
             )
+        options = with_seed_rules(options, teacher)
         self.options = options
+        self.sigma_min, self.sigma_max = noise_range(options, teacher)
         self.dist = current()
         self.device = torch.device(options.device)
         self.teacher = copy.copy(teacher)
@@ -127,7 +179,7 @@ class SFDTrainer:
                 self._lpips = load_lpips(vgg=options.lpips_vgg, lin=options.lpips_lin, device=self.device)
             except ModelLoadError as exc:
                 raise ModelLoadError(f"{exc}; or train without the LPIPS term: lpips=0 (--lpips 0)") from None
-        self.solver = ds.get_solver(options.teacher, **parse_pairs_text(options.teacher_options))
+        self.solver = ds.get_solver(options.teacher or SEED_TEACHER, **parse_pairs_text(options.teacher_options or ""))
         self.optimizer = torch.optim.Adam(net.parameters(), lr=options.lr, betas=(0.9, 0.999), eps=1e-8)
         self.iteration = 0
         self.history: list[dict[str, float]] = []
@@ -137,7 +189,7 @@ class SFDTrainer:
     def grid(self, n: int) -> tuple[list[float], torch.Tensor]:
         """The student's ``n`` sigmas and the teacher's ``(M + 1)(n - 1) + 1`` (float64, host)."""
         if n not in self._grids:
-            smin, smax, m = self.teacher.sigma_min, self.teacher.sigma_max, self.options.M
+            smin, smax, m = self.sigma_min, self.sigma_max, self.options.M
             self._grids[n] = (
                 self._schedule.sigmas(n, smin, smax).tolist(),
                 self._schedule.sigmas((m + 1) * (n - 1) + 1, smin, smax),
@@ -184,10 +236,14 @@ class SFDTrainer:
         return self.options.iterations
 
     def lr_at(self, iteration: int) -> float:
-        """The seed's schedule: ``lr`` until ``lr_drop`` of the trajectories were seen, then ``lr / 10``."""
+        """The seed's schedule: ``lr / 10`` from the iteration after the first one that starts with
+        ``lr_drop`` of the trajectories seen (the seed checks its count at the end of an iteration,
+        before adding that iteration's batch), ``lr`` before."""
         o = self.options
-        seen = iteration * o.batch
-        return o.lr / 10 if seen >= o.lr_drop * o.total_kimg * 1000 else o.lr
+        if iteration == 0:
+            return o.lr
+        seen_before_previous = (iteration - 1) * o.batch
+        return o.lr / 10 if seen_before_previous >= o.lr_drop * o.total_kimg * 1000 else o.lr
 
     def noise(self, iteration: int) -> torch.Tensor:
         """This process's share of iteration ``iteration``'s noise, times ``sigma_max``."""
@@ -202,7 +258,7 @@ class SFDTrainer:
         _, grid = self.grid(num_steps or self.options.num_steps)
         with torch.no_grad():
             run = self.solver.sample(
-                self._teacher_for(len(grid)), x, grid, cond=labels, afs=self.options.teacher_afs,
+                self._teacher_for(len(grid)), x, grid, cond=labels, afs=bool(self.options.teacher_afs),
                 return_trajectory=True,
             )
         assert run.trajectory is not None
@@ -342,7 +398,7 @@ class SFDTrainer:
             sigma_table={n: tuple(self.grid(n)[0]) for n in o.step_counts},
             settings={**options_as_dict(o), "iterations_done": self.iteration, "train_seconds": self.elapsed_s},
             teacher=self.teacher_info, name="sfd-student",
-            sigma_min=self.teacher.sigma_min, sigma_max=self.teacher.sigma_max,
+            sigma_min=self.sigma_min, sigma_max=self.sigma_max,
         )
 
     # -- checkpoints ------------------------------------------------------------------------
@@ -393,6 +449,13 @@ class SFDTrainer:
         if diff:
             shown = ", ".join(f"{k}={state['options'][k]!r} (now {ours.get(k)!r})" for k in diff)
             raise OptionError(f"the SFD checkpoint {where!r} was trained with other options: {shown}")
+        trained = state.get("sigmas")
+        if trained is not None and not _same(self.sigmas, [float(v) for v in trained]):
+            raise OptionError(
+                f"the SFD checkpoint {where!r} was trained on sigmas {trained[-1]:g}..{trained[0]:g}, this run's are "
+                f"{self.sigmas[-1]:g}..{self.sigmas[0]:g}: resume with sigma_min={trained[-1]:g}, "
+                f"sigma_max={trained[0]:g} (--sigma-min, --sigma-max)"
+            )
         if state.get("teacher", {}).get("fingerprint") != self.teacher_info["fingerprint"]:
             raise OptionError(f"the SFD checkpoint {where!r} was trained from another teacher network")
         from diffsampler.plugins.edm.checkpoint import load_state_dict_strict
