@@ -89,10 +89,12 @@ def noise_range(options: SFDOptions, teacher: EDMDenoiser) -> tuple[float, float
     lo = lo if options.sigma_min is None else options.sigma_min
     hi = hi if options.sigma_max is None else options.sigma_max
     tol = 1e-9
-    if lo < teacher.sigma_min * (1 - tol) or hi > teacher.sigma_max * (1 + tol):
+    widen = [f"--model-opt sigma_min={lo:g}"] if lo < teacher.sigma_min * (1 - tol) else []
+    widen += [f"--model-opt sigma_max={hi:g}"] if hi > teacher.sigma_max * (1 + tol) else []
+    if widen:
         raise OptionError(
             f"SFD's sigma range {lo:g}..{hi:g} leaves the teacher's {teacher.sigma_min:g}..{teacher.sigma_max:g}: "
-            f"pick sigma_min/sigma_max inside it, or widen the teacher's (--model-opt sigma_min={lo:g},sigma_max={hi:g})"
+            f"pick sigma_min/sigma_max inside it, or widen the teacher's ({' '.join(widen)})"
         )
     if not lo < hi:
         raise OptionError(f"SFD needs sigma_min < sigma_max, got {lo:g} and {hi:g}")
