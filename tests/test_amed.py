@@ -343,15 +343,110 @@ def test_training_reduces_the_loss(digits, student):
     untrained, fine = d.initial_predictor(digits)  # the same initialisation distill starts from
     sigmas = tuple(untrained.settings["sigmas"])
     x = ds.seed_noise(range(16), digits.shape) * sigmas[0]  # held-out noise (not the training seeds)
+    labels = torch.tensor(seed_rule_labels(range(16)))  # random per seed, as the training's
     with torch.no_grad():
-        points = d.teacher_points(digits, x, fine)
-    before = step_losses(digits, untrained, x, points, sigmas)
+        points = d.teacher_points(digits, x, fine, cond=labels)
+    before = step_losses(digits, untrained, x, points, sigmas, cond=labels)
     events = []
     trained = d.distill(digits, progress=events.append)
-    after = step_losses(digits, trained, x, points, sigmas)
+    assert trained.settings["labels"] == "random"
+    after = step_losses(digits, trained, x, points, sigmas, cond=labels)
     assert sum(after) < 0.9 * sum(before), (before, after)
     assert len(events) == 8 * 2 and {"loss", "r_mean", "r_std", "scale_dir_mean", "scale_time_std"} <= events[0].keys()
     assert all(0 < e["r_mean"] < 1 and 0.99 <= e["scale_dir_mean"] <= 1.01 for e in events)
+
+
+# -- class labels (the seed: a random class per training trajectory) ---------------------------
+def seed_rule_labels(seeds, classes=10):
+    """Per-seed labels as ``diffsampler sample --labels random`` draws them, written out."""
+    import numpy as np
+
+    return [int(np.random.default_rng([int(s), 1]).integers(classes)) for s in seeds]
+
+
+class Labelled(Counting):
+    """The digits model as a class-conditional one, recording the conditioning of every evaluation."""
+
+    label_dim = 10
+
+    def __init__(self, model, check=None):
+        super().__init__(model)
+        self.conds, self.check = [], check
+
+    def check_labels(self, choice):
+        if self.check is not None:
+            self.check(choice)
+
+    def __call__(self, x, sigma, cond=None):
+        self.conds.append(cond)
+        return super().__call__(x, sigma, cond)
+
+    def denoise_with_features(self, x, sigma, cond=None):
+        self.conds.append(cond)
+        return super().denoise_with_features(x, sigma, cond)
+
+
+TRAIN = dict(solver="euler", num_steps=3, batch=4, total_kimg=0.008, teacher="heun", m=2, seed=5)
+
+
+def test_teacher_points_take_the_labels(digits):
+    d = ds.get_distiller("amed", **TRAIN)
+    _, fine = d.initial_predictor(digits)
+    x = noise(digits).float()
+    labels = torch.tensor(seed_rule_labels(range(4)))
+    got = d.teacher_points(digits, x, fine, cond=labels)
+    direct = ds.get_solver("heun").sample(digits, x, list(fine), cond=labels, return_trajectory=True)
+    assert torch.equal(got, direct.trajectory[3::3]) and got.shape[0] == 2
+    bare = d.teacher_points(digits, x, fine)
+    assert (got - bare).abs().max() > 0.05  # the all-zero label vector is another teacher
+
+
+def test_training_gives_every_evaluation_the_seeds_random_labels(digits):
+    model = Labelled(digits)
+    pred = ds.get_distiller("amed", **TRAIN).distill(model)
+    assert pred.settings["labels"] == "random" and pred.settings["iterations"] == 2
+    per_iteration = [seed_rule_labels(range(5 + 4 * it, 9 + 4 * it)) for it in range(2)]
+    seen = [c.tolist() for c in model.conds]
+    assert seen[0] == per_iteration[0] and seen[-1] == per_iteration[1]
+    assert {tuple(c) for c in seen} == {tuple(v) for v in per_iteration}
+    # the same per-seed labels handed in as cond train the same weights; no labels train others
+    given = ds.get_distiller("amed", **TRAIN).distill(
+        Labelled(digits), cond=lambda seeds: torch.tensor(seed_rule_labels(seeds)))
+    assert given.settings["labels"] == "cond"
+    bare = ds.get_distiller("amed", **TRAIN, labels="none").distill(Labelled(digits))
+    assert bare.settings["labels"] == "none"
+    for a, b in zip(pred.parameters(), given.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert not all(torch.equal(a, c) for a, c in zip(pred.parameters(), bare.parameters(), strict=True))
+
+
+def test_labels_choices_and_refusals(digits):
+    assert ds.get_distiller("amed").options.labels == "auto"
+    fixed = Labelled(digits)
+    assert ds.get_distiller("amed", **TRAIN, labels=7).distill(fixed).settings["labels"] == "7"
+    assert {tuple(c.tolist()) for c in fixed.conds} == {(7,) * 4}
+
+    def no_unconditional_mode(choice):
+        if choice is None:
+            raise OptionError("model 'x' has no unconditional mode: choose classes with --labels")
+
+    strict = Labelled(digits, check=no_unconditional_mode)
+    with pytest.raises(OptionError, match="no unconditional mode"):
+        ds.get_distiller("amed", **TRAIN, labels="none").distill(strict)
+    with pytest.raises(OptionError, match="class 10 is out of range"):
+        ds.get_distiller("amed", **TRAIN, labels=10).distill(strict)
+    assert strict.calls == 0  # refused before any work
+    with pytest.raises(OptionError, match="option labels must be"):
+        ds.get_distiller("amed", labels="all")
+
+
+def test_models_without_classes_are_unaffected(digits):
+    a = ds.get_distiller("amed", **TRAIN).distill(Counting(digits))
+    b = ds.get_distiller("amed", **TRAIN, labels="none").distill(Counting(digits))
+    assert a.settings["labels"] == b.settings["labels"] == "none"
+    assert all(torch.equal(u, v) for u, v in zip(a.parameters(), b.parameters(), strict=True))
+    with pytest.raises(OptionError, match="not class-conditional"):
+        ds.get_distiller("amed", **TRAIN, labels="random").distill(Counting(digits))
 
 
 def test_schedule_must_refine(digits):
@@ -393,9 +488,24 @@ def test_cli_train_then_sample(tmp_path):
               "--out", str(out))
     assert res.exit_code == 0, res.output
     assert (f"use: diffsampler sample --model digits --solver amed-euler --opt predictor={out} "
-            "--schedule polynomial --steps 3 --afs") in res.output.splitlines()
+            "--schedule polynomial --steps 3 --labels random --afs") in res.output.splitlines()
     res = run("amed", "train", "--nfe", "4", "--out", str(out))
     assert isinstance(res.exception, OptionError) and "NFE 4 is not reachable" in str(res.exception)
+
+
+def test_cli_labels(tmp_path):
+    from diffsampler.plugins.amed.predictor import load_predictor
+
+    out = tmp_path / "p.safetensors"
+    common = ["amed", "train", "--solver", "euler", "--nfe", "3", "--batch", "2", "--total-kimg", "0.002",
+              "--out", str(out)]
+    for labels, recorded in (("none", "none"), ("seed", "seed"), ("auto", "random")):
+        res = run(*common, "--labels", labels, "--json")
+        assert res.exit_code == 0, res.output
+        assert json.loads(res.output[res.output.index("{"):])["labels"] == recorded
+        assert load_predictor(out).settings["labels"] == recorded
+    res = run(*common, "--labels", "11")
+    assert isinstance(res.exception, OptionError) and "class 11 is out of range" in str(res.exception)
 
 
 def test_train_refuses_a_folder_as_out_before_training(tmp_path):

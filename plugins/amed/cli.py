@@ -53,6 +53,9 @@ def train(
     batch: Annotated[int, typer.Option(help="trajectories per iteration")] = 16,
     total_kimg: Annotated[float, typer.Option(help="thousands of training trajectories")] = 0.2,
     seed: Annotated[int | None, typer.Option(help="first noise seed")] = None,
+    labels: Annotated[str, typer.Option(
+        help="class labels of the trajectories: none, random (per seed), seed (seed mod classes) or a class "
+             "index; auto: random for a class-conditional model, as the seed, else none")] = "auto",
     threads: Annotated[int, typer.Option(help="torch CPU threads")] = 1,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
@@ -85,7 +88,7 @@ def train(
     options: dict[str, Any] = dict(
         solver=solver, num_steps=num_steps, teacher=teacher, m=m, schedule=schedule, rho=rho, afs=afs,
         scale_dir=scale_dir, scale_time=scale_time, max_order=max_order, predict_x0=predict_x0,
-        lower_order_final=lower_order_final, lr=lr, batch=batch, total_kimg=total_kimg,
+        lower_order_final=lower_order_final, lr=lr, batch=batch, total_kimg=total_kimg, labels=labels,
     )
     if seed is not None:
         options["seed"] = seed
@@ -131,24 +134,29 @@ def train(
     predictor.save(out)
     name = "amed" if solver == "amed" else f"amed-{solver}"
     nfe_run = 2 * (num_steps - 1) - int(afs)
+    used = str(predictor.settings["labels"])
     summary = {"file": str(out), "solver": name, "num_steps": num_steps, "nfe": nfe_run, "afs": afs,
-               "seconds": seconds, "iterations": predictor.settings["iterations"], "last": last}
+               "labels": used, "seconds": seconds, "iterations": predictor.settings["iterations"],
+               "last": last}
     if as_json:
         print_json(summary)
         return
     console.print(f"wrote {out} ({seconds:.1f} s, {summary['iterations']} iterations)", highlight=False)
-    console.print(escape(usage_hint(model, model_options, name, out, schedule, num_steps, afs=afs)),
+    console.print(escape(usage_hint(model, model_options, name, out, schedule, num_steps, afs=afs, labels=used)),
                   highlight=False, soft_wrap=True)
 
 
 def usage_hint(model: str, model_options: dict[str, Any], solver: str, out: Path, schedule: str,
-               num_steps: int, *, afs: bool) -> str:
-    """The ``diffsampler sample`` command that samples with a trained predictor as it was trained."""
+               num_steps: int, *, afs: bool, labels: str = "none") -> str:
+    """The ``diffsampler sample`` command that samples with a trained predictor as it was trained
+    (with the training's labels choice, if any)."""
     from shlex import quote
 
     flags = [f"--model {quote(model)}", *(f"--model-opt {quote(f'{k}={v}')}" for k, v in model_options.items()),
              f"--solver {solver}", f"--opt {quote(f'predictor={out}')}", f"--schedule {quote(schedule)}",
              f"--steps {num_steps}"]
+    if labels not in ("none", "cond"):
+        flags.append(f"--labels {quote(labels)}")
     return "use: diffsampler sample " + " ".join(flags) + (" --afs" if afs else "")
 
 

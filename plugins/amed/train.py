@@ -6,7 +6,9 @@ Every iteration draws a batch of noise, runs the teacher on the student's schedu
 one Adam update on ``sum ||x_student - x_teacher||^2 / batch`` at ``t_{k+1}``, then the next step
 starts from the teacher's point (single-step students: amed, euler, dpm) or from the student's
 own output (multistep students: ipndm, dpmpp), as in the seed. Gradients reach the predictor
-through the second evaluation of each step (at the learned time); the network is frozen.
+through the second evaluation of each step (at the learned time); the network is frozen. A
+class-conditional network gets a random class per trajectory by default, as the seed (option
+``labels``; drawn per seed here, per iteration there).
 """
 
 from __future__ import annotations
@@ -104,12 +106,18 @@ def _teacher_solver(options: AMEDOptions) -> Any:
     return get_solver(options.teacher, **extra)
 
 
+def _device(model: Any, device: str | torch.device | None) -> torch.device:
+    """``device``, else the model's own (CPU for a model that has none)."""
+    return torch.device(device) if device is not None else getattr(model, "device", torch.device("cpu"))
+
+
 def step_losses(
     model: Any, predictor: AMEDPredictor, latents: Tensor, teacher_points: Tensor,
     sigmas: tuple[float, ...], *, optimizer: torch.optim.Optimizer | None = None,
-    progress: Progress | None = None, info: Mapping[str, float] | None = None,
+    progress: Progress | None = None, info: Mapping[str, float] | None = None, cond: Any = None,
 ) -> list[float]:
-    """Walk the student's steps against ``teacher_points[k]`` (the teacher at ``sigmas[k+1]``).
+    """Walk the student's steps against ``teacher_points[k]`` (the teacher at ``sigmas[k+1]``),
+    every evaluation conditioned on ``cond`` (the batch's labels, as the teacher's).
 
     With ``optimizer``, each step takes one update (training); without, nothing changes
     (evaluation). Returns each step's loss: the mean over the batch of ``||x_s - x_t||_2``
@@ -118,7 +126,7 @@ def step_losses(
     s = predictor.settings
     student = predictor.student
     stepper = AMEDStepper(student, s, sigmas)
-    ev = ModelEvaluator(model, afs_step0=bool(s["afs"]))
+    ev = ModelEvaluator(model, afs_step0=bool(s["afs"]), cond=cond)
     params = [p for p in predictor.parameters() if p.requires_grad]
     x = latents
     out: list[float] = []
@@ -155,28 +163,44 @@ class AMED:
         self.options: AMEDOptions = build_options(AMEDOptions, options, owner="distiller amed")
         training_schedule(self.options)  # refuse an unusable schedule before any model is loaded
 
-    def teacher_points(self, model: Any, latents: Tensor, teacher_sigmas: tuple[float, ...]) -> Tensor:
+    def teacher_points(
+        self, model: Any, latents: Tensor, teacher_sigmas: tuple[float, ...], *, cond: Any = None,
+    ) -> Tensor:
         """The teacher's states at the student's sigmas after the first: ``[steps, B, ...]``."""
-        res = _teacher_solver(self.options).sample(model, latents, teacher_sigmas, return_trajectory=True)
+        res = _teacher_solver(self.options).sample(model, latents, teacher_sigmas, cond=cond,
+                                                   return_trajectory=True)
         assert res.trajectory is not None
         return res.trajectory[self.options.m + 1 :: self.options.m + 1]
 
     def distill(
         self, teacher: Any, *, progress: Progress | None = None, model_name: str | None = None,
         model_options: Mapping[str, Any] | None = None, device: str | torch.device | None = None,
-        stop: Callable[[], bool] | None = None,
+        stop: Callable[[], bool] | None = None, cond: Any = None,
     ) -> AMEDPredictor:
         """Train a predictor for ``teacher``. ``stop()`` is asked between iterations: when it says
         True, training ends there and the predictor trained so far is returned (its settings
-        record ``iterations`` done of ``iterations_planned``)."""
+        record ``iterations`` done of ``iterations_planned``).
+
+        ``cond``: ``None`` (the option ``labels`` decides: by default a random class per seed for
+        a class-conditional model, as the seed), one conditioning for every trajectory, or a
+        callable ``cond(seeds) -> conditioning`` for an iteration's seeds. The choice is recorded
+        in the predictor's settings (``labels``).
+        """
+        from .labels import labels_cond
+
         o = self.options
         if not isinstance(teacher, HasBottleneck):
             raise OptionError(
                 f"AMED reads the network's bottleneck features; model {type(teacher).__name__} has "
                 "none (analytic models are not supported: use a neural model such as digits)"
             )
+        name = model_name or str(getattr(teacher, "name", None) or type(teacher).__name__)
+        # before any work: the model refuses a labels choice it cannot take in one line
+        cond, labels = labels_cond(o.labels, teacher, model_name=name, device=_device(teacher, device),
+                                   first_seed=o.seed, cond=cond)
         predictor, fine = self.initial_predictor(teacher, model_name=model_name,
                                                  model_options=model_options, device=device)
+        predictor.settings["labels"] = labels
         sigmas = tuple(predictor.settings["sigmas"])
         dev = predictor.fc_r.weight.device
         optimizer = torch.optim.Adam(predictor.parameters(), lr=o.lr, betas=(0.9, 0.999), eps=1e-8)
@@ -188,10 +212,11 @@ class AMED:
                 break
             seeds = range(o.seed + it * o.batch, o.seed + (it + 1) * o.batch)
             latents = seed_noise(seeds, teacher.shape, device=dev) * sigmas[0]
+            c = cond(tuple(seeds)) if callable(cond) else cond
             with torch.no_grad():
-                points = self.teacher_points(teacher, latents, fine)
+                points = self.teacher_points(teacher, latents, fine, cond=c)
             step_losses(teacher, predictor, latents, points, sigmas, optimizer=optimizer,
-                        progress=progress, info={"iteration": it, "iterations": iterations})
+                        progress=progress, info={"iteration": it, "iterations": iterations}, cond=c)
             done = it + 1
         predictor.settings["train_seconds"] = round(time.perf_counter() - start, 3)
         predictor.settings["iterations"] = done
@@ -205,7 +230,7 @@ class AMED:
         """The untrained predictor (settings, model identity, seeded init) and the teacher grid."""
         o = self.options
         sigmas, fine, sched_opts = schedule_pair(teacher, o)
-        dev = torch.device(device) if device is not None else getattr(teacher, "device", torch.device("cpu"))
+        dev = _device(teacher, device)
         settings = {**options_as_dict(o), "sigmas": list(sigmas), "schedule_options": sched_opts}
         name = model_name or str(getattr(teacher, "name", type(teacher).__name__))
         identity = model_identity(teacher, name=name, options=dict(model_options or {}))
