@@ -185,6 +185,7 @@ def test_save_load_round_trips_exactly(digits, tmp_path):
     pred.save(path)
     back = load_predictor(path)
     assert back.settings == pred.settings and back.model == pred.model and back.hidden_dim == 16
+    assert "labels" not in back.settings  # as a file written before labels were recorded: it loads
     a, b = pred.state_dict(), back.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     f = torch.randn(5, 32, 8, 8)

@@ -200,6 +200,19 @@ def test_file_round_trips(schedule_file):
     assert data["settings"]["teacher_steps"] == 13 and data["settings"]["coeff"] == 1.15
     assert data["model"]["spec"] == small_model().spec
     assert ds.get_distiller("gits").load(path) == sched
+    assert data["settings"]["labels"] == "none"  # gmm is unconditional
+
+
+def test_a_file_from_before_labels_were_recorded_still_samples(schedule_file, tmp_path):
+    path, sched = schedule_file
+    data = json.loads(path.read_text())
+    del data["settings"]["labels"]
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps(data))
+    assert load_schedule(old).sigmas == sched.sigmas
+    model = small_model()
+    sigmas = ds.get_schedule("gits", file=str(old)).sigmas(6, model.sigma_min, model.sigma_max, denoiser=model)
+    assert sigmas.tolist() == list(sched.sigmas)
 
 
 @pytest.mark.parametrize("solver", SOLVERS)
