@@ -580,3 +580,19 @@ def test_ctrl_c_writes_the_predictor_trained_so_far(tmp_path, monkeypatch):
     from diffsampler.plugins.amed.predictor import load_predictor
 
     assert load_predictor(out).settings["iterations"] == 2 and len(calls) == 2
+
+
+def test_the_seeds_thresholding_is_no_no_op_on_digits(digits):
+    """docs/amed.md: digits' x0 estimates overshoot ±1, so the seed's dynamic thresholding (which
+    amed-dpmpp leaves out) rescales them and changes data-prediction samples."""
+    x = noise(digits, 16).float()
+    grid = ds.get_schedule("polynomial").sigmas(21, digits.sigma_min, digits.sigma_max)
+    points = ds.get_solver("heun").sample(digits, x, grid, return_trajectory=True).trajectory
+    for i in (0, 10, 15, 19):  # sigma 80, 2.5, 0.17, 0.006 along the ODE trajectories
+        d = digits(points[i], torch.full((16,), float(grid[i])))
+        s = torch.quantile(d.abs().flatten(1), 0.995, dim=1)
+        assert (s > 1).float().mean() >= 0.75 and 1.01 < float(s.clamp(min=1).mean()) < 1.15
+    sig = ds.get_schedule("polynomial").sigmas(6, digits.sigma_min, digits.sigma_max)
+    off = ds.get_solver("dpmpp").sample(digits, x, sig).x
+    on = ds.get_solver("dpmpp", thresholding="dynamic").sample(digits, x, sig).x
+    assert (on - off).flatten(1).square().mean(1).sqrt().mean() > 0.01
