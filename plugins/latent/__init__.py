@@ -4,8 +4,11 @@ Models registered here:
 
 * ``sd-v1.5``: Stable Diffusion v1.5 with classifier-free guidance (``prompt``/``prompts_file``,
   ``negative_prompt``, ``guidance_rate`` 7.5; one guided evaluation = 2 NFE, as the seed counts);
-* ``ldm-lsun-bedroom256``, ``ldm-ffhq256``: the seed's unconditional LDMs (local diffusers folder);
-* ``latent``: any diffusers folder (``UNet2DModel``/``UNet2DConditionModel`` + VQ/KL autoencoder).
+* ``ldm-lsun-bedroom256``, ``ldm-ffhq256``: the seed's unconditional LDMs, loaded natively from
+  its CompVis checkpoints (EMA weights, VQ-f4 autoencoder; downloaded into the cache when online)
+  or from a diffusers folder;
+* ``latent``: any diffusers folder (``UNet2DModel``/``UNet2DConditionModel`` + VQ/KL autoencoder),
+  or an unconditional CompVis VQ-LDM checkpoint with its YAML ``config``.
 
 All are :class:`~diffsampler.TimeMapped` (the ``discrete`` schedule works) and
 :class:`~diffsampler.Decodable` (samples are decoded to images). No torch at import time.
@@ -23,9 +26,14 @@ from .factories import latent_file, local_folder, named_factory
 @hookimpl
 def register_models(register: Register) -> None:
     for entry in NAMED.values():
-        where = "local folder set" if local_folder(entry) else (
-            f"hub {entry.hub_id} when online" if entry.hub_id else f"set {entry.env_var} or path")
+        if local_folder(entry):
+            where = "local copy set"
+        elif entry.hub_id:
+            where = f"hub {entry.hub_id} when online"
+        else:
+            where = "seed checkpoint; downloaded when online"
         register(entry.name, named_factory(entry), summary=f"{entry.summary} [{where}]",
                  options=options_class(entry))
-    register("latent", latent_file, summary="any diffusers latent model folder (LDM / Stable Diffusion)",
+    register("latent", latent_file, summary="any diffusers latent model folder (LDM / Stable Diffusion) "
+             "or CompVis VQ-LDM checkpoint",
              options=LatentFileOptions)

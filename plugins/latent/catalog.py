@@ -3,7 +3,9 @@
 The seed (zju-pi/diff-sampler ``sample.py``) samples LDM LSUN-Bedroom and FFHQ (Rombach et al.
 2022, arXiv:2112.10752; unconditional, VQ-f4, 64x64x3 latents) and Stable Diffusion v1.5
 (text-conditional, KL-f8, 64x64x4 latents, classifier-free guidance 7.5 on MS-COCO prompts).
-diffsampler runs them through diffusers' classes from a diffusers-format folder (or hub id).
+diffsampler runs them through diffusers' classes: from a diffusers-format folder (or hub id), or,
+for the unconditional LDMs, natively from the seed's CompVis checkpoint (``model.ckpt`` or the
+release zip, downloaded into the cache when online; see :mod:`.compvis`).
 """
 
 from __future__ import annotations
@@ -28,6 +30,11 @@ class Named:
     guidance_rate: float
     summary: str
     seed_url: str  # the checkpoint the seed downloads (CompVis/runwayml format)
+
+    @property
+    def native(self) -> bool:
+        """Whether the seed's CompVis checkpoint itself loads (the unconditional VQ LDMs)."""
+        return not self.text
 
 
 NAMED: dict[str, Named] = {
@@ -102,12 +109,21 @@ class NamedOptions(_Text):
                               converter=_optional_path)
 
 
+_EMA_HELP = ("CompVis checkpoints: sample the U-Net's EMA weights (model_ema.*), as the seed does "
+             "(default: the config's use_ema, true for the seed's LDMs); false: the raw training weights")
+
+
 @attrs.frozen(kw_only=True)
 class UnconditionalOptions(_Common):
     """Options of the named unconditional LDMs (no prompt, no guidance)."""
 
-    path: str | None = option(None, help="local diffusers folder (default: the env var)",
-                              converter=_optional_path)
+    path: str | None = option(
+        None, help="the seed's CompVis checkpoint (model.ckpt, or the release .zip) or a diffusers folder "
+                   "(default: the env var, the cache, else a download of the seed's zip)",
+        converter=_optional_path,
+    )
+    ema: bool | None = option(None, help=_EMA_HELP)
+    download: bool = option(True, help="download the seed's checkpoint into the cache when it is absent")
 
 
 def options_class(entry: Named) -> type:
@@ -120,5 +136,9 @@ class LatentFileOptions(_Text):
     """Options of the generic ``latent`` model (text options apply to text models only)."""
 
     path: str = option(help="a diffusers folder (unet/, vae/ or vqvae/, scheduler/, "
-                            "text_encoder/ + tokenizer/ for text models) or a hub id (org/name)",
+                            "text_encoder/ + tokenizer/ for text models), a hub id (org/name), or an "
+                            "unconditional CompVis VQ-LDM checkpoint (.ckpt or its .zip; with config=)",
                        converter=_optional_path)
+    config: str | None = option(None, help="CompVis checkpoints: their YAML config (architecture, schedule)",
+                                converter=_optional_path)
+    ema: bool | None = option(None, help=_EMA_HELP)

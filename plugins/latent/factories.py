@@ -37,27 +37,50 @@ latent_file.paper = PAPER  # type: ignore[attr-defined]
 
 
 def local_folder(entry: Named) -> str | None:
+    """The environment variable's folder or file, if set."""
     env = os.environ.get(entry.env_var)
     return os.path.expanduser(env) if env else None
 
 
-def named_factory(entry: Named) -> Any:
+def _text_factory(entry: Named) -> Any:
     def factory(*, path: str | None = None, **opts: Any) -> LatentDenoiser:
         from .loader import load_latent
 
         source = path or local_folder(entry) or entry.hub_id
-        if source is None:
-            raise ModelLoadError(
-                f"{entry.name}: no diffusers folder; convert the seed's checkpoint ({entry.seed_url}) with "
-                f"diffusers' conversion script and pass path=/folder or set {entry.env_var}=/folder"
-            )
+        if source is None:  # pragma: no cover - every text entry has a hub id
+            raise ModelLoadError(f"{entry.name}: pass path=/diffusers/folder or set {entry.env_var}")
+        if Path(source).expanduser().is_file():
+            raise ModelLoadError(f"{entry.name}: {source} is a file; this model loads from a diffusers "
+                                 f"folder or the hub id {entry.hub_id}")
         model = load_latent(source, name=entry.name, default_rate=entry.guidance_rate, **opts)
         model.info["seed_checkpoint"] = entry.seed_url
         return model
 
+    return factory
+
+
+def _ldm_factory(entry: Named) -> Any:
+    def factory(*, path: str | None = None, ema: bool | None = None, download: bool = True,
+                **opts: Any) -> LatentDenoiser:
+        from .compvis_config import SEED_CONFIGS
+        from .download import resolve_ldm
+        from .loader import load_latent
+
+        source = resolve_ldm(entry, path=path, download=download)
+        model = load_latent(source, name=entry.name, default_rate=1.0, ema=ema,
+                            builtin_config=SEED_CONFIGS[entry.name], **opts)
+        model.info["seed_checkpoint"] = entry.seed_url
+        return model
+
+    return factory
+
+
+def named_factory(entry: Named) -> Any:
+    factory = _ldm_factory(entry) if entry.native else _text_factory(entry)
+
     factory.__name__ = entry.name.replace("-", "_").replace(".", "")
     factory.__doc__ = entry.summary
-    factory.paper = PAPER  # type: ignore[attr-defined]
+    factory.paper = PAPER
     return factory
 
 

@@ -140,23 +140,54 @@ def _refuse_text_options(name: str, guidance_rate: float | None, negative_prompt
         raise OptionError(f"model {name!r} is unconditional: it takes no negative_prompt")
 
 
+def _compvis_networks(diffusers: Any, path: str, name: str, config: str | None, ema: bool | None,
+                      builtin: Any) -> tuple[Any, Any, Any, dict[str, Any]]:
+    """``(alphas_cumprod, unet, vq, info)`` from a CompVis checkpoint (see :mod:`.compvis`)."""
+    from .compvis import build_networks, read_state_dict
+    from .compvis_config import read_config
+
+    if config is not None:
+        cfg = read_config(config)
+    elif builtin is not None:
+        cfg = builtin
+    else:
+        raise ModelLoadError(f"{name}: {path} is a CompVis checkpoint: pass config=/path/to/its.yaml "
+                             "(models/ldm/configs/latent-diffusion/*.yaml) for its architecture")
+    sd = read_state_dict(path, what=name)
+    alphas_cumprod, unet, vq, info = build_networks(diffusers, sd, cfg, ema=ema, what=name)
+    info["scale"] = cfg.scale_factor
+    return alphas_cumprod, unet, vq, info
+
+
 def load_latent(
     source: str, *, name: str, guidance_rate: float | None = None, prompt: str | None = None,
     prompts_file: str | None = None, negative_prompt: str = "", precision: str = "fp32",
     sigma_min: float | None = None, sigma_max: float | None = None, device: str = "cpu",
-    default_rate: float = 7.5,
+    default_rate: float = 7.5, ema: bool | None = None, config: str | None = None, builtin_config: Any = None,
 ) -> LatentDenoiser:
-    """The latent model in ``source`` (a local diffusers folder, or a hub id when online)."""
+    """The latent model in ``source``: a local diffusers folder, a hub id when online, or a CompVis
+    LDM checkpoint file (``model.ckpt`` or its release ``.zip``; architecture from ``config`` or
+    ``builtin_config``)."""
     diffusers = _require()
     import torch
 
-    source, local = resolve_source(source, name)
-    kw: dict[str, Any] = {"local_files_only": local}
-    try:
-        with quiet_hub_libraries():
-            alphas_cumprod, unet, vae, texts = _networks(diffusers, source, kw)
-    except (OSError, ValueError) as exc:
-        raise _load_error(exc, source, name, local) from None
+    if Path(source).expanduser().is_file():
+        alphas_cumprod, unet, vae, extra = _compvis_networks(
+            diffusers, os.fspath(Path(source).expanduser()), name, config, ema, builtin_config)
+        texts = None
+        extra["format"] = "CompVis checkpoint"
+    else:
+        if ema is False or config is not None:
+            raise OptionError(f"{name}: ema and config apply to CompVis .ckpt/.zip files; "
+                              f"{source!r} is a diffusers folder or hub id (one set of weights)")
+        source, local = resolve_source(source, name)
+        kw: dict[str, Any] = {"local_files_only": local}
+        try:
+            with quiet_hub_libraries():
+                alphas_cumprod, unet, vae, texts = _networks(diffusers, source, kw)
+        except (OSError, ValueError) as exc:
+            raise _load_error(exc, source, name, local) from None
+        extra = {"format": "diffusers"}
     modules: dict[str, torch.nn.Module] = {"unet": unet, "vae": vae}
     encode_text = None
     if texts is not None:
@@ -173,7 +204,7 @@ def load_latent(
     # LDM's VQ autoencoders take the latents as they are (LDMPipeline and the seed do not
     # scale; diffusers' VQModel config carries SD's 0.18215 by default, unused); KL ones use it.
     is_vq = isinstance(vae, diffusers.VQModel)
-    scale = 1.0 if is_vq else float(getattr(vae.config, "scaling_factor", 1.0) or 1.0)
+    scale = float(extra.pop("scale", 1.0)) if is_vq else float(getattr(vae.config, "scaling_factor", 1.0) or 1.0)
 
     def run_unet(z: torch.Tensor, k: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
         if context is None:
@@ -188,7 +219,7 @@ def load_latent(
     size = size if isinstance(size, int) else size[0]
     rate = (default_rate if texts is not None else 1.0) if guidance_rate is None else guidance_rate
     info: dict[str, Any] = {"source": source, "vae_scaling_factor": scale, "num_train_timesteps": len(alphas_cumprod),
-                            "unet": type(unet).__name__, "autoencoder": type(vae).__name__}
+                            "unet": type(unet).__name__, "autoencoder": type(vae).__name__, **extra}
     if prompts_file is not None:
         info["prompts_file"] = prompts_file
     model = LatentDenoiser(

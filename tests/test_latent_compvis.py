@@ -1,0 +1,240 @@
+"""Native loading of CompVis LDM checkpoints (the seed's ``lsun_bedrooms.zip`` / ``ffhq.zip``).
+
+Ground truth: ``tests/data/tiny_ldm_vq.zip`` is a tiny LDM built and saved by the seed's own CompVis
+code (random weights, a distinct EMA copy), and ``tiny_ldm_vq_reference.npz`` holds that code's
+outputs: ``CFGPrecond`` denoiser values with and without ``ema_scope()`` and
+``decode_first_stage`` of a fixed latent (see ``tests/data/README_tiny_ldm_vq.md``). No network.
+"""
+
+from __future__ import annotations
+
+import pickle
+import shutil
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import diffsampler as ds
+import diffsampler.plugins.latent as latent_plugin
+from diffsampler.errors import ModelLoadError, OptionError
+
+pytest.importorskip("diffusers")
+
+DATA = Path(__file__).parent / "data"
+ZIP, CONFIG, REFERENCE = DATA / "tiny_ldm_vq.zip", DATA / "tiny_ldm_vq.yaml", DATA / "tiny_ldm_vq_reference.npz"
+# eps-level agreement with the seed's code: |D - D_seed| / sigma (float32 arithmetic, float64 vs
+# float32 alphas_cumprod in the sigma -> step map)
+EPS_TOL = 2e-5
+
+
+@pytest.fixture
+def registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ds.Registry:
+    monkeypatch.setenv("DIFFSAMPLER_CACHE", str(tmp_path / "cache"))
+    for var in ("DIFFSAMPLER_OFFLINE", "DIFFSAMPLER_LDM_FFHQ256", "DIFFSAMPLER_LDM_LSUN_BEDROOM256"):
+        monkeypatch.delenv(var, raising=False)
+    reg = ds.discover(entry_points=False, plugins=[("latent", latent_plugin)])
+    ds.reset_registry(reg)
+    yield reg
+    ds.reset_registry(None)
+
+
+@pytest.fixture(scope="module")
+def reference() -> dict[str, np.ndarray]:
+    with np.load(REFERENCE) as f:
+        return dict(f)
+
+
+@pytest.fixture
+def tiny_as_ffhq(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The named ``ldm-ffhq256`` with the tiny model's architecture in place of the seed's."""
+    from diffsampler.plugins.latent import compvis_config
+
+    monkeypatch.setitem(compvis_config.SEED_CONFIGS, "ldm-ffhq256", compvis_config.read_config(CONFIG))
+
+
+def _eps_error(model: ds.Denoiser, ref: dict[str, np.ndarray], key: str) -> float:
+    worst = 0.0
+    for sigma, x, expected in zip(ref["sigma"], ref["x"], ref[key], strict=True):
+        with torch.no_grad():
+            d = model(torch.from_numpy(x), torch.tensor(float(sigma))).numpy()
+        worst = max(worst, float(np.abs(d - expected).max() / sigma))
+    return worst
+
+
+def test_the_fixture_needs_the_inert_lightning_names() -> None:
+    """The fixture is a real Lightning checkpoint: plain weights-only loading refuses its callback key."""
+    with zipfile.ZipFile(ZIP) as zf, zf.open("model.ckpt") as f:
+        data = f.read()
+    import io
+
+    with pytest.raises(pickle.UnpicklingError, match="pytorch_lightning"):
+        torch.load(io.BytesIO(data), weights_only=True)
+
+
+def test_ema_weights_match_the_seed_code(registry: ds.Registry, reference: dict[str, np.ndarray]) -> None:
+    model = ds.get_model("latent", path=ZIP, config=CONFIG)
+    assert model.info["weights"].startswith("ema") and model.shape == (3, 8, 8)
+    assert _eps_error(model, reference, "denoised_ema") < EPS_TOL
+    assert model.sigma_min == pytest.approx(float(reference["seed_sigma_min"]), rel=1e-5)
+    assert model.sigma_max == pytest.approx(float(reference["seed_sigma_max"]), rel=1e-5)
+
+
+def test_raw_weights_match_the_seed_code_outside_ema_scope(registry: ds.Registry,
+                                                            reference: dict[str, np.ndarray]) -> None:
+    raw = ds.get_model("latent", path=ZIP, config=CONFIG, ema=False)
+    assert raw.info["weights"].startswith("raw")
+    assert _eps_error(raw, reference, "denoised_raw") < EPS_TOL
+    # the two weight sets give clearly different networks: selecting the right one matters
+    assert _eps_error(raw, reference, "denoised_ema") > 0.1
+
+
+def test_decoding_quantizes_like_the_seed_code(registry: ds.Registry, reference: dict[str, np.ndarray]) -> None:
+    model = ds.get_model("latent", path=ZIP, config=CONFIG)
+    images = model.decode(torch.from_numpy(reference["latent"])).numpy()
+    assert images.shape == (2, 3, 16, 16)
+    np.testing.assert_allclose(images, np.clip(reference["decoded"], -1, 1), atol=2e-5, rtol=0)
+
+
+def test_named_model_reads_the_env_var_and_the_unpacked_ckpt(registry: ds.Registry, tiny_as_ffhq: None,
+                                                              reference: dict[str, np.ndarray], tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DIFFSAMPLER_LDM_FFHQ256", str(ZIP))
+    model = ds.get_model("ldm-ffhq256")
+    assert _eps_error(model, reference, "denoised_ema") < EPS_TOL
+    assert model.info["seed_checkpoint"] == "https://ommer-lab.com/files/latent-diffusion/ffhq.zip"
+    unpacked = next((tmp_path / "cache" / "latent" / "extracted").glob("tiny_ldm_vq-*/model.ckpt"))
+    monkeypatch.setenv("DIFFSAMPLER_LDM_FFHQ256", str(unpacked))  # model.ckpt itself, as the seed keeps it
+    assert _eps_error(ds.get_model("ldm-ffhq256", ema=False), reference, "denoised_raw") < EPS_TOL
+
+
+def test_named_model_downloads_the_seed_zip_into_the_cache(registry: ds.Registry, tiny_as_ffhq: None,
+                                                           tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import diffsampler.weights as weights
+
+    fetched: list[str] = []
+
+    def fake_download(url: str, target: Path, **_: object) -> None:
+        fetched.append(url)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(ZIP, target)
+
+    monkeypatch.setattr(weights, "download", fake_download)
+    ds.get_model("ldm-ffhq256")
+    assert fetched == ["https://ommer-lab.com/files/latent-diffusion/ffhq.zip"]
+    latent_cache = tmp_path / "cache" / "latent"
+    assert (latent_cache / "ffhq" / "model.ckpt").is_file() and not (latent_cache / "ffhq.zip").exists()
+    ds.get_model("ldm-ffhq256")  # the unpacked checkpoint is reused
+    assert len(fetched) == 1
+
+
+def test_offline_refusal_is_one_line(registry: ds.Registry, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DIFFSAMPLER_OFFLINE", "1")
+    with pytest.raises(ModelLoadError) as info:
+        ds.get_model("ldm-lsun-bedroom256")
+    msg = str(info.value)
+    assert "\n" not in msg and "DIFFSAMPLER_OFFLINE is set" in msg
+    assert "https://ommer-lab.com/files/latent-diffusion/lsun_bedrooms.zip" in msg
+    assert "DIFFSAMPLER_LDM_LSUN_BEDROOM256" in msg
+    with pytest.raises(ModelLoadError, match="download=False"):
+        ds.get_model("ldm-lsun-bedroom256", download=False)
+
+
+class Foreign:
+    """A class a checkpoint may pickle; loading must not construct it."""
+
+
+def _one_line_error(path: Path) -> str:
+    with pytest.raises(ModelLoadError) as info:
+        ds.get_model("latent", path=path, config=CONFIG)
+    msg = str(info.value)
+    assert "\n" not in msg and msg.startswith(f"{path.name}: "), msg
+    return msg
+
+
+@pytest.mark.parametrize("kind", ["truncated", "garbage", "foreign-weights", "foreign-object", "no-member"])
+def test_a_damaged_or_foreign_checkpoint_is_one_clear_line(registry: ds.Registry, tmp_path: Path,
+                                                           kind: str) -> None:
+    path = tmp_path / ("model.zip" if kind == "no-member" else "model.ckpt")
+    with zipfile.ZipFile(ZIP) as zf:
+        ckpt = zf.read("model.ckpt")
+    if kind == "truncated":
+        path.write_bytes(ckpt[: len(ckpt) // 2])
+    elif kind == "garbage":
+        path.write_bytes(b"not a checkpoint at all" * 10)
+    elif kind == "foreign-weights":  # a plain torch file of some other network
+        torch.save({"state_dict": {"conv.weight": torch.zeros(2, 2)}}, path)
+    elif kind == "foreign-object":
+        torch.save({"state_dict": {"model.diffusion_model.x": torch.zeros(1)}, "extra": Foreign()}, path)
+    else:
+        with zipfile.ZipFile(path, "w") as zf:
+            zf.writestr("README.txt", "no checkpoint here")
+    msg = _one_line_error(path)
+    expected = {"truncated": "damaged or not a PyTorch checkpoint", "garbage": "damaged or not a PyTorch checkpoint",
+                "foreign-weights": "not a CompVis latent-diffusion checkpoint",
+                "foreign-object": "Foreign, which diffsampler does not run", "no-member": "no single model.ckpt"}
+    assert expected[kind] in msg, msg
+
+
+def test_the_wrong_architecture_or_a_missing_ema_is_named(registry: ds.Registry, tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="does not fit the U-Net config") as info:
+        ds.get_model("ldm-ffhq256", path=ZIP)  # the seed's 224-channel config on the tiny weights
+    assert "\n" not in str(info.value)
+    with zipfile.ZipFile(ZIP) as zf:
+        ckpt = zf.read("model.ckpt")
+    (tmp_path / "full.ckpt").write_bytes(ckpt)
+    from diffsampler.plugins.latent.compvis import read_state_dict
+
+    sd = read_state_dict(tmp_path / "full.ckpt", what="t")
+    torch.save({"state_dict": {k: v for k, v in sd.items() if not k.startswith("model_ema.")}}, tmp_path / "raw.ckpt")
+    with pytest.raises(ModelLoadError, match="no EMA weights"):
+        ds.get_model("latent", path=tmp_path / "raw.ckpt", config=CONFIG)
+    ds.get_model("latent", path=tmp_path / "raw.ckpt", config=CONFIG, ema=False)
+
+
+def test_config_is_required_and_checked(registry: ds.Registry, tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="pass config="):
+        ds.get_model("latent", path=ZIP)
+    text = CONFIG.read_text().replace("cond_stage_config: __is_unconditional__", "cond_stage_config: {}")
+    (tmp_path / "cond.yaml").write_text(text)
+    with pytest.raises(ModelLoadError, match="a conditional model"):
+        ds.get_model("latent", path=ZIP, config=tmp_path / "cond.yaml")
+
+
+def test_diffusers_folders_take_no_ema_choice(registry: ds.Registry, tmp_path: Path) -> None:
+    (tmp_path / "unet").mkdir()
+    with pytest.raises(OptionError, match="diffusers folder"):
+        ds.get_model("ldm-ffhq256", path=tmp_path, ema=False)
+
+
+@pytest.mark.parametrize("zip_format", [True, False])
+def test_lightning_and_numpy_names_are_inert_in_both_torch_formats(
+        registry: ds.Registry, reference: dict[str, np.ndarray], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        zip_format: bool) -> None:
+    """A callback instance under a Lightning class name and numpy scalars beside the weights load as
+    inert stand-ins (never imported), in torch's zip format and in its pre-1.6 format."""
+    import sys
+    import types
+
+    from diffsampler.plugins.latent.compvis import read_state_dict
+
+    names = ("pytorch_lightning", "pytorch_lightning.callbacks", "pytorch_lightning.callbacks.early_stopping")
+    for name in names:
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    early = type("EarlyStopping", (), {"__module__": names[-1]})
+    sys.modules[names[-1]].EarlyStopping = early  # type: ignore[attr-defined]
+    stopper = early()
+    stopper.best = np.float64(0.5)
+    with zipfile.ZipFile(ZIP) as zf:
+        (tmp_path / "full.ckpt").write_bytes(zf.read("model.ckpt"))
+    sd = read_state_dict(tmp_path / "full.ckpt", what="t")
+    path = tmp_path / "resaved.ckpt"
+    torch.save({"state_dict": sd, "callbacks": {early: stopper}, "score": np.float32(1.5)}, path,
+               _use_new_zipfile_serialization=zip_format)
+    for name in names:
+        monkeypatch.delitem(sys.modules, name)
+    model = ds.get_model("latent", path=path, config=CONFIG)
+    assert _eps_error(model, reference, "denoised_ema") < EPS_TOL
+    assert "pytorch_lightning" not in sys.modules
