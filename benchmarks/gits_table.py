@@ -67,6 +67,9 @@ def main() -> None:
     p.add_argument("--row", action="append", help="solver spec with its baseline schedule")
     p.add_argument("--afs", action="store_true", help="AFS for both; GITS searches its AFS step")
     p.add_argument("--nfes", default="4-10")
+    p.add_argument("--labels", default="none",
+                   help="class labels of the warm-up (none: as the docs' digits tables, which compare "
+                        "unconditional samples; auto/random: as the seed)")
     a = p.parse_args()
     torch.set_num_threads(1)
     model = ds.get_model(a.model)
@@ -77,7 +80,7 @@ def main() -> None:
     ref, ref_name = reference(model, a.model, noise, seeds)
     t_ref = time.perf_counter() - t0
     g = ds.get_distiller("gits", metric=a.metric, coeff=a.coeff, num_warmup=a.num_warmup,
-                        teacher_steps=a.teacher_steps, dtype=a.dtype)
+                        teacher_steps=a.teacher_steps, dtype=a.dtype, labels=a.labels)
     result = g.search(model)
     rows, out = {}, {"model": a.model, "metric": a.metric, "coeff": a.coeff, "reference": ref_name,
                      "search_seconds": result.seconds, "reference_seconds": t_ref, "cells": []}
@@ -98,7 +101,7 @@ def main() -> None:
             sig_b = base.sigmas(n, model.sigma_min, model.sigma_max, denoiser=model)
             if a.afs:  # the student's own AFS search on the same cost matrix
                 ga = ds.get_distiller("gits", metric=a.metric, coeff=a.coeff, num_warmup=a.num_warmup,
-                                     teacher_steps=a.teacher_steps, dtype=a.dtype, afs=True,
+                                     teacher_steps=a.teacher_steps, dtype=a.dtype, afs=True, labels=a.labels,
                                      solver=name, solver_options=",".join(f"{k}={v}" for k, v in opts.items()))
                 schedules[nfe] = ga.schedule(result, teacher=model, num_steps=n - 1).sigmas
             sig_g = torch.tensor(schedules[nfe], dtype=torch.float64)

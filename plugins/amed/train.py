@@ -186,7 +186,7 @@ class AMED:
         callable ``cond(seeds) -> conditioning`` for an iteration's seeds. The choice is recorded
         in the predictor's settings (``labels``).
         """
-        from .labels import labels_cond
+        from diffsampler.labels import labels_cond
 
         o = self.options
         if not isinstance(teacher, HasBottleneck):

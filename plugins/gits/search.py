@@ -157,10 +157,10 @@ class GITS:
         import torch
 
         from diffsampler.distributed import all_reduce_sum, shard
+        from diffsampler.labels import labels_cond
         from diffsampler.seeds import plan_batches, seed_noise
 
         from .cost import cost_sums
-        from .labels import labels_cond
         from .teacher import teacher_batch
 
         o = self.options

@@ -1,10 +1,10 @@
-"""Class labels of the training trajectories (the seed gives each a random class when the network
-has ``label_dim``: ``amed-solver-main/training/training_loop.py``, the training loop).
+"""Class labels of a distiller's teacher trajectories (GITS' warm-up, AMED's training): the seed
+gives each a random class when the network has ``label_dim`` (``gits-main/gits_utils.py``,
+``amed-solver-main/training/training_loop.py``).
 
 A label comes from :func:`diffsampler.runs.labels_for`, so it depends on its seed only, as in
-``diffsampler sample --labels``: the same seeds get the same labels whatever the batch size.
-The labels reach the teacher, both evaluations of every student step and so the bottleneck
-features the predictor reads (the seed's hook runs on the labelled network too).
+``diffsampler sample --labels``: the same seeds get the same labels whatever the batching or the
+number of processes.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from diffsampler.errors import OptionError
-from diffsampler.protocols import ClassConditional
-from diffsampler.runs import labels_for
+from .errors import OptionError
+from .protocols import ClassConditional
+from .runs import labels_for
 
 __all__ = ["labels_cond", "resolve_labels"]
 
