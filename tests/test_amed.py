@@ -104,6 +104,7 @@ def test_predictor_reads_the_channel_mean(digits):
     ("ipndm", "ipndm", {"max_order": 3}),
     ("dpmpp", "dpmpp", {"max_order": 3, "predict_x0": True, "lower_order_final": True}),
     ("dpmpp", "dpmpp", {"max_order": 2, "predict_x0": False, "lower_order_final": False}),
+    ("dpmpp", "dpmpp", {"max_order": 3, "predict_x0": True, "lower_order_final": True, "thresholding": "dynamic"}),
 ])
 def test_plugin_with_fixed_r_is_the_base_solver_on_the_refined_grid(digits, tmp_path, student, base, opts):
     r = 0.3
@@ -596,3 +597,27 @@ def test_the_seeds_thresholding_is_no_no_op_on_digits(digits):
     off = ds.get_solver("dpmpp").sample(digits, x, sig).x
     on = ds.get_solver("dpmpp", thresholding="dynamic").sample(digits, x, sig).x
     assert (on - off).flatten(1).square().mean(1).sqrt().mean() > 0.01
+
+
+@pytest.mark.parametrize("afs", [False, True])
+def test_dpmpp_thresholding_as_the_seed_reaches_every_data_prediction(digits, tmp_path, afs):
+    pred = constant_predictor(digits, 0.3, solver="dpmpp", thresholding="dynamic", afs=afs)
+    x = noise(digits)
+    got = solver_for(pred, tmp_path / "p.safetensors").sample(digits, x, pred.settings["sigmas"], afs=afs)
+    fine = refined(pred.settings["sigmas"], 0.3)
+    want = ds.get_solver("dpmpp", thresholding="dynamic").sample(digits, x, fine, afs=afs)
+    plain = ds.get_solver("dpmpp").sample(digits, x, fine, afs=afs)
+    torch.testing.assert_close(got.x, want.x, rtol=1e-5, atol=1e-5)
+    assert (got.x - plain.x).square().mean().sqrt() > 1e-3  # thresholding acts on digits
+
+
+def test_thresholding_option_reaches_the_teacher_and_is_refused_where_it_cannot_act(digits):
+    d = ds.get_distiller("amed", solver="dpmpp", teacher="dpmpp", thresholding="dynamic", num_steps=3, m=1)
+    _, fine = d.initial_predictor(digits)
+    x = noise(digits)
+    want = ds.get_solver("dpmpp", max_order=3, thresholding="dynamic").sample(digits, x, fine, return_trajectory=True)
+    torch.testing.assert_close(d.teacher_points(digits, x, fine), want.trajectory[2::2])
+    with pytest.raises(OptionError, match="the student \\(solver\\) or the teacher must be dpmpp"):
+        ds.get_distiller("amed", solver="euler", teacher="heun", thresholding="dynamic")
+    with pytest.raises(OptionError, match="thresholding needs predict_x0=True"):
+        ds.get_distiller("amed", solver="dpmpp", thresholding="dynamic", predict_x0=False)

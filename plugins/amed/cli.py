@@ -49,6 +49,9 @@ def train(
     max_order: Annotated[int, typer.Option(help="max order of ipndm / dpmpp")] = 3,
     predict_x0: Annotated[bool, typer.Option(help="dpmpp: data prediction")] = True,
     lower_order_final: Annotated[bool, typer.Option(help="dpmpp: lower order at the end")] = True,
+    thresholding: Annotated[
+        str | None, typer.Option(help="dpmpp with data prediction: 'dynamic' as the seed (default: off)")
+    ] = None,
     lr: Annotated[float, typer.Option(help="Adam learning rate")] = 5e-3,
     batch: Annotated[int, typer.Option(help="trajectories per iteration")] = 16,
     total_kimg: Annotated[float, typer.Option(help="thousands of training trajectories")] = 0.2,
@@ -88,7 +91,7 @@ def train(
     options: dict[str, Any] = dict(
         solver=solver, num_steps=num_steps, teacher=teacher, m=m, schedule=schedule, rho=rho, afs=afs,
         scale_dir=scale_dir, scale_time=scale_time, max_order=max_order, predict_x0=predict_x0,
-        lower_order_final=lower_order_final, lr=lr, batch=batch, total_kimg=total_kimg, labels=labels,
+        lower_order_final=lower_order_final, thresholding=thresholding, lr=lr, batch=batch, total_kimg=total_kimg, labels=labels,
     )
     if seed is not None:
         options["seed"] = seed

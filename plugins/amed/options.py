@@ -78,6 +78,11 @@ class AMEDOptions:
                             validator=in_range(1, 4))
     predict_x0: bool = option(True, help="dpmpp: data prediction")
     lower_order_final: bool = option(True, help="dpmpp: lower the order on the last steps")
+    thresholding: Literal["dynamic"] | None = option(
+        None, help="dpmpp (student and teacher) with data prediction: 'dynamic' thresholds every data "
+        "prediction as the seed always does (Saharia et al. 2022); none: off (our default)",
+        validator=choice(None, "dynamic"),
+    )
     lr: float = option(5e-3, help="Adam learning rate (seed 5e-3)", validator=positive)
     batch: int = option(16, help="trajectories per iteration (seed 512; small for CPU)",
                         validator=in_range(1, 10**6))
@@ -98,6 +103,12 @@ class AMEDOptions:
     def __attrs_post_init__(self) -> None:
         if self.solver == "dpmpp" and self.max_order > 3:
             raise OptionError("option max_order must be <= 3 for the dpmpp student")
+        if self.thresholding is not None:
+            if "dpmpp" not in (self.solver, self.teacher):
+                raise OptionError("option thresholding acts on dpmpp's data predictions: the student "
+                                  "(solver) or the teacher must be dpmpp")
+            if not self.predict_x0:
+                raise OptionError("option thresholding needs predict_x0=True (it acts on data predictions)")
 
 
 @attrs.frozen(kw_only=True)

@@ -15,8 +15,9 @@ and the predictor then reads the zero feature) and one at the learned intermedia
 * ``dpmpp``: two multistep DPM-Solver++ steps sharing one history, the step count doubled for
   the order rule (``2 num_steps - 1``), the second update scaled by ``scale_dir``.
 
-These follow the seed's ``solvers_amed.py``. Deviation: the seed's DPM-Solver++ always applies
-dynamic thresholding to the data prediction; ours does not (as our ``dpmpp``'s default).
+These follow the seed's ``solvers_amed.py``. The seed's DPM-Solver++ always applies dynamic
+thresholding to its data predictions (the AFS one included); ours does with the setting
+``thresholding="dynamic"`` and not by default (as our ``dpmpp``'s default).
 """
 
 from __future__ import annotations
@@ -106,6 +107,7 @@ class AMEDStepper:
         self.max_order = int(settings.get("max_order", 3))
         self.predict_x0 = bool(settings.get("predict_x0", True))
         self.lower_order_final = bool(settings.get("lower_order_final", True))
+        self.thresholding = settings.get("thresholding") == "dynamic" and self.predict_x0
         self.models: list[Tensor] = []  # d (ipndm) or model outputs (dpmpp), newest last
         self.times: list[Tensor] = []
 
@@ -175,16 +177,24 @@ class AMEDStepper:
         self._push(d_mid, keep)
         return out
 
+    def _data(self, x0: Tensor) -> Tensor:
+        """A data prediction as the dpmpp history keeps it (thresholded with ``thresholding``)."""
+        if not self.thresholding:
+            return x0
+        from diffsampler.plugins.solvers._thresholding import dynamic_thresholding
+
+        return dynamic_thresholding(x0)
+
     def _dpmpp(self, x: Tensor, denoised: Tensor, d: Tensor, t: float, tn: float, t_mid: Tensor,
                sdc: Tensor, mid: Any, i: int) -> Tensor:
         total = 2 * len(self.sigmas) - 1
         step = 2 * i + 1
-        self.models.append(denoised if self.predict_x0 else d)
+        self.models.append(self._data(denoised) if self.predict_x0 else d)
         self.times.append(torch.full_like(t_mid, t))
         order = _order_rule(step, total, self.max_order, self.lower_order_final)
         x_mid = dpmpp_update(x, self.models, self.times, t_mid, order, predict_x0=self.predict_x0)
         denoised_mid = mid(x_mid)
-        m_mid = denoised_mid if self.predict_x0 else (x_mid - denoised_mid) / t_mid
+        m_mid = self._data(denoised_mid) if self.predict_x0 else (x_mid - denoised_mid) / t_mid
         self.models.append(m_mid)
         self.times.append(t_mid)
         order = _order_rule(step + 1, total, self.max_order, self.lower_order_final)

@@ -102,7 +102,7 @@ def _teacher_solver(options: AMEDOptions) -> Any:
         extra = {"max_order": options.max_order}
     elif options.teacher == "dpmpp":
         extra = {"max_order": min(options.max_order, 3), "predict_x0": options.predict_x0,
-                 "lower_order_final": options.lower_order_final}
+                 "lower_order_final": options.lower_order_final, "thresholding": options.thresholding}
     return get_solver(options.teacher, **extra)
 
 
