@@ -8,8 +8,13 @@ outputs: ``CFGPrecond`` denoiser values with and without ``ema_scope()`` and
 
 from __future__ import annotations
 
+import io
+import os
 import pickle
 import shutil
+import subprocess
+import sys
+import types
 import zipfile
 from pathlib import Path
 
@@ -68,8 +73,6 @@ def test_the_fixture_needs_the_inert_lightning_names() -> None:
     """The fixture is a real Lightning checkpoint: plain weights-only loading refuses its callback key."""
     with zipfile.ZipFile(ZIP) as zf, zf.open("model.ckpt") as f:
         data = f.read()
-    import io
-
     with pytest.raises(pickle.UnpicklingError, match="pytorch_lightning"):
         torch.load(io.BytesIO(data), weights_only=True)
 
@@ -215,9 +218,6 @@ def test_lightning_and_numpy_names_are_inert_in_both_torch_formats(
         zip_format: bool) -> None:
     """A callback instance under a Lightning class name and numpy scalars beside the weights load as
     inert stand-ins (never imported), in torch's zip format and in its pre-1.6 format."""
-    import sys
-    import types
-
     from diffsampler.plugins.latent.compvis import read_state_dict
 
     names = ("pytorch_lightning", "pytorch_lightning.callbacks", "pytorch_lightning.callbacks.early_stopping")
@@ -238,3 +238,63 @@ def test_lightning_and_numpy_names_are_inert_in_both_torch_formats(
     model = ds.get_model("latent", path=path, config=CONFIG)
     assert _eps_error(model, reference, "denoised_ema") < EPS_TOL
     assert "pytorch_lightning" not in sys.modules
+
+
+@pytest.fixture
+def split_checkpoints(tmp_path: Path) -> tuple[Path, Path]:
+    """The tiny LDM without its first stage, and that first stage as a ``vq-f4.zip``-style
+    checkpoint (bare ``encoder.*``/``decoder.*``/``quantize.*`` keys, plus a loss weight)."""
+    from diffsampler.plugins.latent.compvis import read_state_dict
+
+    sd = read_state_dict(ZIP, what="t")
+    ldm = {k: v for k, v in sd.items() if not k.startswith("first_stage_model.")}
+    vq = {k.removeprefix("first_stage_model."): v for k, v in sd.items() if k.startswith("first_stage_model.")}
+    vq["loss.logvar"] = torch.zeros(())
+    torch.save({"state_dict": ldm, "global_step": 1}, tmp_path / "ldm-only.ckpt")
+    torch.save({"state_dict": vq}, tmp_path / "vq.ckpt")
+    return tmp_path / "ldm-only.ckpt", tmp_path / "vq.ckpt"
+
+
+def test_a_checkpoint_without_first_stage_takes_the_vq_checkpoint(
+        registry: ds.Registry, reference: dict[str, np.ndarray], split_checkpoints: tuple[Path, Path]) -> None:
+    ldm, vq = split_checkpoints
+    with pytest.raises(ModelLoadError, match="pass vq_path=") as info:
+        ds.get_model("latent", path=ldm, config=CONFIG)
+    assert "\n" not in str(info.value)
+    model = ds.get_model("latent", path=ldm, config=CONFIG, vq_path=vq)
+    assert _eps_error(model, reference, "denoised_ema") < EPS_TOL
+    images = model.decode(torch.from_numpy(reference["latent"])).numpy()
+    np.testing.assert_allclose(images, np.clip(reference["decoded"], -1, 1), atol=2e-5, rtol=0)
+
+
+def test_named_model_finds_the_seed_vq_f4_first_stage(registry: ds.Registry, tiny_as_ffhq: None,
+                                                       reference: dict[str, np.ndarray],
+                                                       split_checkpoints: tuple[Path, Path],
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    ldm, vq = split_checkpoints
+    monkeypatch.setenv("DIFFSAMPLER_LDM_FFHQ256", str(ldm))
+    monkeypatch.setenv("DIFFSAMPLER_OFFLINE", "1")
+    with pytest.raises(ModelLoadError) as info:
+        ds.get_model("ldm-ffhq256")
+    msg = str(info.value)
+    assert "\n" not in msg and "vq-f4.zip" in msg and "DIFFSAMPLER_LDM_VQ_F4" in msg
+    assert "https://ommer-lab.com/files/latent-diffusion/vq-f4.zip" in msg
+    monkeypatch.setenv("DIFFSAMPLER_LDM_VQ_F4", str(vq))
+    model = ds.get_model("ldm-ffhq256")
+    assert model.info["first_stage"] == str(vq)
+    images = model.decode(torch.from_numpy(reference["latent"])).numpy()
+    np.testing.assert_allclose(images, np.clip(reference["decoded"], -1, 1), atol=2e-5, rtol=0)
+
+
+def test_the_seeds_ldm_command_runs(registry: ds.Registry, tmp_path: Path) -> None:
+    """dpmpp order 3 on noise prediction with the discrete schedule (the seed's LDM flags): the
+    step of sigma_min is 0 exactly (it came back as -2e-16, which `discrete` refused)."""
+    model = ds.get_model("latent", path=ZIP, config=CONFIG)
+    assert float(model.sigma_to_t(torch.tensor(model.sigma_min, dtype=torch.float64))) == 0.0
+    cmd = [sys.executable, "-m", "diffsampler", "sample", "--model", "latent", "--model-opt", f"path={ZIP}",
+           "--model-opt", f"config={CONFIG}", "--solver", "dpmpp", "--max-order", "3", "--no-predict-x0",
+           "--schedule", "discrete", "--nfe", "5", "--seeds", "0-1", "--out", str(tmp_path / "run")]
+    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    with np.load(tmp_path / "run" / "samples.npz") as f:
+        assert f["samples"].shape == (2, 3, 16, 16) and np.isfinite(f["samples"]).all()

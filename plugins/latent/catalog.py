@@ -16,7 +16,7 @@ import attrs
 
 from diffsampler import choice, option, positive
 
-__all__ = ["NAMED", "LatentFileOptions", "Named", "NamedOptions", "UnconditionalOptions", "options_class"]
+__all__ = ["NAMED", "VQ_F4_ENV", "VQ_F4_URL", "LatentFileOptions", "Named", "NamedOptions", "UnconditionalOptions", "options_class"]
 
 
 @attrs.frozen(kw_only=True)
@@ -59,6 +59,12 @@ NAMED: dict[str, Named] = {
         ),
     )
 }
+
+
+#: The seed's separate VQ-f4 first stage (``torch_utils/download_util.py``: ``vq-f4``), used only
+#: when an LDM checkpoint carries no ``first_stage_model.*`` weights.
+VQ_F4_URL = "https://ommer-lab.com/files/latent-diffusion/vq-f4.zip"
+VQ_F4_ENV = "DIFFSAMPLER_LDM_VQ_F4"
 
 
 def _optional_path(value: object) -> str | None:
@@ -109,6 +115,8 @@ class NamedOptions(_Text):
                               converter=_optional_path)
 
 
+_VQ_HELP = ("CompVis checkpoints without first_stage_model.* weights: the VQ first stage's checkpoint "
+            "(model.ckpt or its .zip)")
 _EMA_HELP = ("CompVis checkpoints: sample the U-Net's EMA weights (model_ema.*), as the seed does "
              "(default: the config's use_ema, true for the seed's LDMs); false: the raw training weights")
 
@@ -123,6 +131,8 @@ class UnconditionalOptions(_Common):
         converter=_optional_path,
     )
     ema: bool | None = option(None, help=_EMA_HELP)
+    vq_path: str | None = option(None, help=_VQ_HELP + f" (default: ${VQ_F4_ENV}, the cache, else a download "
+                                 "of the seed's vq-f4.zip)", converter=_optional_path)
     download: bool = option(True, help="download the seed's checkpoint into the cache when it is absent")
 
 
@@ -142,3 +152,4 @@ class LatentFileOptions(_Text):
     config: str | None = option(None, help="CompVis checkpoints: their YAML config (architecture, schedule)",
                                 converter=_optional_path)
     ema: bool | None = option(None, help=_EMA_HELP)
+    vq_path: str | None = option(None, help=_VQ_HELP, converter=_optional_path)

@@ -7,7 +7,10 @@ LDM LSUN-Bedroom / FFHQ (Rombach et al. 2022, arXiv:2112.10752) from the Lightni
 * the U-Net with the **EMA weights**: LitEma keeps them as buffers ``model_ema.<name>``, where
   ``<name>`` is the parameter name in ``model`` (``diffusion_model.input_blocks.0.0.weight``) with
   the dots removed; ``ema=False`` takes the raw ``model.diffusion_model.*`` weights instead;
-* the VQ autoencoder ``first_stage_model.*``, which decodes after quantizing to the codebook;
+* the VQ autoencoder ``first_stage_model.*``, which decodes after quantizing to the codebook (a
+  checkpoint without it takes the seed's separate first stage, ``vq-f4.zip``, as the seed's config
+  does through its ``first_stage_config.params.ckpt_path``; the LDM checkpoint's own copy wins,
+  as in the seed, whose ``load_state_dict`` overwrites it);
 * CompVis' ``linear`` betas ``linspace(sqrt(start), sqrt(end), T)^2`` (diffusers' ``scaled_linear``).
 
 The weights are mapped onto diffusers' ``UNet2DModel`` / ``VQModel`` (our own key mapping, written
@@ -36,8 +39,8 @@ from diffsampler.weights import cache_dir
 
 from .compvis_config import LDMConfig, UNetConfig, VQConfig
 
-__all__ = ["alphas_cumprod", "build_networks", "extract_zip", "read_state_dict", "unet_state_dict",
-           "vq_state_dict"]
+__all__ = ["alphas_cumprod", "build_networks", "extract_zip", "has_first_stage", "read_first_stage",
+           "read_state_dict", "unet_state_dict", "vq_state_dict"]
 
 # Globals a Lightning checkpoint may name outside its weights (callback states, numpy scalars in
 # them): they are replaced by the inert stand-in, never imported.
@@ -135,19 +138,46 @@ def _torch_load(path: Path, what: str) -> Any:
         raise ModelLoadError(f"{what}: {path.name} is damaged or not a PyTorch checkpoint ({first})") from None
 
 
-def read_state_dict(path: str | os.PathLike[str], *, what: str) -> dict[str, Tensor]:
-    """The ``state_dict`` of a CompVis/Lightning checkpoint (``.ckpt``, or a zip holding
-    ``model.ckpt``), read weights-only."""
+def _read_tensors(path: str | os.PathLike[str], what: str) -> tuple[Path, dict[str, Tensor] | None]:
     p = Path(path).expanduser()
     if zipfile.is_zipfile(p) and not _is_torch_zip(p):
         p = extract_zip(p, what=what)
     obj = _torch_load(p, what)
     sd = obj.get("state_dict", obj) if isinstance(obj, dict) else None
-    if not isinstance(sd, dict) or not any(isinstance(k, str) and k.startswith("model.diffusion_model.")
-                                           for k in sd):
+    if not isinstance(sd, dict):
+        return p, None
+    return p, {k: v for k, v in sd.items() if isinstance(k, str) and isinstance(v, Tensor)}
+
+
+def _has(sd: dict[str, Tensor] | None, prefix: str) -> bool:
+    return sd is not None and any(k.startswith(prefix) for k in sd)
+
+
+def read_state_dict(path: str | os.PathLike[str], *, what: str) -> dict[str, Tensor]:
+    """The ``state_dict`` of a CompVis/Lightning LDM checkpoint (``.ckpt``, or a zip holding
+    ``model.ckpt``), read weights-only."""
+    p, sd = _read_tensors(path, what)
+    if sd is None or not _has(sd, "model.diffusion_model."):
         raise ModelLoadError(f"{what}: {p.name} is not a CompVis latent-diffusion checkpoint "
                              "(no model.diffusion_model.* weights in its state_dict)")
-    return {k: v for k, v in sd.items() if isinstance(v, Tensor)}
+    return sd
+
+
+def read_first_stage(path: str | os.PathLike[str], *, what: str) -> dict[str, Tensor]:
+    """The VQ autoencoder of a first-stage checkpoint (the seed's ``vq-f4.zip``: bare ``encoder.*``,
+    ``decoder.*``, ``quantize.*``; or an LDM checkpoint's ``first_stage_model.*``), with the
+    ``first_stage_model.`` prefix of an LDM state dict."""
+    p, sd = _read_tensors(path, what)
+    if sd is not None and _has(sd, "first_stage_model.decoder."):
+        return {k: v for k, v in sd.items() if k.startswith("first_stage_model.")}
+    if sd is None or not _has(sd, "decoder."):
+        raise ModelLoadError(f"{what}: {p.name} is not a CompVis VQ autoencoder checkpoint (no decoder.* weights)")
+    return {f"first_stage_model.{k}": v for k, v in sd.items() if not k.startswith("loss.")}
+
+
+def has_first_stage(sd: dict[str, Tensor]) -> bool:
+    """Whether an LDM state dict carries its autoencoder (``first_stage_model.*``)."""
+    return _has(sd, "first_stage_model.")
 
 
 def _is_torch_zip(path: Path) -> bool:
@@ -338,13 +368,19 @@ def _vq_model(diffusers: Any, cfg: VQConfig) -> Any:
     )
 
 
-def _load(module: Any, state: dict[str, Tensor], what: str, part: str) -> Any:
+def _load(make: Callable[[], Any], state: dict[str, Tensor], what: str, part: str) -> Any:
+    """Build on the meta device (no random initialisation of hundreds of millions of weights)
+    and take the checkpoint's tensors as they are; strict, so every weight must be there."""
+    with torch.device("meta"):
+        module = make()
     try:
-        module.load_state_dict(state, strict=True)
+        module.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as exc:
-        first = str(exc).splitlines()
+        lines = str(exc).splitlines()
         raise ModelLoadError(f"{what}: the {part} weights do not fit the config: "
-                             f"{' '.join(s.strip() for s in first[1:3])[:300]}") from None
+                             f"{' '.join(s.strip() for s in lines[1:3])[:300]}") from None
+    if any(t.is_meta for t in (*module.parameters(), *module.buffers())):
+        raise ModelLoadError(f"{what}: the {part} has tensors the checkpoint does not fill")
     return module.eval().requires_grad_(False)
 
 
@@ -355,9 +391,10 @@ def build_networks(diffusers: Any, sd: dict[str, Tensor], cfg: LDMConfig, *, ema
     if use_ema and not any(k.startswith("model_ema.diffusion_model") for k in sd):
         raise ModelLoadError(f"{what}: the checkpoint holds no EMA weights (model_ema.*); pass ema=false "
                              "for its raw weights")
-    unet = _load(_unet_model(diffusers, cfg.unet), unet_state_dict(sd, cfg.unet, ema=use_ema, what=what),
-                 what, "U-Net")
-    vq = _load(_vq_model(diffusers, cfg.vq), vq_state_dict(sd, cfg.vq, what=what), what, "VQ autoencoder")
+    unet_sd = unet_state_dict(sd, cfg.unet, ema=use_ema, what=what)
+    vq_sd = vq_state_dict(sd, cfg.vq, what=what)
+    unet = _load(lambda: _unet_model(diffusers, cfg.unet), unet_sd, what, "U-Net")
+    vq = _load(lambda: _vq_model(diffusers, cfg.vq), vq_sd, what, "VQ autoencoder")
     info = {"weights": "ema (model_ema.*)" if use_ema else "raw (model.diffusion_model.*)",
             "beta_schedule": f"CompVis linear {cfg.linear_start}..{cfg.linear_end}, {cfg.timesteps} steps",
             "scale_factor": cfg.scale_factor}

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from diffsampler.errors import ModelLoadError
+from diffsampler.errors import ModelLoadError, OptionError
 
 from .catalog import NAMED, Named
 
@@ -60,15 +60,18 @@ def _text_factory(entry: Named) -> Any:
 
 
 def _ldm_factory(entry: Named) -> Any:
-    def factory(*, path: str | None = None, ema: bool | None = None, download: bool = True,
-                **opts: Any) -> LatentDenoiser:
+    def factory(*, path: str | None = None, ema: bool | None = None, vq_path: str | None = None,
+                download: bool = True, **opts: Any) -> LatentDenoiser:
         from .compvis_config import SEED_CONFIGS
-        from .download import resolve_ldm
+        from .download import resolve_ldm, resolve_vq_f4
         from .loader import load_latent
 
         source = resolve_ldm(entry, path=path, download=download)
+        if Path(source).is_dir() and vq_path is not None:
+            raise OptionError(f"{entry.name}: vq_path applies to CompVis checkpoints; {source} is a diffusers folder")
         model = load_latent(source, name=entry.name, default_rate=1.0, ema=ema,
-                            builtin_config=SEED_CONFIGS[entry.name], **opts)
+                            builtin_config=SEED_CONFIGS[entry.name],
+                            first_stage=lambda: resolve_vq_f4(entry.name, path=vq_path, download=download), **opts)
         model.info["seed_checkpoint"] = entry.seed_url
         return model
 

@@ -10,6 +10,7 @@ Diffusion), ``vae/`` (``AutoencoderKL``) or ``vqvae/`` (``VQModel``), ``schedule
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -141,9 +142,10 @@ def _refuse_text_options(name: str, guidance_rate: float | None, negative_prompt
 
 
 def _compvis_networks(diffusers: Any, path: str, name: str, config: str | None, ema: bool | None,
-                      builtin: Any) -> tuple[Any, Any, Any, dict[str, Any]]:
-    """``(alphas_cumprod, unet, vq, info)`` from a CompVis checkpoint (see :mod:`.compvis`)."""
-    from .compvis import build_networks, read_state_dict
+                      builtin: Any, first_stage: Callable[[], str] | None) -> tuple[Any, Any, Any, dict[str, Any]]:
+    """``(alphas_cumprod, unet, vq, info)`` from a CompVis checkpoint (see :mod:`.compvis`);
+    ``first_stage()`` names the VQ checkpoint to use when it has no ``first_stage_model.*``."""
+    from .compvis import build_networks, has_first_stage, read_first_stage, read_state_dict
     from .compvis_config import read_config
 
     if config is not None:
@@ -154,8 +156,16 @@ def _compvis_networks(diffusers: Any, path: str, name: str, config: str | None, 
         raise ModelLoadError(f"{name}: {path} is a CompVis checkpoint: pass config=/path/to/its.yaml "
                              "(models/ldm/configs/latent-diffusion/*.yaml) for its architecture")
     sd = read_state_dict(path, what=name)
+    vq_source = None
+    if not has_first_stage(sd):
+        if first_stage is None:
+            raise ModelLoadError(f"{name}: {Path(path).name} holds no VQ first stage (first_stage_model.*); "
+                                 "pass vq_path=/path/to/its model.ckpt (the seed's vq-f4.zip)")
+        vq_source = first_stage()
+        sd.update(read_first_stage(vq_source, what=name))
     alphas_cumprod, unet, vq, info = build_networks(diffusers, sd, cfg, ema=ema, what=name)
     info["scale"] = cfg.scale_factor
+    info["first_stage"] = vq_source or "the checkpoint's first_stage_model.*"
     return alphas_cumprod, unet, vq, info
 
 
@@ -164,21 +174,27 @@ def load_latent(
     prompts_file: str | None = None, negative_prompt: str = "", precision: str = "fp32",
     sigma_min: float | None = None, sigma_max: float | None = None, device: str = "cpu",
     default_rate: float = 7.5, ema: bool | None = None, config: str | None = None, builtin_config: Any = None,
+    vq_path: str | None = None, first_stage: Callable[[], str] | None = None,
 ) -> LatentDenoiser:
     """The latent model in ``source``: a local diffusers folder, a hub id when online, or a CompVis
     LDM checkpoint file (``model.ckpt`` or its release ``.zip``; architecture from ``config`` or
-    ``builtin_config``)."""
+    ``builtin_config``; a VQ first stage from ``vq_path`` or ``first_stage()`` when it has none)."""
     diffusers = _require()
     import torch
 
     if Path(source).expanduser().is_file():
+        if vq_path is not None:
+            given = vq_path
+
+            def first_stage() -> str:
+                return given
         alphas_cumprod, unet, vae, extra = _compvis_networks(
-            diffusers, os.fspath(Path(source).expanduser()), name, config, ema, builtin_config)
+            diffusers, os.fspath(Path(source).expanduser()), name, config, ema, builtin_config, first_stage)
         texts = None
         extra["format"] = "CompVis checkpoint"
     else:
-        if ema is False or config is not None:
-            raise OptionError(f"{name}: ema and config apply to CompVis .ckpt/.zip files; "
+        if ema is False or config is not None or vq_path is not None:
+            raise OptionError(f"{name}: ema, config and vq_path apply to CompVis .ckpt/.zip files; "
                               f"{source!r} is a diffusers folder or hub id (one set of weights)")
         source, local = resolve_source(source, name)
         kw: dict[str, Any] = {"local_files_only": local}

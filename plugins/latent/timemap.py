@@ -44,6 +44,9 @@ class DiscreteVP:
         sigma = torch.as_tensor(sigma, dtype=torch.float64)
         la = -0.5 * torch.log1p(sigma.reshape(-1) ** 2)
         t = _interp(la, self.log_alpha.flip(0), self.steps.flip(0))
+        # sigma_min = sigma(0) maps back to 0 only up to rounding (e.g. -2e-16), which the
+        # discrete schedule's t >= 0 check (and rho-th roots) would refuse
+        t = torch.where((t < 0) & (t > -1e-9), torch.zeros_like(t), t)
         return t.reshape(sigma.shape)
 
     @property
