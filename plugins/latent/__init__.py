@@ -20,6 +20,7 @@ from diffsampler import hookimpl
 from diffsampler.hookspecs import Register
 
 from .catalog import NAMED, LatentFileOptions, options_class
+from .download import cached_checkpoint
 from .factories import latent_file, local_folder, named_factory
 
 
@@ -30,8 +31,10 @@ def register_models(register: Register) -> None:
             where = "local copy set"
         elif entry.hub_id:
             where = f"hub {entry.hub_id} when online"
+        elif cached_checkpoint(entry).is_file():
+            where = "seed checkpoint cached"
         else:
-            where = "seed checkpoint; downloaded when online"
+            where = "seed checkpoint not local: downloaded on first use"
         register(entry.name, named_factory(entry), summary=f"{entry.summary} [{where}]",
                  options=options_class(entry))
     register("latent", latent_file, summary="any diffusers latent model folder (LDM / Stable Diffusion) "
