@@ -305,3 +305,39 @@ def test_cli_error_without_weights_is_one_line(tmp_path):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert lines[0].startswith("error:") and FID_WEIGHTS_FILE in proc.stderr
+
+
+def test_statistics_record_their_resize_and_another_resize_is_refused(weights_file, tmp_path, monkeypatch):
+    import json
+
+    from typer.testing import CliRunner
+
+    from diffsampler.cli import build_app
+
+    images = np.random.default_rng(8).integers(0, 256, (6, 10, 10, 3), dtype=np.uint8)
+    np.savez(tmp_path / "imgs.npz", arr_0=images)
+    monkeypatch.setenv("DIFFSAMPLER_FID_WEIGHTS", str(weights_file))
+    runner, app = CliRunner(), build_app()
+    for resize in ("tf", "pytorch-fid"):
+        made = runner.invoke(app, ["fid", "ref", "--data", str(tmp_path / "imgs.npz"), "--out",
+                                   str(tmp_path / f"{resize}.npz"), "--device", "cpu", "--resize", resize, "--features"])
+        assert made.exit_code == 0, made.output
+        assert load_stats(tmp_path / f"{resize}.npz").resize == resize
+    tf, pt = load_stats(tmp_path / "tf.npz"), load_stats(tmp_path / "pytorch-fid.npz")
+    assert np.abs(tf.mu - pt.mu).max() > 1e-3  # the two preparations give other features
+    refused = runner.invoke(app, ["fid", "calc", "--images", str(tmp_path / "imgs.npz"), "--ref",
+                                  str(tmp_path / "pytorch-fid.npz"), "--device", "cpu"])
+    assert isinstance(refused.exception, OptionError)
+    assert str(refused.exception) == (
+        f"--ref {str(tmp_path / 'pytorch-fid.npz')!r} was computed with resize=pytorch-fid, this run uses "
+        "resize=tf: FIDs of the two do not compare; use resize=pytorch-fid (--resize pytorch-fid) or rebuild it")
+    same = runner.invoke(app, ["fid", "calc", "--images", str(tmp_path / "imgs.npz"), "--ref",
+                               str(tmp_path / "pytorch-fid.npz"), "--device", "cpu", "--resize", "pytorch-fid", "--json"])
+    assert same.exit_code == 0 and abs(json.loads(same.stdout)["fid"]) < 1e-2, same.output  # itself (rank 5 in 2048-d)
+    with pytest.raises(OptionError, match="was computed with resize=tf, this run uses resize=pytorch-fid"):
+        ds.get_metric("fid", ref=str(tmp_path / "tf.npz"), resize="pytorch-fid")
+    with pytest.raises(OptionError, match="was computed with resize=pytorch-fid, this run uses resize=tf"):
+        ds.get_metric("prdc", ref=str(tmp_path / "pytorch-fid.npz"), k=2)
+    bad = runner.invoke(app, ["fid", "calc", "--images", str(tmp_path / "imgs.npz"), "--ref",
+                              str(tmp_path / "tf.npz"), "--resize", "area"])
+    assert str(bad.exception) == "--resize must be one of tf, pytorch-fid, got 'area'"

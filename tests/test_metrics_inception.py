@@ -20,7 +20,8 @@ GOLDEN = Path(__file__).parent / "data" / "pytorch_fid_random_features.npz"
 
 @pytest.fixture(scope="module")
 def net() -> FIDInceptionV3:
-    return randomize_(FIDInceptionV3(), 0).eval()
+    """pytorch-fid's input preparation: the network itself is what these tests compare."""
+    return randomize_(FIDInceptionV3(resize="pytorch-fid"), 0).eval()
 
 
 @pytest.fixture(scope="module")
@@ -68,11 +69,48 @@ def test_grey_images_are_rgb_repeated(net):
 
 def test_preprocess_is_identity_resize_at_299_then_scales_to_unit_interval():
     images = torch.randint(0, 256, (2, 299, 299, 3), dtype=torch.uint8)
-    x = FIDInceptionV3.preprocess(images)
+    x = FIDInceptionV3.preprocess(images, "pytorch-fid")
     expected = 2 * (images.permute(0, 3, 1, 2).float() / 255) - 1
     torch.testing.assert_close(x, expected)
-    small = FIDInceptionV3.preprocess(torch.full((1, 8, 8, 3), 255, dtype=torch.uint8))
+    small = FIDInceptionV3.preprocess(torch.full((1, 8, 8, 3), 255, dtype=torch.uint8), "pytorch-fid")
     assert small.shape == (1, 3, 299, 299) and torch.allclose(small, torch.ones(()))
+
+
+def tf1_resize_bilinear(images: np.ndarray, size: int = 299) -> np.ndarray:
+    """TensorFlow 1's ``resize_bilinear`` (align_corners=False, half_pixel_centers=False), written
+    from its definition with loops: output ``i`` reads input ``i * in / out``, the upper
+    neighbour clamped to the last pixel. ``images`` float ``[N, H, W, C]``."""
+    n, h, w, c = images.shape
+    out = np.zeros((n, size, size, c))
+    for i in range(size):
+        y = i * h / size
+        y0 = int(np.floor(y))
+        y1, fy = min(y0 + 1, h - 1), y - y0
+        for j in range(size):
+            x = j * w / size
+            x0 = int(np.floor(x))
+            x1, fx = min(x0 + 1, w - 1), x - x0
+            top = images[:, y0, x0] * (1 - fx) + images[:, y0, x1] * fx
+            bottom = images[:, y1, x0] * (1 - fx) + images[:, y1, x1] * fx
+            out[:, i, j] = top * (1 - fy) + bottom * fy
+    return out
+
+
+@pytest.mark.parametrize("shape", [(32, 32), (8, 8), (64, 48), (299, 299), (400, 300)])
+def test_tf_resize_is_tensorflows_legacy_bilinear_then_128_scaling(shape):
+    images = np.random.default_rng(1).integers(0, 256, (2, *shape, 3), dtype=np.uint8)
+    got = FIDInceptionV3.preprocess(torch.from_numpy(images), "tf").permute(0, 2, 3, 1).numpy()
+    want = (tf1_resize_bilinear(images.astype(np.float64)) - 128) / 128
+    np.testing.assert_allclose(got, want, atol=1e-4)  # grid_sample places samples in float32
+    if shape == (32, 32):  # pytorch-fid's half-pixel sampling is far from it at CIFAR-10's size
+        other = FIDInceptionV3.preprocess(torch.from_numpy(images), "pytorch-fid").permute(0, 2, 3, 1).numpy()
+        assert np.abs(other - want).mean() > 0.02
+
+
+def test_the_default_is_tensorflows_resize():
+    assert FIDInceptionV3().resize == "tf"
+    with pytest.raises(ValueError, match="resize must be one of tf, pytorch-fid"):
+        FIDInceptionV3(resize="area")
 
 
 def test_state_dict_layout_of_the_published_file():

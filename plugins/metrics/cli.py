@@ -23,6 +23,18 @@ __all__ = ["add_commands"]
 Weights = Annotated[str | None, typer.Option(help="Inception weights .pth (else $DIFFSAMPLER_FID_WEIGHTS, cache, download)")]
 Device = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N")]
 Batch = Annotated[int, typer.Option(min=1, help="images per forward pass")]
+Resize = Annotated[str, typer.Option(help="input resize to 299: tf (TensorFlow's, as EDM, the seed and "
+                                          "published FIDs) or pytorch-fid")]
+
+
+def _check_resize(resize: str) -> str:
+    from diffsampler.errors import OptionError
+
+    from .inception import RESIZES
+
+    if resize not in RESIZES:
+        raise OptionError(f"--resize must be one of {', '.join(RESIZES)}, got {resize!r}")
+    return resize
 
 
 def _console() -> Any:
@@ -46,7 +58,7 @@ def _warn(message: str) -> None:
 
 
 def _embedded(path: Path, *, weights: str | None, device: str, batch: int, what: str,
-              keep: np.ndarray | None = None) -> Iterator[np.ndarray]:
+              keep: np.ndarray | None = None, resize: str = "tf") -> Iterator[np.ndarray]:
     """Inception features of the image set at ``path`` (of the images ``keep`` picks, sorted
     indices), batch by batch, with a progress bar."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -59,7 +71,7 @@ def _embedded(path: Path, *, weights: str | None, device: str, batch: int, what:
     count = set_size(path)
     total = count if keep is None else len(keep)
     device = _device(device)  # a missing GPU is refused before the weights are fetched
-    net = load_inception(weights, device=device)
+    net = load_inception(weights, device=device, resize=resize)
     chosen = "" if keep is None else f" (a random {total} of {count})"
     _err().print(f"{what}: {total} image{'' if total == 1 else 's'}{chosen} from {path}", highlight=False,
                  soft_wrap=True)
@@ -78,25 +90,29 @@ def fid_ref(
     weights: Weights = None,
     device: Device = "auto",
     batch: Batch = 250,
+    resize: Resize = "tf",
 ) -> None:
-    """Reference statistics of an image set (EDM's .npz format, plus the image count)."""
+    """Reference statistics of an image set (EDM's .npz format, plus the image count and the resize)."""
+    import attrs
+
     from diffsampler.outputs import check_output_file
 
     from .fid import STANDARD_COUNT, FeatureMoments, save_stats
 
+    _check_resize(resize)
     check_output_file(out)
     moments, kept = FeatureMoments(), []
-    for chunk in _embedded(data, weights=weights, device=device, batch=batch, what="reference"):
+    for chunk in _embedded(data, weights=weights, device=device, batch=batch, what="reference", resize=resize):
         moments.add(chunk)
         if features:
             kept.append(chunk.astype(np.float32))
-    stats = moments.stats()
+    stats = attrs.evolve(moments.stats(), resize=resize)
     if not features:
         save_stats(out, stats)
     else:
         with open(out, "wb") as f:
             np.savez(f, mu=stats.mu, sigma=stats.sigma, count=np.int64(stats.count or 0),
-                     features=np.concatenate(kept))
+                     features=np.concatenate(kept), resize=np.array(resize))
     if (stats.count or 0) < STANDARD_COUNT:
         _warn(f"reference of {stats.count} images; published FIDs use {STANDARD_COUNT}-image references")
     _console().print(f"wrote {out} ({stats.count} images)", highlight=False, soft_wrap=True)
@@ -108,14 +124,16 @@ def fid_calc(
     weights: Weights = None,
     device: Device = "auto",
     batch: Batch = 250,
+    resize: Resize = "tf",
     json_out: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
     """FID of an image set against reference statistics; prints the sample counts."""
-    from .fid import FeatureMoments, count_warnings, frechet_distance, load_stats
+    from .fid import FeatureMoments, check_resize, count_warnings, frechet_distance, load_stats
 
     reference = load_stats(ref)
+    check_resize(reference.resize, _check_resize(resize), f"--ref {str(ref)!r}")
     moments = FeatureMoments()
-    for chunk in _embedded(images, weights=weights, device=device, batch=batch, what="samples"):
+    for chunk in _embedded(images, weights=weights, device=device, batch=batch, what="samples", resize=resize):
         moments.add(chunk)
     stats = moments.stats()
     for message in count_warnings(stats.count or 0, reference.count):
@@ -140,6 +158,7 @@ def prdc_cmd(
     weights: Weights = None,
     device: Device = "auto",
     batch: Batch = 250,
+    resize: Resize = "tf",
     json_out: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
     """Precision, recall, density and coverage (Naeem et al. 2020) in Inception feature space."""
@@ -148,7 +167,8 @@ def prdc_cmd(
     from .fid import _device
     from .prdc import check_k, prdc, set_size, stored_features, subset
 
-    stored = {"real": stored_features(real), "fake": stored_features(fake, real=False)}
+    _check_resize(resize)
+    stored = {"real": stored_features(real, resize=resize), "fake": stored_features(fake, real=False, resize=resize)}
     sets = (("real", real), ("fake", fake))
     for what, path in sets:
         if stored[what] is None:
@@ -164,7 +184,7 @@ def prdc_cmd(
         if kept is not None:
             return kept if keep is None else kept[keep]
         return np.concatenate(list(_embedded(path, weights=weights, device=device, batch=batch, what=what,
-                                             keep=keep)))
+                                             keep=keep, resize=resize)))
 
     values = prdc(features(real, "real"), features(fake, "fake"), k=k, chunk=chunk, device=_device(device))
     if json_out:
@@ -213,7 +233,7 @@ def clip_score_cmd(
 
 def add_commands(app: typer.Typer) -> None:
     """Add this plugin's commands to the ``diffsampler`` app."""
-    fid_app = typer.Typer(help="Frechet Inception Distance (FID's Inception-v3, pytorch-fid conventions).",
+    fid_app = typer.Typer(help="Frechet Inception Distance (FID's Inception-v3, TensorFlow's input resize as EDM).",
                           no_args_is_help=True)
     fid_app.command("ref")(fid_ref)
     fid_app.command("calc")(fid_calc)

@@ -22,7 +22,7 @@ import attrs
 import numpy as np
 
 from diffsampler.errors import OptionError, require
-from diffsampler.options import in_range, option
+from diffsampler.options import choice, in_range, option
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
@@ -123,6 +123,8 @@ class Stats:
     mu: np.ndarray
     sigma: np.ndarray
     count: int | None = None
+    #: how the images were prepared for Inception (``tf`` / ``pytorch-fid``); None: not recorded
+    resize: str | None = None
 
 
 def save_stats(path: str | os.PathLike[str], stats: Stats) -> Path:
@@ -131,6 +133,8 @@ def save_stats(path: str | os.PathLike[str], stats: Stats) -> Path:
     arrays: dict[str, Any] = {"mu": np.asarray(stats.mu, np.float64), "sigma": np.asarray(stats.sigma, np.float64)}
     if stats.count is not None:
         arrays["count"] = np.int64(stats.count)
+    if stats.resize is not None:
+        arrays["resize"] = np.array(stats.resize)
     with open(p, "wb") as f:  # an open file keeps numpy from appending a second ".npz"
         np.savez(f, **arrays)
     return p
@@ -151,9 +155,19 @@ def load_stats(path: str | os.PathLike[str]) -> Stats:
             raise OptionError(f"{p}: FID statistics need 'mu' and 'sigma' arrays, found {sorted(data.files)}")
         mu, sigma = data["mu"].astype(np.float64), data["sigma"].astype(np.float64)
         count = int(data["count"]) if "count" in data else None
+        resize = str(data["resize"]) if "resize" in data else None
     if mu.ndim != 1 or sigma.shape != (len(mu), len(mu)):
         raise OptionError(f"{p}: mu {mu.shape} and sigma {sigma.shape} do not match")
-    return Stats(mu=mu, sigma=sigma, count=count)
+    return Stats(mu=mu, sigma=sigma, count=count, resize=resize)
+
+
+def check_resize(recorded: str | None, resize: str, what: str) -> None:
+    """Refuse features prepared one way (``recorded``, from a file) against images prepared another."""
+    if recorded is not None and recorded != resize:
+        raise OptionError(
+            f"{what} was computed with resize={recorded}, this run uses resize={resize}: FIDs of "
+            f"the two do not compare; use resize={recorded} (--resize {recorded}) or rebuild it"
+        )
 
 
 def count_warnings(count: int, ref_count: int | None) -> list[str]:
@@ -175,8 +189,10 @@ def _device(name: str) -> str:
 
 
 def load_inception(weights: str | os.PathLike[str] | None = None, *, device: str = "cpu",
-                   random_weights: bool = False) -> nn.Module:
-    """FID's Inception-v3 in eval mode on ``device``, weights resolved by :mod:`.weights`.
+                   random_weights: bool = False, resize: str = "tf") -> nn.Module:
+    """FID's Inception-v3 in eval mode on ``device``, weights resolved by :mod:`.weights`;
+    ``resize``: how images are prepared (:mod:`.inception`: ``tf``, as published FIDs, or
+    ``pytorch-fid``).
 
     ``random_weights=True`` skips the file (for tests and timing only: such features mean nothing).
     """
@@ -185,7 +201,7 @@ def load_inception(weights: str | os.PathLike[str] | None = None, *, device: str
     from .inception import FIDInceptionV3, load_state_dict, randomize_
     from .weights import resolve_fid_weights
 
-    net = FIDInceptionV3()
+    net = FIDInceptionV3(resize=resize)
     if random_weights:
         randomize_(net)
     else:
@@ -240,6 +256,8 @@ class FIDOptions:
     weights: str | None = option(None, help="Inception weights file (else $DIFFSAMPLER_FID_WEIGHTS, cache, download)")
     device: str = option("auto", help="device for the Inception network: auto, cpu, cuda, cuda:N")
     batch: int = option(250, help="images per Inception forward pass", validator=in_range(1))
+    resize: str = option("tf", help="input resize to 299: tf (TensorFlow's, as EDM and published FIDs) "
+                         "or pytorch-fid", validator=choice("tf", "pytorch-fid"))
 
 
 class FID:
@@ -249,9 +267,11 @@ class FID:
     higher_is_better = False
 
     def __init__(self, *, ref: str | None = None, weights: str | None = None, device: str = "auto",
-                 batch: int = 250) -> None:
-        self.ref = load_stats(from_env(ref, REF_ENV, "fid", "reference statistics", "ref"))
-        self.weights, self.device, self.batch = weights, device, batch
+                 batch: int = 250, resize: str = "tf") -> None:
+        path = from_env(ref, REF_ENV, "fid", "reference statistics", "ref")
+        self.ref = load_stats(path)
+        check_resize(self.ref.resize, resize, f"reference {str(path)!r}")
+        self.weights, self.device, self.batch, self.resize = weights, device, batch, resize
         self._net: Any = None
         self._warned: set[str] = set()
 
@@ -263,7 +283,7 @@ class FID:
         seeds: Sequence[int] | None = None,
     ) -> dict[str, float]:
         if self._net is None:
-            self._net = load_inception(self.weights, device=self.device)
+            self._net = load_inception(self.weights, device=self.device, resize=self.resize)
         moments = FeatureMoments()
         for features in image_features(self._net, batches, batch=self.batch):
             moments.add(features)
@@ -277,9 +297,10 @@ class FID:
         return {"fid": frechet_distance(stats.mu, stats.sigma, self.ref.mu, self.ref.sigma)}
 
 
-def fid_metric(*, ref: str | None = None, weights: str | None = None, device: str = "auto", batch: int = 250) -> FID:
-    """FID against reference statistics (FID's Inception-v3, pytorch-fid conventions)."""
-    return FID(ref=ref, weights=weights, device=device, batch=batch)
+def fid_metric(*, ref: str | None = None, weights: str | None = None, device: str = "auto", batch: int = 250,
+               resize: str = "tf") -> FID:
+    """FID against reference statistics (FID's Inception-v3; TensorFlow's input resize by default)."""
+    return FID(ref=ref, weights=weights, device=device, batch=batch, resize=resize)
 
 
 fid_metric.paper = FID.paper  # type: ignore[attr-defined]

@@ -8,8 +8,18 @@ Inception-v3 layout (module names match the ``pt_inception-2015-12-05-6726825d.p
   (``count_include_pad=False``);
 * the pool branch of the last E block (``Mixed_7c``) is a 3x3 *max* pool, stride 1.
 
-:class:`FIDInceptionV3` maps uint8 images to the 2048-d pool features: bilinear resize to 299x299
-(``align_corners=False``, no antialiasing, as pytorch-fid), then ``[0, 1] -> [-1, 1]``.
+:class:`FIDInceptionV3` maps uint8 images to the 2048-d pool features. The input is prepared as
+the network published FIDs come from does (``resize``):
+
+* ``tf`` (default): as TensorFlow's graph and NVIDIA's ``inception-2015-12-05.pkl`` (EDM's and
+  the seed's ``fid.py``): TensorFlow 1's bilinear resize to 299x299 — output pixel ``i`` samples
+  the input at ``i * W / 299``, no half-pixel offset, the last pixel repeated past the border —
+  then ``(x - 128) / 128`` on the 0..255 scale;
+* ``pytorch-fid``: ``x / 255``, ``F.interpolate(bilinear, align_corners=False)`` (half-pixel
+  centres), then ``2 x - 1``.
+
+The two sample points differ by up to half an input pixel when upsampling 32x32 images (21 % of
+the input's spread on CIFAR-10), so FIDs made one way do not compare with the other's.
 """
 
 from __future__ import annotations
@@ -18,10 +28,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["FEATURE_DIM", "FIDInceptionV3", "load_state_dict", "randomize_"]
+__all__ = ["FEATURE_DIM", "RESIZES", "FIDInceptionV3", "load_state_dict", "randomize_"]
 
 FEATURE_DIM = 2048
 INPUT_SIZE = 299
+#: input preparations: TensorFlow's (EDM, the seed, published FIDs) and pytorch-fid's
+RESIZES = ("tf", "pytorch-fid")
 
 
 class BasicConv2d(nn.Module):
@@ -162,8 +174,11 @@ class FIDInceptionV3(nn.Module):
     ``[N, 2048]`` pool features. Grey images (C = 1) are repeated to RGB, as PIL's ``convert("RGB")``.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, resize: str = "tf") -> None:
         super().__init__()
+        if resize not in RESIZES:
+            raise ValueError(f"resize must be one of {', '.join(RESIZES)}, got {resize!r}")
+        self.resize = resize
         self.Conv2d_1a_3x3 = BasicConv2d(3, 32, 3, stride=2)
         self.Conv2d_2a_3x3 = BasicConv2d(32, 32, 3)
         self.Conv2d_2b_3x3 = BasicConv2d(32, 64, 3, padding=1)
@@ -183,8 +198,8 @@ class FIDInceptionV3(nn.Module):
         self.fc = nn.Linear(FEATURE_DIM, 1008)  # the classifier (unused by FID; kept so the file loads whole)
 
     @staticmethod
-    def preprocess(images: Tensor) -> Tensor:
-        """uint8 NHWC or float NCHW in [0, 1] -> float NCHW 299x299 in [-1, 1] (pytorch-fid's order)."""
+    def preprocess(images: Tensor, resize: str = "tf") -> Tensor:
+        """uint8 NHWC or float NCHW in [0, 1] -> float NCHW 299x299 in about [-1, 1] (module doc)."""
         if images.dtype == torch.uint8:
             x = images.permute(0, 3, 1, 2).float() / 255.0
         else:
@@ -195,8 +210,10 @@ class FIDInceptionV3(nn.Module):
             x = x[:, :3]
         if x.shape[1] != 3:
             raise ValueError(f"expected 1, 3 or 4 channels, got {x.shape[1]}")
-        x = F.interpolate(x, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False)
-        return 2 * x - 1
+        if resize == "pytorch-fid":
+            x = F.interpolate(x, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False)
+            return 2 * x - 1
+        return (_tf_resize(x) * 255 - 128) / 128
 
     def features(self, x: Tensor) -> Tensor:
         """Preprocessed ``[N, 3, 299, 299]`` -> ``[N, 2048]``."""
@@ -212,7 +229,23 @@ class FIDInceptionV3(nn.Module):
         return x.mean((2, 3))
 
     def forward(self, images: Tensor) -> Tensor:
-        return self.features(self.preprocess(images))
+        return self.features(self.preprocess(images, self.resize))
+
+
+def _tf_resize(x: Tensor) -> Tensor:
+    """TensorFlow 1's bilinear resize to 299x299 (``align_corners=False``, no half-pixel centres):
+    output pixel ``i`` samples the input at ``i * size / 299``, clamped at the last pixel.
+
+    ``grid_sample`` with ``align_corners=False`` samples output pixel ``i`` at input pixel
+    ``(i + 1/2) size / 299 - 1/2``; shifting the grid by ``1/size - 1/299`` (normalised units,
+    i.e. ``1/2 - size / 598`` pixels) moves that to ``i * size / 299``."""
+    n, c, h, w = x.shape
+    if (h, w) == (INPUT_SIZE, INPUT_SIZE):
+        return x
+    theta = torch.tensor([[1.0, 0.0, 1 / w - 1 / INPUT_SIZE], [0.0, 1.0, 1 / h - 1 / INPUT_SIZE]],
+                         dtype=x.dtype, device=x.device)
+    grid = F.affine_grid(theta.expand(n, 2, 3), [n, c, INPUT_SIZE, INPUT_SIZE], align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 def load_state_dict(net: FIDInceptionV3, state: dict[str, Tensor]) -> None:

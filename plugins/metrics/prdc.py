@@ -145,14 +145,17 @@ class PRDCOptions:
     chunk: int = option(4096, help="rows per distance block (memory ~ 8 chunk^2 bytes)", validator=in_range(1))
     dtype: str = option("float64", help="distance precision", validator=choice("float64", "float32"))
     weights: str | None = option(None, help="Inception weights file (see the fid metric)")
+    resize: str = option("tf", help="input resize to 299 (see the fid metric): tf or pytorch-fid",
+                         validator=choice("tf", "pytorch-fid"))
     device: str = option("auto", help="device: auto, cpu, cuda, cuda:N")
     batch: int = option(250, help="images per Inception forward pass", validator=in_range(1))
 
 
-def stored_features(path: str | os.PathLike[str], *, real: bool = True) -> np.ndarray | None:
+def stored_features(path: str | os.PathLike[str], *, real: bool = True, resize: str | None = None) -> np.ndarray | None:
     """The ``features`` array of an ``.npz`` written by ``diffsampler fid ref --features``; None
     for anything else (an image set, checked when it is read). FID statistics without features
-    given as the real set are refused with how to rebuild them."""
+    given as the real set are refused with how to rebuild them, and features recorded with
+    another ``resize`` than this run's."""
     p = Path(path)
     if p.suffix.lower() != ".npz" or not p.is_file():
         return None
@@ -163,6 +166,10 @@ def stored_features(path: str | os.PathLike[str], *, real: bool = True) -> np.nd
         return None  # not an npz at all: the image-set reader says so
     with data:
         if "features" in data:
+            if resize is not None and "resize" in data:
+                from .fid import check_resize
+
+                check_resize(str(data["resize"]), resize, f"{str(p)!r}")
             return np.asarray(data["features"])
         if real and "mu" in data and "sigma" in data:
             raise OptionError(
@@ -209,15 +216,16 @@ class PRDC:
     higher_is_better = True
 
     def __init__(self, *, ref: str | None = None, k: int = 5, max_size: int = MAX_SIZE, chunk: int = 4096,
-                 dtype: str = "float64", weights: str | None = None, device: str = "auto", batch: int = 250) -> None:
+                 dtype: str = "float64", weights: str | None = None, device: str = "auto", batch: int = 250,
+                 resize: str = "tf") -> None:
         from .fid import from_env
 
         self.ref_path = from_env(ref, "DIFFSAMPLER_PRDC_REF", "prdc", "real features or images", "ref")
         self.k, self.max_size, self.chunk, self.dtype = k, max_size, chunk, dtype
-        self.weights, self.device, self.batch = weights, device, batch
+        self.weights, self.device, self.batch, self.resize = weights, device, batch, resize
         self._net: Any = None
         # checked now, so that compare refuses a wrong ref before it samples
-        self._real: np.ndarray | None = stored_features(self.ref_path)
+        self._real: np.ndarray | None = stored_features(self.ref_path, resize=resize)
         if self._real is None:
             from diffsampler.imagesets import check_image_set
 
@@ -231,7 +239,7 @@ class PRDC:
         if self._net is None:
             from .fid import load_inception
 
-            self._net = load_inception(self.weights, device=self.device)
+            self._net = load_inception(self.weights, device=self.device, resize=self.resize)
         return self._net
 
     def check_run(self, *, seeds: Sequence[int], labels: Sequence[int] | None = None) -> None:
