@@ -324,3 +324,12 @@ def test_clip_loading_names_a_missing_folder_and_an_unreachable_hub(monkeypatch)
         CLIPEncoder.load("nodir")
     with pytest.raises(ModelLoadError, match=r"could not be fetched: the Hugging Face hub is unreachable \(offline\?\); set DIFFSAMPLER_OFFLINE"):
         CLIPEncoder.load("openai/clip-vit-base-patch32")
+
+
+def test_prompts_are_cleaned_as_open_clips_tokenizer_does():
+    from diffsampler.plugins.metrics.clip_score import clean_prompt
+
+    assert clean_prompt("  a  dog\n\tand   a cat ") == "a dog and a cat"
+    assert clean_prompt("fish &amp; chips &amp;amp; peas") == "fish & chips & peas"
+    pytest.importorskip("ftfy")
+    assert clean_prompt("“quoted” caf\u00c3\u00a9") == '"quoted" café'  # ftfy: curly quotes, mojibake

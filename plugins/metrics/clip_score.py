@@ -32,8 +32,8 @@ if TYPE_CHECKING:
     from torch import Tensor
 
 __all__ = [
-    "PAIRINGS", "CLIPEncoder", "CLIPScore", "CLIPScoreOptions", "Pairing", "Recorded", "clip_score", "load_prompts",
-    "pair_prompts", "preprocess", "recorded_labels",
+    "PAIRINGS", "CLIPEncoder", "CLIPScore", "CLIPScoreOptions", "Pairing", "Recorded", "clean_prompt", "clip_score",
+    "load_prompts", "pair_prompts", "preprocess", "recorded_labels",
 ]
 
 DEFAULT_MODEL = "laion/CLIP-ViT-g-14-laion2B-s34B-b88K"
@@ -207,6 +207,23 @@ def _dataset_json(p: Path) -> dict[str, int] | None:
                           f'{{"labels": [[name, label], ...]}} ({exc})') from None
 
 
+def clean_prompt(text: str) -> str:
+    """A prompt as open_clip's tokenizer cleans it before BPE (the seed's CLIP score): ftfy's
+    ``fix_text`` (mojibake, curly quotes; when ftfy is installed, as with the ``[clip]`` extra),
+    HTML entities unescaped twice (``&amp;amp;`` -> ``&``), runs of whitespace made one space."""
+    import html
+    import re
+
+    try:
+        import ftfy
+    except ImportError:
+        pass
+    else:
+        text = ftfy.fix_text(text)
+    text = html.unescape(html.unescape(text))
+    return re.sub(r"\s+", " ", text).strip()
+
+
 def preprocess(images: np.ndarray, size: int) -> Tensor:
     """uint8 ``[N, H, W, C]`` -> normalised float ``[N, 3, size, size]`` (open_clip's transform)."""
     import torch
@@ -256,7 +273,7 @@ class CLIPEncoder:
         import torch
 
         tokens = self.tokenizer(
-            list(prompts), padding="max_length", truncation=True, max_length=self.max_length,
+            [clean_prompt(p) for p in prompts], padding="max_length", truncation=True, max_length=self.max_length,
             return_tensors="pt",
         )
         with torch.no_grad():
