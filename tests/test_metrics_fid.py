@@ -341,3 +341,39 @@ def test_statistics_record_their_resize_and_another_resize_is_refused(weights_fi
     bad = runner.invoke(app, ["fid", "calc", "--images", str(tmp_path / "imgs.npz"), "--ref",
                               str(tmp_path / "tf.npz"), "--resize", "area"])
     assert str(bad.exception) == "--resize must be one of tf, pytorch-fid, got 'area'"
+
+
+def test_calc_num_scores_edms_random_subset(weights_file, tmp_path, monkeypatch):
+    import json
+
+    from typer.testing import CliRunner
+
+    from diffsampler.cli import build_app
+    from diffsampler.plugins.metrics.prdc import subset
+
+    rng = np.random.default_rng(9)
+    images = rng.integers(0, 256, (9, 10, 10, 3), dtype=np.uint8)
+    np.savez(tmp_path / "imgs.npz", arr_0=images)
+    monkeypatch.setenv("DIFFSAMPLER_FID_WEIGHTS", str(weights_file))
+    runner, app = CliRunner(), build_app()
+    base = ["fid", "calc", "--images", str(tmp_path / "imgs.npz"), "--device", "cpu", "--json"]
+    keep = subset(9, 5, 3)
+    assert keep.tolist() != subset(9, 5, 0).tolist()
+    save_stats(tmp_path / "ref.npz", _stats_of(weights_file, images[keep]))
+    got = runner.invoke(app, [*base, "--ref", str(tmp_path / "ref.npz"), "--num", "5", "--seed", "3"])
+    assert got.exit_code == 0, got.output
+    out = json.loads(got.stdout)
+    assert out["count"] == 5 and abs(out["fid"]) < 1e-2  # the same 5 images as the reference
+    other = json.loads(runner.invoke(app, [*base, "--ref", str(tmp_path / "ref.npz"), "--num", "5"]).stdout)
+    assert other["fid"] > out["fid"] + 1e-3
+    short = runner.invoke(app, [*base, "--ref", str(tmp_path / "ref.npz"), "--num", "20"])
+    assert str(short.exception) == f"found 9 images in {str(tmp_path / 'imgs.npz')!r}, but --num expects at least 20"
+
+
+def _stats_of(weights_file, images):
+    net = load_inception(weights_file, device="cpu")
+    with torch.no_grad():
+        f = net(torch.from_numpy(images)).double().numpy()
+    moments = FeatureMoments()
+    moments.add(f)
+    return moments.stats()

@@ -125,15 +125,27 @@ def fid_calc(
     device: Device = "auto",
     batch: Batch = 250,
     resize: Resize = "tf",
+    num: Annotated[int | None, typer.Option(min=2, help="use a random NUM of the images (EDM's choice, --seed)")] = None,
+    seed: Annotated[int, typer.Option(help="random seed of the --num images")] = 0,
     json_out: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
     """FID of an image set against reference statistics; prints the sample counts."""
+    from diffsampler.errors import OptionError
+
     from .fid import FeatureMoments, check_resize, count_warnings, frechet_distance, load_stats
+    from .prdc import set_size, subset
 
     reference = load_stats(ref)
     check_resize(reference.resize, _check_resize(resize), f"--ref {str(ref)!r}")
+    keep = None
+    if num is not None:
+        found = set_size(images)
+        if found < num:  # as EDM's fid.py
+            raise OptionError(f"found {found} images in {str(images)!r}, but --num expects at least {num}")
+        keep = subset(found, num, seed)
     moments = FeatureMoments()
-    for chunk in _embedded(images, weights=weights, device=device, batch=batch, what="samples", resize=resize):
+    for chunk in _embedded(images, weights=weights, device=device, batch=batch, what="samples", resize=resize,
+                           keep=keep):
         moments.add(chunk)
     stats = moments.stats()
     for message in count_warnings(stats.count or 0, reference.count):

@@ -40,14 +40,14 @@ __all__ = ["MAX_SIZE", "PRDC", "PRDCOptions", "check_k", "knn_radii", "prdc", "s
 MAX_SIZE = 5000
 
 
-def subset(n: int, max_size: int) -> np.ndarray | None:
+def subset(n: int, max_size: int, seed: int = 0) -> np.ndarray | None:
     """The sorted indices of the ``max_size`` of ``n`` items that EDM's ``ImageFolderDataset``
-    keeps with ``random_seed=0`` (a ``RandomState(0)`` shuffle, the first ``max_size``); None
-    when all are kept (``max_size`` 0 or at least ``n``)."""
+    keeps with ``random_seed=seed`` (a ``RandomState(seed)`` shuffle, the first ``max_size``);
+    None when all are kept (``max_size`` 0 or at least ``n``)."""
     if not max_size or n <= max_size:
         return None
     order = np.arange(n, dtype=np.int64)
-    np.random.RandomState(0).shuffle(order)
+    np.random.RandomState(seed % (1 << 31)).shuffle(order)
     return np.sort(order[:max_size])
 
 
