@@ -13,10 +13,36 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .errors import OptionError
+from .options import option
 from .protocols import ClassConditional
 from .runs import labels_for
 
-__all__ = ["labels_cond", "resolve_labels"]
+__all__ = ["LABEL_CHOICES", "label_text", "labels_cond", "labels_option", "resolve_labels"]
+
+#: ``labels`` words besides a class index: ``auto`` is the seed's behaviour (``random`` for a
+#: class-conditional model that has no fixed class of its own, ``none`` otherwise).
+LABEL_CHOICES = ("auto", "none", "random", "seed")
+
+
+def label_text(value: object) -> str:
+    """A ``labels`` option as text: ``None`` is ``none``, a class index its digits."""
+    return "none" if value is None else str(value)
+
+
+def _check_labels(_instance: object, attribute: Any, value: str) -> None:
+    if value in LABEL_CHOICES or value.isdigit():
+        return
+    raise OptionError(f"option {attribute.name} must be auto, none, random, seed or a class index, got {value!r}")
+
+
+def labels_option(trajectories: str) -> Any:
+    """The ``labels`` option of a distiller whose teacher runs ``trajectories`` (default ``auto``)."""
+    return option(
+        "auto", help=f"class labels of the {trajectories}: auto (the seed: random for a "
+        "class-conditional model without a fixed class, else none), none, random (per seed), "
+        "seed (seed mod classes) or a class index",
+        converter=label_text, validator=_check_labels,
+    )
 
 
 def resolve_labels(choice: str, model: Any) -> str | None:

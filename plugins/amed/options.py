@@ -8,9 +8,9 @@ import attrs
 
 from diffsampler import choice, in_range, option, positive
 from diffsampler.errors import OptionError
+from diffsampler.labels import labels_option
 
-__all__ = ["DEFAULT_FIRST_SEED", "LABEL_CHOICES", "STUDENTS", "TEACHERS", "AMEDOptions", "AMEDSolverOptions",
-           "label_text"]
+__all__ = ["DEFAULT_FIRST_SEED", "STUDENTS", "TEACHERS", "AMEDOptions", "AMEDSolverOptions"]
 
 #: The student solvers the predictor can drive: ``amed`` is AMED-Solver, the rest AMED-Plugin.
 STUDENTS = ("amed", "euler", "ipndm", "dpm", "dpmpp")
@@ -19,22 +19,6 @@ TEACHERS = ("heun", "dpm", "dpmpp", "euler", "ipndm")
 #: Training noise uses seeds ``seed, seed + 1, ...``, far from the seeds ``sample`` and
 #: ``compare`` use by default, so a predictor is never judged on its own training noise.
 DEFAULT_FIRST_SEED = 2_000_000
-
-
-#: ``labels`` words besides a class index: ``auto`` is the seed's behaviour (``random`` for a
-#: class-conditional model that has no fixed class of its own, ``none`` otherwise).
-LABEL_CHOICES = ("auto", "none", "random", "seed")
-
-
-def label_text(value: object) -> str:
-    """A ``labels`` option as text: ``None`` is ``none``, a class index its digits."""
-    return "none" if value is None else str(value)
-
-
-def _check_labels(_instance: object, attribute: attrs.Attribute[str], value: str) -> None:
-    if value in LABEL_CHOICES or value.isdigit():
-        return
-    raise OptionError(f"option {attribute.name} must be auto, none, random, seed or a class index, got {value!r}")
 
 
 def _scale_bound(_instance: object, attribute: attrs.Attribute[float], value: float) -> None:
@@ -93,12 +77,7 @@ class AMEDOptions:
     hidden_dim: int = option(128, help="hidden width of the bottleneck encoder (seed 128)",
                              validator=in_range(1, 10**5))
     seed: int = option(DEFAULT_FIRST_SEED, help="first noise seed; also seeds the predictor's init")
-    labels: str = option(
-        "auto", help="class labels of the training trajectories: auto (the seed: random for a "
-        "class-conditional model without a fixed class, else none), none, random (per seed), "
-        "seed (seed mod classes) or a class index",
-        converter=label_text, validator=_check_labels,
-    )
+    labels: str = labels_option("training trajectories")
 
     def __attrs_post_init__(self) -> None:
         if self.solver == "dpmpp" and self.max_order > 3:

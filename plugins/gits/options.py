@@ -7,29 +7,13 @@ from typing import Literal
 import attrs
 
 from diffsampler import choice, in_range, option, positive
-from diffsampler.errors import OptionError
+from diffsampler.labels import labels_option
 
-__all__ = ["DEFAULT_FIRST_SEED", "LABEL_CHOICES", "GITSOptions", "GITSScheduleOptions", "label_text"]
+__all__ = ["DEFAULT_FIRST_SEED", "GITSOptions", "GITSScheduleOptions"]
 
 #: Warm-up trajectories use seeds ``seed, seed + 1, ...``: far from the seeds ``sample`` and
 #: ``compare`` use by default (0-63), so a schedule is never judged on its own training noise.
 DEFAULT_FIRST_SEED = 1_000_000
-
-
-#: ``labels`` words besides a class index: ``auto`` is the seed's behaviour (``random`` for a
-#: class-conditional model that has no fixed class of its own, ``none`` otherwise).
-LABEL_CHOICES = ("auto", "none", "random", "seed")
-
-
-def label_text(value: object) -> str:
-    """A ``labels`` option as text: ``None`` is ``none``, a class index its digits."""
-    return "none" if value is None else str(value)
-
-
-def _check_labels(_instance: object, attribute: attrs.Attribute[str], value: str) -> None:
-    if value in LABEL_CHOICES or value.isdigit():
-        return
-    raise OptionError(f"option {attribute.name} must be auto, none, random, seed or a class index, got {value!r}")
 
 
 def _pairs(text: str) -> str:
@@ -89,12 +73,7 @@ class GITSOptions:
         "float32", help="dtype of the trajectories", validator=choice("float32", "float64")
     )
     device: str = option("cpu", help="cpu, cuda or cuda:N")
-    labels: str = option(
-        "auto", help="class labels of the warm-up trajectories: auto (the seed: random for a "
-        "class-conditional model without a fixed class, else none), none, random (per seed), "
-        "seed (seed mod classes) or a class index",
-        converter=label_text, validator=_check_labels,
-    )
+    labels: str = labels_option("warm-up trajectories")
 
 
 @attrs.frozen(kw_only=True)
