@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -20,7 +21,7 @@ import attrs
 from .api import get_metric, get_model, get_schedule, get_solver
 from .errors import OptionError, UnreachableNFEError
 from .options import from_record, options_as_dict, parse_inline
-from .protocols import Analytic, ChecksRun, Decodable
+from .protocols import Analytic, ChecksRun, Decodable, SamplesItself
 from .runs import check_labels, labels_for
 from .seeds import plan_batches, seed_noise
 from .sigmas import sigma_tuple
@@ -234,6 +235,18 @@ def _rows(config: CompareConfig) -> list[SolverSpec]:
     ]
 
 
+def _warn_other_labels(label: str, parts: Sequence[Any], chosen: str | None) -> None:
+    """Warn when a learned row (an AMED predictor, a GITS file, an SFD student) was made with class
+    labels other than the comparison's: its cells then measure it off its training."""
+    for part in parts:
+        own = part.sampling_defaults.get("labels") if isinstance(part, SamplesItself) else None
+        if own is not None and own != chosen:
+            now = "without labels" if chosen is None else f"with --labels {chosen}"
+            warnings.warn(f"row {label} was trained with labels={own}; this comparison samples {now} "
+                          f"(--labels {own} samples it as trained)", stacklevel=3)
+            return
+
+
 def run_compare(
     config: CompareConfig,
     *,
@@ -275,6 +288,8 @@ def run_compare(
     twice = sorted({label for label in labels if labels.count(label) > 1})
     if twice:
         raise OptionError(f"the comparison has the row {twice[0]!r} twice; give each solver/schedule once")
+    for (_, solver, _, schedule), label in zip(built, labels, strict=True):
+        _warn_other_labels(label, (solver, schedule), config.labels)
     # (row label, solver, per NFE: sigmas or None where the row cannot reach that NFE)
     plans: list[tuple[str, Any, list[Any]]] = []
     for (_, solver, _, schedule), label in zip(built, labels, strict=True):

@@ -17,7 +17,8 @@ from .options import option
 from .protocols import ClassConditional
 from .runs import labels_for
 
-__all__ = ["LABEL_CHOICES", "label_text", "labels_cond", "labels_option", "resolve_labels"]
+__all__ = ["LABEL_CHOICES", "label_text", "labels_cond", "labels_option", "recorded_sampling_labels",
+           "resolve_labels"]
 
 #: ``labels`` words besides a class index: ``auto`` is the seed's behaviour (``random`` for a
 #: class-conditional model that has no fixed class of its own, ``none`` otherwise).
@@ -87,3 +88,11 @@ def labels_cond(
 
     fn: Callable[[Sequence[int]], Any] = per_seed
     return fn, resolved
+
+
+def recorded_sampling_labels(recorded: Any) -> str | None:
+    """The ``sample --labels`` choice that samples as an artefact's teacher trajectories were made
+    (its recorded ``labels``: ``random``, ``seed`` or a class index), or None (``none``, ``cond``,
+    nothing recorded)."""
+    text = None if recorded is None else str(recorded)
+    return text if text is not None and (text in ("random", "seed") or text.isdigit()) else None

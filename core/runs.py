@@ -209,13 +209,15 @@ def with_model_defaults(config: RunConfig, model: Denoiser) -> RunConfig:
 
 
 def with_learned_defaults(config: RunConfig, asked: RunConfig, part: Any) -> RunConfig:
-    """``config`` with the step count and AFS the user left open (in ``asked``) taken from what a
-    learned solver or schedule was made for (:class:`~diffsampler.SamplesItself`: an AMED
-    predictor's, a GITS file's)."""
+    """``config`` with the step count, AFS and class labels the user left open (in ``asked``)
+    taken from what a learned solver or schedule was made for (:class:`~diffsampler.SamplesItself`:
+    an AMED predictor's, a GITS file's: trained on random classes, it samples random classes)."""
     own = dict(part.sampling_defaults) if isinstance(part, SamplesItself) else {}
     updates: dict[str, Any] = {}
     if asked.afs is None and "afs" in own:
         updates["afs"] = bool(own["afs"])
+    if config.labels is None and own.get("labels") is not None:
+        updates["labels"] = str(own["labels"])
     if asked.sigmas is None and asked.num_steps is None and asked.nfe is None and "num_steps" in own:
         updates.update(num_steps=int(own["num_steps"]), nfe=None)
     return attrs.evolve(config, **updates) if updates else config

@@ -490,7 +490,7 @@ def test_cli_train_then_sample(tmp_path):
               "--out", str(out))
     assert res.exit_code == 0, res.output
     assert (f"use: diffsampler sample --model digits --solver amed-euler --opt predictor={out} "
-            "--schedule polynomial --steps 3 --labels random --afs") in res.output.splitlines()
+            "--schedule polynomial --schedule-opt rho=7.0 --steps 3 --labels random --afs") in res.output.splitlines()
     res = run("amed", "train", "--nfe", "4", "--out", str(out))
     assert isinstance(res.exception, OptionError) and "NFE 4 is not reachable" in str(res.exception)
 
@@ -621,3 +621,40 @@ def test_thresholding_option_reaches_the_teacher_and_is_refused_where_it_cannot_
         ds.get_distiller("amed", solver="euler", teacher="heun", thresholding="dynamic")
     with pytest.raises(OptionError, match="thresholding needs predict_x0=True"):
         ds.get_distiller("amed", solver="dpmpp", thresholding="dynamic", predict_x0=False)
+
+
+def test_the_printed_command_samples_with_the_trained_schedule_options_and_labels(tmp_path):
+    import shlex
+
+    out = tmp_path / "p.safetensors"
+    res = run("amed", "train", "--solver", "ipndm", "--nfe", "4", "--no-afs", "--rho", "5", "--batch", "4",
+              "--total-kimg", "0.008", "--out", str(out))
+    assert res.exit_code == 0, res.output
+    (hint,) = [line for line in res.output.splitlines() if line.startswith("use: diffsampler sample ")]
+    assert "--schedule-opt rho=5.0" in hint
+    args = shlex.split(hint.removeprefix("use: diffsampler "))
+    assert run(*args, "--seeds", "0-1", "--out", str(tmp_path / "s")).exit_code == 0
+    # without --labels the predictor's own (random, as trained) is used, and recorded
+    plain = run("sample", "--model", "digits", "--solver", "amed-ipndm", "--opt", f"predictor={out}",
+                "--seeds", "0-1", "--out", str(tmp_path / "t"))
+    assert plain.exit_code == 0, plain.output
+    assert json.loads((tmp_path / "t" / "config.json").read_text())["config"]["labels"] == "random"
+    wrong = run("sample", "--model", "digits", "--solver", "amed-ipndm", "--opt", f"predictor={out}",
+                "--schedule", "polynomial", "--steps", "3", "--seeds", "0", "--out", str(tmp_path / "u"))
+    assert "(use --schedule polynomial --schedule-opt rho=5.0)" in str(wrong.exception)
+
+
+def test_compare_warns_when_a_row_was_trained_with_other_labels(tmp_path):
+    out = tmp_path / "p.safetensors"
+    assert run("amed", "train", "--solver", "euler", "--nfe", "3", "--batch", "4", "--total-kimg", "0.008",
+               "--out", str(out)).exit_code == 0
+    args = ("compare", "--model", "digits", "--solver", f"amed-euler[predictor={out}]", "--nfe", "3", "--afs",
+            "--seeds", "0-3", "--metric", "l2-teacher", "--out", str(tmp_path / "c"))
+    with pytest.warns(UserWarning, match=r"was trained with labels=random; this comparison samples without labels "
+                                         r"\(--labels random samples it as trained\)"):
+        assert run(*args).exit_code == 0
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert run(*args[:-2], "--labels", "random", "--out", str(tmp_path / "d")).exit_code == 0

@@ -149,6 +149,11 @@ def test_labels_of_a_class_conditional_model(tmp_path):
         flag = "" if found[labels] == "none" else f" --labels {found[labels]}"
         assert f"--steps 4{flag}" in " ".join(res.output.split())
     assert found == {"auto": "random", "none": "none", "seed": "seed", "3": "3"}
+    for labels, recorded in (("auto", "random"), ("3", "3"), ("none", None)):  # sampled as searched
+        res = run("sample", "--model", "digits", "--schedule", "gits", "--schedule-opt",
+                  f"file={tmp_path / f'{labels}.json'}", "--seeds", "0-1", "--out", str(tmp_path / f"s-{labels}"))
+        assert res.exit_code == 0, res.output
+        assert json.loads((tmp_path / f"s-{labels}" / "config.json").read_text())["config"]["labels"] == recorded
     res = run("gits", "search", *common, "--labels", "12", "--out", str(tmp_path / "x.json"))
     assert isinstance(res.exception, OptionError) and "class 12 is out of range" in str(res.exception)
     res = run("gits", "search", *SMALL, "--labels", "random", "--out", str(tmp_path / "x.json"), "--device", "cpu")

@@ -145,18 +145,21 @@ def train(
         print_json(summary)
         return
     console.print(f"wrote {out} ({seconds:.1f} s, {summary['iterations']} iterations)", highlight=False)
-    console.print(escape(usage_hint(model, model_options, name, out, schedule, num_steps, afs=afs, labels=used)),
+    console.print(escape(usage_hint(model, model_options, name, out, schedule, num_steps, afs=afs, labels=used,
+                                    schedule_options=predictor.settings.get("schedule_options", {}))),
                   highlight=False, soft_wrap=True)
 
 
 def usage_hint(model: str, model_options: dict[str, Any], solver: str, out: Path, schedule: str,
-               num_steps: int, *, afs: bool, labels: str = "none") -> str:
+               num_steps: int, *, afs: bool, labels: str = "none", schedule_options: dict[str, Any] | None = None) -> str:
     """The ``diffsampler sample`` command that samples with a trained predictor as it was trained
     (with the training's labels choice, if any)."""
     from shlex import quote
 
+    from .solver import schedule_flags
+
     flags = [f"--model {quote(model)}", *(f"--model-opt {quote(f'{k}={v}')}" for k, v in model_options.items()),
-             f"--solver {solver}", f"--opt {quote(f'predictor={out}')}", f"--schedule {quote(schedule)}",
+             f"--solver {solver}", f"--opt {quote(f'predictor={out}')}", schedule_flags(schedule, schedule_options or {}),
              f"--steps {num_steps}"]
     if labels not in ("none", "cond"):
         flags.append(f"--labels {quote(labels)}")

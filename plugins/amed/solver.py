@@ -107,15 +107,20 @@ class AMEDSolver(ODESolver):
 
     @property
     def sampling_defaults(self) -> dict[str, Any]:
-        """How the predictor is meant to be sampled: its schedule, number of sigmas and AFS
-        (the keys of :class:`~diffsampler.SamplesItself`); empty without a predictor."""
+        """How the predictor is meant to be sampled: its schedule, number of sigmas, AFS and the
+        class labels it was trained with (the keys of :class:`~diffsampler.SamplesItself`);
+        empty without a predictor."""
         if self.predictor is None:
             return {}
+        from diffsampler.labels import recorded_sampling_labels
+
         s = self.predictor.settings
-        return {
+        plan = {
             "schedule": s["schedule"], "schedule_options": dict(s.get("schedule_options", {})),
             "num_steps": self.predictor.num_steps, "afs": bool(s["afs"]),
         }
+        labels = recorded_sampling_labels(s.get("labels"))
+        return plan if labels is None else {**plan, "labels": labels}
 
     def nfe(self, num_steps: int, *, afs: bool = False, denoise_to_zero: bool = False) -> int:
         """As every solver's, but with a predictor an AFS setting other than its training is
@@ -150,7 +155,7 @@ class AMEDSolver(ODESolver):
                 f"the AMED predictor {self.options.predictor!r} was trained on the "
                 f"{s['schedule']!r} schedule {s.get('schedule_options', {})} "
                 f"(sigma {trained[0]:g}..{trained[-1]:g}); this run's sigmas differ "
-                f"(use --schedule {s['schedule']})"
+                f"(use {schedule_flags(s['schedule'], s.get('schedule_options', {}))})"
             )
 
     def sample(
@@ -187,3 +192,10 @@ def solver_class(student: str) -> type[AMEDSolver]:
     )
     attrs = {"student": student, "name": _name(student), "__doc__": doc}
     return type(f"AMEDPlugin_{student}", (AMEDSolver,), attrs)
+
+
+def schedule_flags(schedule: str, options: dict[str, Any]) -> str:
+    """``--schedule NAME --schedule-opt k=v ...``: the flags that give a predictor's schedule."""
+    from shlex import quote
+
+    return " ".join([f"--schedule {quote(schedule)}", *(f"--schedule-opt {quote(f'{k}={v}')}" for k, v in options.items())])

@@ -177,10 +177,17 @@ class GITSScheduleFile(ScheduleBase):
 
     @property
     def sampling_defaults(self) -> dict[str, Any]:
-        """The searched step count and AFS setting (:class:`~diffsampler.SamplesItself`):
-        ``diffsampler sample --schedule gits --schedule-opt file=F`` needs no ``--steps``."""
+        """The searched step count, AFS setting and the class labels of its warm-up
+        (:class:`~diffsampler.SamplesItself`): ``diffsampler sample --schedule gits --schedule-opt
+        file=F`` needs no ``--steps`` (nor ``--labels``)."""
+        from diffsampler.labels import recorded_sampling_labels
+
         s = self.schedule
-        return {} if s is None else {"num_steps": s.num_steps, "afs": bool(s.afs)}
+        if s is None:
+            return {}
+        labels = recorded_sampling_labels(s.settings.get("labels"))
+        plan = {"num_steps": s.num_steps, "afs": bool(s.afs)}
+        return plan if labels is None else {**plan, "labels": labels}
 
     def _count_message(self, s: GITSSchedule, num_steps: int) -> str:
         if s.afs:
