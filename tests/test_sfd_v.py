@@ -150,13 +150,15 @@ def test_cli_sfdv_train_and_sample(tmp_path):
 
 
 # -- class labels ----------------------------------------------------------------------------
-def conditional_teacher() -> EDMDenoiser:
+def conditional_teacher(label_dropout: float = 0.0, class_label: int | None = None) -> EDMDenoiser:
+    """A class-conditional tiny network; without label dropout it has no unconditional mode."""
     torch.manual_seed(0)
-    net = EDMPrecond(img_resolution=8, img_channels=1, label_dim=3, model_type="SongUNet", **TINY)
+    net = EDMPrecond(img_resolution=8, img_channels=1, label_dim=3, model_type="SongUNet",
+                     label_dropout=label_dropout, **TINY)
     with torch.no_grad():
         for p in net.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    return EDMDenoiser(net, name="tiny-cond")
+    return EDMDenoiser(net, name="tiny-cond", class_label=class_label)
 
 
 def test_conditional_teacher_gets_a_random_class_per_trajectory():
@@ -172,7 +174,7 @@ def test_conditional_teacher_gets_a_random_class_per_trajectory():
         plain = seeds.sample(tr.teacher, x, tr.teacher_sigmas).x
     torch.testing.assert_close(targets[-1], end)
     assert not torch.allclose(end, plain)
-    assert trainer(conditional_teacher(), labels="none").labels(0) is None
+    assert trainer(conditional_teacher(label_dropout=0.1), labels="none").labels(0) is None
     assert trainer(tiny_teacher()).labels(0) is None  # unconditional teacher
 
 
@@ -254,7 +256,7 @@ def test_a_student_trained_on_random_classes_samples_random_classes(tmp_path):
     path = tr.result().save(tmp_path / "c.json")
     assert ds.get_model(str(path)).sampling_defaults["labels"] == "random"
     assert "labels" not in ds.get_model(str(path), class_label=1).sampling_defaults
-    none = trainer(conditional_teacher(), labels="none")
+    none = trainer(conditional_teacher(label_dropout=0.1), labels="none")
     assert "labels" not in none.result().sampling_defaults
     from diffsampler.runs import RunConfig, plan_run
 

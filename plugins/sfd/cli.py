@@ -58,7 +58,10 @@ def train(
     ] = False,
     min_steps: Annotated[int, typer.Option(help="SFD-v: fewest student sigmas")] = 4,
     max_steps: Annotated[int, typer.Option(help="SFD-v: most student sigmas")] = 7,
-    labels: Annotated[str, typer.Option(help="class-conditional teachers: random (the seed) or none")] = "random",
+    labels: Annotated[str, typer.Option(
+        help="class labels of the training trajectories: none, random (per seed), seed (seed mod classes) or a "
+             "class index; auto: random for a class-conditional model without --model-opt class_label, as the "
+             "seed (an SFD student teacher: the labels it was trained on), else none")] = "auto",
     lpips: Annotated[
         float | None, typer.Option(help="LPIPS weight on the last step (default: 1 when the teacher is a student)")
     ] = None,

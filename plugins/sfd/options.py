@@ -7,6 +7,7 @@ from typing import Literal
 import attrs
 
 from diffsampler import choice, in_range, option, positive
+from diffsampler.labels import labels_option
 
 __all__ = [
     "DEFAULT_FIRST_SEED",
@@ -19,6 +20,7 @@ __all__ = [
     "SFDScheduleOptions",
     "SFDSolverOptions",
     "parse_pairs_text",
+    "sigma_order_error",
 ]
 
 #: Training noise uses seeds ``seed + k * batch + j`` (iteration k, row j): far from the seeds
@@ -37,6 +39,13 @@ def parse_pairs_text(text: str) -> dict[str, str]:
             raise ValueError(f"expected key=value pairs separated by commas, got {text!r}")
         out[key.strip()] = value.strip()
     return out
+
+
+def sigma_order_error(sigma_min: float, sigma_max: float) -> str | None:
+    """The one wording of "the noise range is empty" (``None`` when ``sigma_min < sigma_max``)."""
+    if sigma_min < sigma_max:
+        return None
+    return f"sigma_min ({sigma_min:g}) must be below sigma_max ({sigma_max:g})"
 
 
 def _pairs(text: str | None) -> str | None:
@@ -120,12 +129,7 @@ class SFDOptions:
     )
     min_steps: int = option(4, help="SFD-v: fewest student sigmas (seed: 4 = 2 NFE with AFS)", validator=in_range(2, 1000))
     max_steps: int = option(7, help="SFD-v: most student sigmas (seed: 7 = 5 NFE with AFS)", validator=in_range(2, 1000))
-    labels: Literal["random", "none"] = option(
-        "random",
-        help="class-conditional teachers: a random class per trajectory (the seed) or none "
-        "(EDM's all-zero label vector); ignored for unconditional teachers",
-        validator=choice("random", "none"),
-    )
+    labels: str = labels_option("training trajectories")
     lpips: float | None = option(
         None,
         help="weight of the LPIPS term on the last student step (seed: 1 in the second stage, "
@@ -142,8 +146,10 @@ class SFDOptions:
     def __attrs_post_init__(self) -> None:
         if self.step_condition and self.min_steps > self.max_steps:
             raise ValueError(f"min_steps ({self.min_steps}) must not exceed max_steps ({self.max_steps})")
-        if self.sigma_min is not None and self.sigma_max is not None and not self.sigma_min < self.sigma_max:
-            raise ValueError(f"sigma_min ({self.sigma_min}) must be below sigma_max ({self.sigma_max})")
+        if self.sigma_min is not None and self.sigma_max is not None:
+            empty = sigma_order_error(self.sigma_min, self.sigma_max)
+            if empty:
+                raise ValueError(empty)
         if self.step_condition and not self.min_steps <= self.num_steps <= self.max_steps:
             raise ValueError(
                 f"num_steps ({self.num_steps}) must lie in min_steps..max_steps ({self.min_steps}..{self.max_steps})"

@@ -76,10 +76,13 @@ class SFDStudent(EDMDenoiser):
     def sampling_defaults(self) -> dict[str, Any]:
         """How ``sample`` runs the student unless told otherwise (:class:`diffsampler.SamplesItself`):
         Euler on its own sigmas (the ``sfd`` schedule reads them from the model), with its AFS;
-        a class-conditional student trained on random classes gets a random class per seed."""
+        a class-conditional student gets the labels it was trained on (``settings.labels``:
+        ``random``, ``seed`` or a class index; ``none`` and older ``none`` students get none)
+        unless it is loaded with a ``class_label`` of its own."""
         plan: dict[str, Any] = {"solver": "euler", "schedule": "sfd", "num_steps": self.steps, "afs": self.afs}
-        if self.label_dim and self.class_label is None and self.settings.get("labels") == "random":
-            plan["labels"] = "random"
+        trained = str(self.settings.get("labels", "none"))
+        if self.label_dim and self.class_label is None and (trained in ("random", "seed") or trained.isdigit()):
+            plan["labels"] = trained
         return plan
 
     def with_steps(self, steps: int) -> SFDStudent:

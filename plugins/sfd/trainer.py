@@ -52,10 +52,11 @@ from .options import (
     SEED_TEACHER_OPTIONS,
     SFDOptions,
     parse_pairs_text,
+    sigma_order_error,
 )
 from .student import SFDStudent
 
-__all__ = ["CHECKPOINT_FORMAT", "SFDTrainer", "fingerprint", "noise_range", "with_seed_rules"]
+__all__ = ["CHECKPOINT_FORMAT", "SFDTrainer", "fingerprint", "noise_range", "trained_labels", "with_seed_rules"]
 
 CHECKPOINT_FORMAT = "diffsampler.sfd.checkpoint/1"
 # options that may differ between a checkpoint and the run that resumes it
@@ -81,13 +82,13 @@ def noise_range(options: SFDOptions, teacher: EDMDenoiser) -> tuple[float, float
 
     Unset, the seed's: 0.006..80 for a pixel-space EDM teacher (``training_loop.py``; kept inside
     the teacher's own range), or an SFD student teacher's own range (the seed's second stage reads
-    the stage-1 network's). A value set explicitly must lie inside the teacher's range.
+    the stage-1 network's). A value set explicitly must lie inside the teacher's range; with an
+    SFD student teacher it must be the student's own (its sigmas are the teacher grid).
     """
-    student = isinstance(teacher, SFDStudent)
-    lo = teacher.sigma_min if student else max(SEED_SIGMA_MIN, teacher.sigma_min)
-    hi = teacher.sigma_max if student else min(SEED_SIGMA_MAX, teacher.sigma_max)
-    lo = lo if options.sigma_min is None else options.sigma_min
-    hi = hi if options.sigma_max is None else options.sigma_max
+    if isinstance(teacher, SFDStudent):
+        return _student_teacher_range(options, teacher)
+    lo = max(SEED_SIGMA_MIN, teacher.sigma_min) if options.sigma_min is None else options.sigma_min
+    hi = min(SEED_SIGMA_MAX, teacher.sigma_max) if options.sigma_max is None else options.sigma_max
     tol = 1e-9
     widen = [f"--model-opt sigma_min={lo:g}"] if lo < teacher.sigma_min * (1 - tol) else []
     widen += [f"--model-opt sigma_max={hi:g}"] if hi > teacher.sigma_max * (1 + tol) else []
@@ -96,9 +97,53 @@ def noise_range(options: SFDOptions, teacher: EDMDenoiser) -> tuple[float, float
             f"SFD's sigma range {lo:g}..{hi:g} leaves the teacher's {teacher.sigma_min:g}..{teacher.sigma_max:g}: "
             f"pick sigma_min/sigma_max inside it, or widen the teacher's ({' '.join(widen)})"
         )
-    if not lo < hi:
-        raise OptionError(f"SFD needs sigma_min < sigma_max, got {lo:g} and {hi:g}")
+    empty = sigma_order_error(lo, hi)
+    if empty:
+        raise OptionError(empty)
     return float(lo), float(hi)
+
+
+def _student_teacher_range(options: SFDOptions, teacher: SFDStudent) -> tuple[float, float]:
+    """The second stage's range: the SFD student teacher's own. Its sigmas are fixed by its
+    training (the teacher grid must be one of them), so another range cannot work."""
+    lo, hi = teacher.sigma_min, teacher.sigma_max
+    given = {"--sigma-min": (options.sigma_min, lo), "--sigma-max": (options.sigma_max, hi)}
+    other = [flag for flag, (v, own) in given.items() if v is not None and not math.isclose(v, own, rel_tol=1e-9)]
+    if other:
+        raise OptionError(
+            f"an SFD student teacher is sampled on the sigmas it was trained on ({lo:g}..{hi:g}), so the "
+            f"second stage uses that range: drop {'/'.join(other)}"
+        )
+    return float(lo), float(hi)
+
+
+def _grid_mismatch(teacher: SFDStudent, trained: tuple[float, ...], grid: list[float]) -> str:
+    """Why an SFD student teacher's sigmas are not this run's teacher grid of the same length."""
+    head = f"the teacher is an SFD student trained on {len(trained)} sigmas {trained[-1]:g}..{trained[0]:g}"
+    if not (_same([trained[0], trained[-1]], [grid[0], grid[-1]])):
+        return (f"{head}; this run's teacher grid spans {grid[-1]:g}..{grid[0]:g}: "
+                "drop --sigma-min/--sigma-max (the second stage uses the teacher's range)")
+    rho = teacher.settings.get("rho")
+    was = f" (--rho {rho:g})" if isinstance(rho, (int, float)) else ""
+    return f"{head}; this run's {len(grid)} sigmas over that range are spaced differently: use its rho{was}"
+
+
+def trained_labels(choice: str, teacher: EDMDenoiser) -> str:
+    """The labels the training trajectories get, as recorded in the student (``settings.labels``).
+
+    ``auto`` follows :func:`diffsampler.labels.resolve_labels` (random for a class-conditional
+    teacher without a ``class_label``, as the seed), except that an SFD student teacher keeps
+    the labels it was trained on. No labels on a teacher with a fixed ``class_label`` (the model
+    option) is that class, recorded as its index so that sampling the student uses it too.
+    """
+    from diffsampler.labels import label_text, resolve_labels
+
+    if choice == "auto" and isinstance(teacher, SFDStudent) and teacher.class_label is None:
+        return label_text(teacher.sampling_defaults.get("labels"))
+    resolved = resolve_labels(choice, teacher)
+    if resolved is None and teacher.label_dim and teacher.class_label is not None:
+        return str(teacher.class_label)
+    return label_text(resolved)
 
 
 def with_seed_rules(options: SFDOptions, teacher: EDMDenoiser) -> SFDOptions:
@@ -107,7 +152,8 @@ def with_seed_rules(options: SFDOptions, teacher: EDMDenoiser) -> SFDOptions:
     First stage: teacher ``dpmpp`` with ``max_order=3`` and dynamic thresholding (the seed's
     ``dpm_pp_sampler`` always thresholds), no AFS. Second stage (``teacher`` an SFD student): the
     seed forces Euler with the student's own AFS (``loss.py``, ``is_second_stage``). Options set
-    explicitly are kept. ``lpips`` keeps its own rule (see :class:`SFDTrainer`).
+    explicitly are kept, and ``labels`` becomes the choice trained (:func:`trained_labels`).
+    ``lpips`` keeps its own rule (see :class:`SFDTrainer`).
     """
     student = isinstance(teacher, SFDStudent)
     solver = options.teacher or ("euler" if student else SEED_TEACHER)
@@ -115,7 +161,8 @@ def with_seed_rules(options: SFDOptions, teacher: EDMDenoiser) -> SFDOptions:
     afs = options.teacher_afs if options.teacher_afs is not None else (bool(teacher.afs) if student else False)
     lo, hi = noise_range(options, teacher)
     return attrs.evolve(
-        options, teacher=solver, teacher_options=solver_options, teacher_afs=afs, sigma_min=lo, sigma_max=hi
+        options, teacher=solver, teacher_options=solver_options, teacher_afs=afs, sigma_min=lo, sigma_max=hi,
+        labels=trained_labels(options.labels, teacher),
     )
 
 
@@ -148,11 +195,17 @@ class SFDTrainer:
             raise OptionError(
                 f"SFD fine-tunes an EDM network (models digits, edm-*, or an EDM file); got {type(teacher).__name__}"
             )
+        from diffsampler.labels import labels_cond
+
         options = with_seed_rules(options, teacher)
         self.options = options
         self.sigma_min, self.sigma_max = noise_range(options, teacher)
         self.dist = current()
         self.device = torch.device(options.device)
+        name = str((teacher_info or {}).get("name") or teacher.name)
+        # before any work: the teacher refuses a labels choice it cannot take, in one line
+        self._label_fn, _ = labels_cond(options.labels, teacher, model_name=name, device=self.device,
+                                        first_seed=options.seed)
         self.teacher = copy.copy(teacher)
         self.teacher.net = teacher.net.to(self.device).eval().requires_grad_(False)
         self.conditioned = options.step_condition or has_step_condition(self.teacher.net)
@@ -171,7 +224,6 @@ class SFDTrainer:
         for n in options.step_counts:
             self._check_student_teacher(teacher, len(self.grid(n)[1]))
         self.sigmas, self.teacher_sigmas = self.grid(options.num_steps)
-        self.classes = int(getattr(teacher, "label_dim", 0) or 0) if options.labels == "random" else 0
         self.lpips_weight = options.lpips if options.lpips is not None else (1.0 if isinstance(teacher, SFDStudent) else 0.0)
         self._lpips: torch.nn.Module | None = None
         if self.lpips_weight > 0:
@@ -204,12 +256,14 @@ class SFDTrainer:
             return
         _, grid = self._grids[next(n for n in self._grids if len(self._grids[n][1]) == count)]
         trained = teacher.sigma_table.get(count)
-        if trained is None or not _same(trained, grid.tolist()):
+        if trained is None:
             counts = ", ".join(str(k) for k in sorted(teacher.sigma_table))
             raise OptionError(
                 f"the teacher is an SFD student trained on {counts} sigmas; the teacher grid here has "
-                f"{count} ((M + 1) * (num_steps - 1) + 1) other sigmas: pick M and num_steps to match"
+                f"{count} ((M + 1) * (num_steps - 1) + 1): pick M and num_steps to match"
             )
+        if not _same(trained, grid.tolist()):
+            raise OptionError(_grid_mismatch(teacher, trained, grid.tolist()))
 
     def steps_at(self, iteration: int) -> int:
         """The student's number of sigmas in ``iteration`` (SFD-v: drawn from ``(seed, iteration)``)."""
@@ -219,13 +273,14 @@ class SFDTrainer:
         return int(np.random.default_rng([o.seed, iteration, 7]).integers(o.min_steps, o.max_steps + 1))
 
     def labels(self, iteration: int) -> torch.Tensor | None:
-        """This process's class indices for iteration ``iteration`` (``None``: unconditional)."""
-        if not self.classes:
+        """This process's class indices for iteration ``iteration`` (``None``: no labels), each from
+        its trajectory's seed as ``sample --labels`` draws them (``random``: ``default_rng([seed, 1])``)."""
+        if self._label_fn is None:
             return None
         o = self.options
         seeds = shard(range(o.seed + iteration * o.batch, o.seed + (iteration + 1) * o.batch))
-        drawn = [int(np.random.default_rng([s, 1]).integers(self.classes)) for s in seeds]
-        return torch.tensor(drawn, device=self.device)
+        labels: torch.Tensor = self._label_fn(list(seeds))
+        return labels
 
     def _teacher_for(self, count: int) -> EDMDenoiser:
         if isinstance(self.teacher, SFDStudent) and self.teacher.step_condition is not None:
