@@ -178,3 +178,35 @@ def test_labels_do_not_change_an_unconditional_run():
     b.step()
     for k, v in a.student.net.state_dict().items():
         assert torch.equal(v, b.student.net.state_dict()[k])
+
+
+# -- the sfd solver (a student in place of its teacher) -------------------------------------------
+def test_the_sfd_solver_samples_its_student_as_trained(tmp_path):
+    """``sample --model TEACHER --solver sfd[student=F]`` takes the student's steps, AFS and
+    labels where the command leaves them open, and ``compare`` warns when it samples otherwise."""
+    import warnings
+
+    from diffsampler.compare import _warn_other_labels
+    from diffsampler.plugins.edm.checkpoint import save_network
+
+    teacher = conditional_teacher(label_dropout=0.1)
+    tr = trainer(teacher, num_steps=5)
+    tr.step()
+    path = str(tr.result().save(tmp_path / "r.json"))
+    solver = ds.get_solver("sfd", student=path)
+    assert solver.sampling_defaults == {"num_steps": 5, "afs": True, "labels": "random"}
+    net = str(save_network(teacher.net, tmp_path / "t"))
+    config = plan_run(RunConfig(model=net, solver="sfd", solver_options={"student": path}, seeds=(0, 1))).config
+    assert (config.labels, config.afs, config.num_steps) == ("random", True, 5)
+    asked = plan_run(RunConfig(model=net, solver="sfd", solver_options={"student": path}, seeds=(0, 1),
+                               labels="seed")).config
+    assert asked.labels == "seed"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _warn_other_labels("sfd", (solver,), None)
+        _warn_other_labels("sfd", (solver,), "random")
+    assert [str(w.message) for w in caught] == [
+        "row sfd was trained with labels=random; this comparison samples without labels "
+        "(--labels random samples it as trained)"]
+    none = trainer(teacher, num_steps=5, labels="none").result().save(tmp_path / "n.json")
+    assert "labels" not in ds.get_solver("sfd", student=str(none)).sampling_defaults

@@ -48,6 +48,17 @@ class SFDSolver(ODESolver):
             self.student = load_student(self.options.student)
             self.recommended_schedule = ("sfd", {"file": self.options.student})
 
+    @property
+    def sampling_defaults(self) -> dict[str, Any]:
+        """What the student was trained for (:class:`diffsampler.SamplesItself`), for what a run
+        leaves open: its step count, its AFS and its class labels (``random`` for a student
+        trained on random classes), so that ``sample``/``compare`` run it as trained."""
+        if self.student is None:
+            return {}
+        own = self.student.sampling_defaults
+        plan = {"num_steps": own["num_steps"], "afs": own["afs"]}
+        return {**plan, "labels": own["labels"]} if "labels" in own else plan
+
     def _need(self) -> SFDStudent:
         if self.student is None:
             raise OptionError("solver 'sfd' needs a student: --opt student=FILE (written by diffsampler sfd train)")
