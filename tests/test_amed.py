@@ -581,6 +581,13 @@ def test_ctrl_c_writes_the_predictor_trained_so_far(tmp_path, monkeypatch):
     from diffsampler.plugins.amed.predictor import load_predictor
 
     assert load_predictor(out).settings["iterations"] == 2 and len(calls) == 2
+    calls.clear()  # again over the predictor now there: it is kept, the new one goes beside it
+    before = out.read_bytes()
+    res = run("amed", "train", "--solver", "euler", "--nfe", "3", "--batch", "4", "--total-kimg", "0.02",
+              "--out", str(out))
+    aside = tmp_path / "p-interrupted.safetensors"
+    assert res.exit_code == 130 and out.read_bytes() == before and load_predictor(aside).settings["iterations"] == 2
+    assert f"written to {aside} ({out} is kept: it was there before)" in res.stderr
 
 
 def test_the_seeds_thresholding_is_no_no_op_on_digits(digits):

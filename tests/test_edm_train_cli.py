@@ -125,4 +125,22 @@ def test_ctrl_c_writes_the_network_trained_so_far(tmp_path: Path) -> None:
     assert 1 <= done < 100000 and out.with_suffix(".safetensors").is_file()
     assert f"wrote {out.with_suffix('.json')}" in rest
     assert stderr.strip().splitlines()[-1] == (f"interrupted at step {done}/100000; the network trained so far "
-                                               "(EMA weights) was written")
+                                               f"(EMA weights) was written to {out}")
+
+
+def test_ctrl_c_never_replaces_a_network_that_was_there(tmp_path: Path) -> None:
+    import signal
+
+    out = tmp_path / "t"
+    out.with_suffix(".json").write_text("{}")  # a finished network's files, as far as this test cares
+    proc = subprocess.Popen([sys.executable, "-m", "diffsampler", "train-denoiser", "--out", str(out),
+                             *TINY[2:], "--steps", "100000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"})
+    assert proc.stdout is not None
+    proc.stdout.readline()
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and out.with_suffix(".json").read_text() == "{}"
+    aside = tmp_path / "t-interrupted"
+    assert aside.with_suffix(".json").is_file() and aside.with_suffix(".safetensors").is_file()
+    assert stderr.strip().splitlines()[-1].endswith(f"was written to {aside} ({out} is kept: it was there before)")

@@ -85,6 +85,7 @@ def train(
     from diffsampler.outputs import check_output_file
 
     check_output_file(out)  # before any work: a training is not lost to a bad --out
+    existed = out.exists()
     torch.set_num_threads(threads)
     device = resolve_device(device)
     num_steps = steps_for(solver, steps=steps, nfe=nfe, afs=afs)
@@ -128,9 +129,12 @@ def train(
     seconds = time.perf_counter() - t0
     done, planned = predictor.settings["iterations"], predictor.settings["iterations_planned"]
     if interruption.signum is not None and done < planned:
+        # an interrupted run never replaces a predictor that was there before it
+        target = out.with_name(f"{out.stem}-interrupted{out.suffix}") if existed else out
         if done:
-            predictor.save(out)
-        kept = (f"the predictor trained so far was written to {out}" if done else "nothing was trained yet")
+            predictor.save(target)
+        kept = (f"the predictor trained so far was written to {target}"
+                + (f" ({out} is kept: it was there before)" if existed else "") if done else "nothing was trained yet")
         err_console.print(escape(f"interrupted at iteration {done}/{planned}; {kept}; rerun the same "
                                  "command to train it fully"), highlight=False, soft_wrap=True)
         raise typer.Exit(128 + interruption.signum)

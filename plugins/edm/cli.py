@@ -62,12 +62,17 @@ def train_denoiser(
         printer(step, total, loss)
 
     printer = progress_printer(typer.echo)
+    # an interrupted run never replaces a network that was there before it
+    existed = any(out.with_suffix(suffix).exists() for suffix in (".json", ".safetensors"))
+    base = out.with_suffix("")  # the files are base.json and base.safetensors
+    aside = base.with_name(f"{base.name}-interrupted") if existed else None
     with stop_between_steps(show=True, step="step") as interruption:
-        path = train(cfg, out, progress=progress, stop=interruption.requested)
+        path = train(cfg, out, progress=progress, stop=interruption.requested, out_if_stopped=aside)
     typer.echo(f"wrote {path} and {path.with_suffix('.safetensors')}")
     if interruption.signum is not None and done < cfg.steps:
+        kept = f" ({out} is kept: it was there before)" if aside is not None else ""
         err_console.print(f"interrupted at step {done}/{cfg.steps}; the network trained so far (EMA weights) "
-                          "was written", highlight=False, soft_wrap=True)
+                          f"was written to {path.with_suffix('')}{kept}", highlight=False, soft_wrap=True)
         raise typer.Exit(128 + interruption.signum)
 
 

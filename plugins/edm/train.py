@@ -194,13 +194,15 @@ def train(
     *,
     progress: Callable[[int, int, float], None] | None = None,
     stop: Callable[[], bool] | None = None,
+    out_if_stopped: str | Path | None = None,
 ) -> Path:
     """Train, then write ``<out>.safetensors`` and ``<out>.json``; returns the JSON path.
 
     The device and the output paths are checked before the first step (:class:`OptionError`).
     ``progress(step, steps, loss)`` is called after every step (see :func:`progress_printer`).
     ``stop()`` is asked after every step: True ends training there, as ``--minutes`` does (the
-    files record ``steps_done``).
+    files record ``steps_done``), and the files go to ``out_if_stopped`` when given (so that an
+    interrupted run does not replace a finished network at ``out``).
     """
     import copy
 
@@ -229,6 +231,7 @@ def train(
     seen = 0
     avg = 0.0
     step = 0
+    stopped = False
     for step in range(1, cfg.steps + 1):
         idx = torch.randint(0, n_data, (cfg.batch_size,), device=device, generator=gen)
         # Linear warm-up, then a cosine decay to 10% over the run (steps or wall time).
@@ -257,7 +260,10 @@ def train(
         avg = 0.98 * avg + 0.02 * value if step > 1 else value
         if progress is not None:
             progress(step, cfg.steps, avg)
-        if time.monotonic() > deadline or (stop is not None and stop()):
+        if stop is not None and stop():
+            stopped = True
+            break
+        if time.monotonic() > deadline:
             break
     elapsed = time.monotonic() - start
     record = attrs.asdict(cfg)
@@ -272,7 +278,8 @@ def train(
         },
     }
     meta = {"diffsampler.edm.config": json.dumps({k: _jsonable(v) for k, v in record.items()})}
-    return save_network(ema.cpu(), out, metadata=meta, **extra)
+    target = out_if_stopped if stopped and out_if_stopped is not None else out
+    return save_network(ema.cpu(), target, metadata=meta, **extra)
 
 
 def _jsonable(value: Any) -> Any:
