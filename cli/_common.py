@@ -92,7 +92,9 @@ def stop_between_steps(show: bool, *, step: str = "iteration") -> Iterator[StopR
             os.write(2, f"\n{signal.Signals(signum).name}: stopping after this {step} "
                         "(Ctrl-C again to quit at once, losing it)\n".encode())
 
-    previous = {signum: signal.signal(signum, handler) for signum in (signal.SIGINT, signal.SIGTERM)}
+    # a SIGINT ignored at start (a background job of a shell script) stays ignored, as for sample
+    signums = [s for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) is not signal.SIG_IGN]
+    previous = {signum: signal.signal(signum, handler) for signum in signums}
     try:
         yield state
     finally:

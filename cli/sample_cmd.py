@@ -267,8 +267,8 @@ def _sample_and_finish(plan: Any, rundir: Any, out: Path, dist: Any, *, as_json:
     written = on_main_first(finish)
     if not dist.is_main or written is None:
         return
-    summary = {"out": str(out), "files": written, "nfe": plan.nfe, "seconds": round(elapsed, 3),
-               "samples": len(config.seeds), "processes": dist.world_size}
+    summary = {"out": str(out), "files": written, "nfe": plan.nfe, "seconds": rundir.summary()["seconds"],
+               "session_seconds": round(elapsed, 3), "samples": len(config.seeds), "processes": dist.world_size}
     if as_json:
         print_json(summary)
     else:

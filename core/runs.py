@@ -174,7 +174,7 @@ def labels_for(choice: str | None, model: Denoiser, seeds: Iterable[int], *, mod
     if choice == "seed":
         return [int(s) % classes for s in seeds]
     if int(choice) >= classes:
-        raise OptionError(f"class {choice} is out of range: model {model_name!r} has {classes}")
+        raise OptionError(f"class {choice} is out of range: model {model_name!r} has {classes} (0-{classes - 1})")
     return [int(choice)] * len(list(seeds))
 
 

@@ -238,7 +238,7 @@ def test_labels_reach_the_model_per_seed_as_in_sample(tmp_path):
     torch.testing.assert_close(setup.trajectory, by_hand, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(collect(model="digits", num_steps=5, seeds=range(5)).trajectory, by_hand)
     for bad, message in (("cat", "labels must be 'random', 'seed' or a class index, got 'cat'"),
-                         ("12", "class 12 is out of range: model 'digits' has 10")):
+                         ("12", "class 12 is out of range: model 'digits' has 10 (0-9)")):
         proc = cli("analyze", "deviation", "--model", "digits", "--steps", "4", "--seeds", "0-1",
                    "--labels", bad, "--no-plot", "--out", str(tmp_path / bad))
         assert proc.returncode == 2 and proc.stderr.strip() == f"error: {message}", proc.stderr

@@ -192,3 +192,20 @@ def test_a_command_stopped_by_a_signal_says_so(monkeypatch, signum, status, name
         ds.reset_registry(None)
     assert stop.value.code == status
     assert captured.get().strip() == f"interrupted ({name}) before the command finished: its output is not complete"
+
+
+def test_training_stop_handler_leaves_an_ignored_sigint_ignored():
+    import signal
+
+    from diffsampler.cli._common import stop_between_steps
+
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as in a background job of a script
+    try:
+        with stop_between_steps(show=False) as request:
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL  # SIGTERM still stops between steps
+            signal.raise_signal(signal.SIGTERM)
+            assert request.requested() and request.signum == signal.SIGTERM
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)

@@ -575,3 +575,16 @@ def test_config_json_writes_lists_of_numbers_on_one_line(tmp_path):
     text = (tmp_path / "config.json").read_text()
     assert len(text.splitlines()) < 200
     assert json.loads(text)["config"]["seeds"] == list(range(5000))
+
+
+def test_json_seconds_is_the_total_and_session_seconds_the_invocations(tmp_path):
+    args = ("sample", "--seeds", "0-5", "--batch", "2", "--nfe", "3", "--out", str(tmp_path), "--json")
+    plan = plan_run(RunConfig(seeds=range(6), batch=2, nfe=3))
+    rundir = RunDirectory(tmp_path, "npz", plan.model.shape)
+    rundir.prepare(plan.record())
+    rundir.record_invocation(7.5, 1, interrupted=True)  # an earlier, interrupted session
+    done = invoke(*args)
+    assert done.exit_code == 0, done.output
+    summary = json.loads(done.stdout)
+    assert summary["seconds"] == pytest.approx(7.5 + summary["session_seconds"], abs=2e-3)
+    assert json.loads((tmp_path / "config.json").read_text())["seconds"] == summary["seconds"]
