@@ -25,9 +25,12 @@ def steps_for(solver: str, *, steps: int | None, nfe: int | None, afs: bool) -> 
     n, rest = divmod(nfe + int(afs), 2)
     if rest or n < 1:
         reach = "odd" if afs else "even"
+        near = [n for n in (nfe - 1, nfe + 1) if n >= (1 if afs else 2)]
+        other = "--no-afs" if afs else "--afs"
         raise OptionError(
             f"NFE {nfe} is not reachable with AMED ({solver}){' and AFS' if afs else ''}: "
-            f"each step spends 2 NFE{', AFS saves 1' if afs else ''}, so the NFE is {reach}"
+            f"each step spends 2 NFE{', AFS saves 1' if afs else ''}, so the NFE is {reach} "
+            f"(--nfe {' or '.join(map(str, near))}, or {other})"
         )
     return n + 1
 
