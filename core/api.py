@@ -71,6 +71,7 @@ def get_model(name: str | os.PathLike[str], **options: Any) -> Denoiser:
     """
     registry = get_registry()
     text = os.fspath(name)
+    options = _checked_device(options)
     try:
         return registry.create("model", text, **options)
     except UnknownComponentError:
@@ -90,6 +91,17 @@ def get_model(name: str | os.PathLike[str], **options: Any) -> Denoiser:
         names = ", ".join(c.qualified_name for c in loaders)
         raise ModelLoadError(f"several model plugins can load {text!r}: {names}; pick one by name")
     return loaders[0].create(path=text, **options)
+
+
+def _checked_device(options: dict[str, Any]) -> dict[str, Any]:
+    """A model option ``device`` checked as ``--device`` is (``auto`` resolved; a missing GPU is
+    one line, not a torch assertion inside the model's first tensor)."""
+    device = options.get("device")
+    if not isinstance(device, str):
+        return options
+    from .devices import resolve_device
+
+    return {**options, "device": resolve_device(device, flag="--model-opt device")}
 
 
 def list_components(kind: Kind | None = None) -> list[dict[str, str]]:

@@ -26,7 +26,7 @@ def resolve_device(name: str, *, flag: str = "--device") -> str:
         if not torch.cuda.is_available():
             raise OptionError(
                 f"{flag} {name}: no CUDA device is available (torch {torch.__version__}"
-                f"{' built without CUDA' if torch.version.cuda is None else ''}); use --device cpu"
+                f"{' built without CUDA' if torch.version.cuda is None else ''}); use cpu"
             )
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise OptionError(f"{flag} {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")

@@ -27,6 +27,17 @@ def test_a_bad_or_missing_device_is_one_clear_error():
         resolve_device("cuda:99", flag="--dev")
 
 
+def test_a_model_option_device_is_checked_as_the_flag_is():
+    import diffsampler as ds
+
+    with pytest.raises(OptionError, match=r"^--model-opt device must be auto, cpu, cuda or cuda:N, got 'gpu'$"):
+        ds.get_model("digits", device="gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(OptionError, match=r"^--model-opt device cuda: no CUDA device is available"):
+            ds.get_model("digits", device="cuda")
+    assert ds.get_model("digits", device="auto").device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def test_output_file_checks(tmp_path):
     with pytest.raises(OptionError, match="is a folder; give a file name"):
         check_output_file(tmp_path)
