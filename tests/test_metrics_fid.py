@@ -275,7 +275,7 @@ def test_cli_ref_and_calc_report_counts_and_match_the_library(weights_file, tmp_
     ref = _cli("fid", "ref", "--data", str(folder), "--out", str(tmp_path / "ref.npz"), "--device", "cpu",
                "--features", env=env)
     assert ref.returncode == 0, ref.stderr
-    assert "(4 images)" in ref.stdout and "50000" in ref.stderr
+    assert "(4 images, resize tf)" in ref.stdout and "50000" in ref.stderr
     stats = load_stats(tmp_path / "ref.npz")
     assert stats.count == 4
     monkeypatch.setenv("DIFFSAMPLER_FID_WEIGHTS", str(weights_file))
@@ -330,7 +330,8 @@ def test_statistics_record_their_resize_and_another_resize_is_refused(weights_fi
     assert isinstance(refused.exception, OptionError)
     assert str(refused.exception) == (
         f"--ref {str(tmp_path / 'pytorch-fid.npz')!r} was computed with resize=pytorch-fid, this run uses "
-        "resize=tf: FIDs of the two do not compare; use resize=pytorch-fid (--resize pytorch-fid) or rebuild it")
+        "resize=tf: Inception features of the two do not compare; use resize=pytorch-fid (--resize pytorch-fid, "
+        "or the metric option resize=pytorch-fid in compare) or rebuild it")
     same = runner.invoke(app, ["fid", "calc", "--images", str(tmp_path / "imgs.npz"), "--ref",
                                str(tmp_path / "pytorch-fid.npz"), "--device", "cpu", "--resize", "pytorch-fid", "--json"])
     assert same.exit_code == 0 and abs(json.loads(same.stdout)["fid"]) < 1e-2, same.output  # itself (rank 5 in 2048-d)
@@ -366,6 +367,9 @@ def test_calc_num_scores_edms_random_subset(weights_file, tmp_path, monkeypatch)
     assert out["count"] == 5 and abs(out["fid"]) < 1e-2  # the same 5 images as the reference
     other = json.loads(runner.invoke(app, [*base, "--ref", str(tmp_path / "ref.npz"), "--num", "5"]).stdout)
     assert other["fid"] > out["fid"] + 1e-3
+    assert (out["num"], out["seed"], out["resize"], out["ref_resize"]) == (5, 3, "tf", None)
+    lone = runner.invoke(app, [*base, "--ref", str(tmp_path / "ref.npz"), "--seed", "3"])
+    assert str(lone.exception) == "--seed picks the --num images: give --num as well"
     short = runner.invoke(app, [*base, "--ref", str(tmp_path / "ref.npz"), "--num", "20"])
     assert str(short.exception) == f"found 9 images in {str(tmp_path / 'imgs.npz')!r}, but --num expects at least 20"
 

@@ -10,6 +10,8 @@ from scipy.spatial.distance import cdist
 from diffsampler.errors import OptionError
 from diffsampler.plugins.metrics.prdc import knn_radii, prdc
 
+SCORES = ("precision", "recall", "density", "coverage")
+
 
 def brute_force(real: np.ndarray, fake: np.ndarray, k: int) -> dict[str, float]:
     """The definitions, with full distance matrices (the paper's eqs. 1-4; self is neighbour 0)."""
@@ -137,7 +139,9 @@ def test_cli_prdc_on_feature_files(tmp_path):
     out = runner.invoke(build_app(), ["prdc", "--real", str(tmp_path / "real.npz"), "--fake", str(tmp_path / "fake.npz"),
                                       "--k", "4", "--chunk", "7", "--device", "cpu", "--json"])
     assert out.exit_code == 0, out.output
-    assert json.loads(out.stdout) == pytest.approx(brute_force(real, fake, 4), abs=1e-12)
+    got = json.loads(out.stdout)
+    assert {k: got[k] for k in SCORES} == pytest.approx(brute_force(real, fake, 4), abs=1e-12)
+    assert (got["k"], got["max_size"], got["resize"], got["real_count"], got["fake_count"]) == (4, 5000, "tf", 30, 25)
 
 
 def test_prdc_metric_checks_k_against_the_samples_before_inception(tmp_path):
@@ -194,7 +198,12 @@ def test_max_size_scores_the_seeds_subsets(tmp_path, monkeypatch):
     out = CliRunner().invoke(build_app(), ["prdc", "--real", str(tmp_path / "real.npz"), "--fake",
                                            str(tmp_path / "fake.npz"), "--k", "3", "--max-size", "12", "--json"])
     assert out.exit_code == 0, out.output
-    assert json.loads(out.stdout) == pytest.approx(expected, abs=1e-12)
+    got = json.loads(out.stdout)
+    assert {k: got[k] for k in SCORES} == pytest.approx(expected, abs=1e-12)
+    assert (got["real_count"], got["fake_count"]) == (12, 12)
+    few = CliRunner().invoke(build_app(), ["prdc", "--real", str(tmp_path / "real.npz"), "--fake",
+                                           str(tmp_path / "fake.npz"), "--k", "3", "--max-size", "3"])
+    assert str(few.exception) == "PRDC with k=3 needs more than 3 points per set: max_size 3 leaves too few"
 
     def flat_features(net, batches, *, batch=250, on_batch=None):  # a stand-in embedding: flatten
         for b in batches:

@@ -115,7 +115,7 @@ def fid_ref(
                      features=np.concatenate(kept), resize=np.array(resize))
     if (stats.count or 0) < STANDARD_COUNT:
         _warn(f"reference of {stats.count} images; published FIDs use {STANDARD_COUNT}-image references")
-    _console().print(f"wrote {out} ({stats.count} images)", highlight=False, soft_wrap=True)
+    _console().print(f"wrote {out} ({stats.count} images, resize {resize})", highlight=False, soft_wrap=True)
 
 
 def fid_calc(
@@ -138,6 +138,8 @@ def fid_calc(
     reference = load_stats(ref)
     check_resize(reference.resize, _check_resize(resize), f"--ref {str(ref)!r}")
     keep = None
+    if seed and num is None:
+        raise OptionError("--seed picks the --num images: give --num as well")
     if num is not None:
         found = set_size(images)
         if found < num:  # as EDM's fid.py
@@ -154,15 +156,18 @@ def fid_calc(
     if json_out:
         from diffsampler.cli._common import print_json
 
-        print_json({"fid": value, "count": stats.count, "ref_count": reference.count})
+        print_json({"fid": value, "count": stats.count, "ref_count": reference.count, "resize": resize,
+                    "ref_resize": reference.resize, "num": num, "seed": seed if num is not None else None})
         return
     ref_n = "unknown" if reference.count is None else str(reference.count)
-    _console().print(f"FID {value:.4f}  ({stats.count} samples, reference of {ref_n} images)", highlight=False, soft_wrap=True)
+    made = f"resize {resize}" + ("" if reference.resize else "; the reference records none")
+    _console().print(f"FID {value:.4f}  ({stats.count} samples, reference of {ref_n} images, {made})", highlight=False,
+                     soft_wrap=True)
 
 
 def prdc_cmd(
     real: Annotated[Path, typer.Option(help="real images (folder, .zip, .npz) or features .npz from 'fid ref --features'")],
-    fake: Annotated[Path, typer.Option(help="generated images (folder, .zip, .npz)")],
+    fake: Annotated[Path, typer.Option(help="generated images (folder, .zip, .npz) or features .npz")],
     k: Annotated[int, typer.Option(min=1, help="nearest neighbour k")] = 5,
     max_size: Annotated[int, typer.Option(min=0, help="points per set: a random subset as the seed's prdc.py "
                                                       "(EDM's, seed 0); 0: all")] = 5000,
@@ -188,7 +193,7 @@ def prdc_cmd(
     sizes = {what: len(kept) if (kept := stored[what]) is not None else set_size(path, features=True)
              for what, path in sets}  # both read, then k: a set that is no image set is named first
     for what, path in sets:
-        check_k(k, min(sizes[what], max_size or sizes[what]), f"{what} {str(path)!r}")
+        check_k(k, sizes[what], f"{what} {str(path)!r}", max_size=max_size)
 
     def features(path: Path, what: str) -> np.ndarray:
         keep = subset(sizes[what], max_size)
@@ -202,7 +207,9 @@ def prdc_cmd(
     if json_out:
         from diffsampler.cli._common import print_json
 
-        print_json(values)
+        used = {what: min(sizes[what], max_size or sizes[what]) for what in sizes}
+        print_json({**values, "k": k, "max_size": max_size, "resize": resize, "real_count": used["real"],
+                    "fake_count": used["fake"]})
         return
     _console().print("  ".join(f"{name} {v:.4f}" for name, v in values.items()), highlight=False, soft_wrap=True)
 

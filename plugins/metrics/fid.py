@@ -165,8 +165,9 @@ def check_resize(recorded: str | None, resize: str, what: str) -> None:
     """Refuse features prepared one way (``recorded``, from a file) against images prepared another."""
     if recorded is not None and recorded != resize:
         raise OptionError(
-            f"{what} was computed with resize={recorded}, this run uses resize={resize}: FIDs of "
-            f"the two do not compare; use resize={recorded} (--resize {recorded}) or rebuild it"
+            f"{what} was computed with resize={recorded}, this run uses resize={resize}: Inception "
+            f"features of the two do not compare; use resize={recorded} (--resize {recorded}, or the "
+            f"metric option resize={recorded} in compare) or rebuild it"
         )
 
 

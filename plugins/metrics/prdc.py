@@ -193,8 +193,11 @@ def set_size(path: str | os.PathLike[str], *, features: bool = False) -> int:
     return n
 
 
-def check_k(k: int, n: int, what: str) -> None:
-    """Refuse ``k`` for a set of ``n`` points before anything is embedded (``what`` names the set)."""
+def check_k(k: int, n: int, what: str, *, max_size: int = 0) -> None:
+    """Refuse ``k`` for a set of ``n`` points before anything is embedded (``what`` names the set),
+    and a ``max_size`` that leaves too few."""
+    if max_size and max_size <= k:
+        raise OptionError(f"PRDC with k={k} needs more than {k} points per set: max_size {max_size} leaves too few")
     if n <= k:
         raise OptionError(f"PRDC with k={k} needs more than {k} points per set: {what} has {n}")
 
@@ -233,7 +236,7 @@ class PRDC:
         self._real_count = len(self._real) if self._real is not None else set_size(self.ref_path, features=True)
         if self._real is not None and (keep := subset(len(self._real), max_size)) is not None:
             self._real = self._real[keep]
-        check_k(k, min(self._real_count, max_size or self._real_count), f"ref {self.ref_path!r}")
+        check_k(k, self._real_count, f"ref {self.ref_path!r}", max_size=max_size)
 
     def _inception(self) -> Any:
         if self._net is None:
@@ -244,7 +247,7 @@ class PRDC:
 
     def check_run(self, *, seeds: Sequence[int], labels: Sequence[int] | None = None) -> None:
         """Refuse, before ``compare`` samples, too few samples for ``k`` neighbours."""
-        check_k(self.k, min(len(seeds), self.max_size or len(seeds)), "the sample set")
+        check_k(self.k, len(seeds), "the sample set", max_size=self.max_size)
 
     def compute(
         self,
@@ -257,7 +260,7 @@ class PRDC:
 
         batches = list(batches)
         count = sum(len(b) for b in batches)
-        check_k(self.k, min(count, self.max_size or count), "the sample set")  # before Inception runs
+        check_k(self.k, count, "the sample set", max_size=self.max_size)  # before Inception runs
         if self._real is None:
             self._real = _embed(self.ref_path, self._inception, batch=self.batch,
                                 keep=subset(self._real_count, self.max_size))
