@@ -22,10 +22,17 @@ def hub_offline() -> bool:
     return any(os.environ.get(v, "").strip().lower() in _TRUE for v in ("DIFFSAMPLER_OFFLINE", "HF_HUB_OFFLINE"))
 
 
+# file suffixes no hub repository id ends with: such a source is a local file
+_FILE_SUFFIXES = (".ckpt", ".zip", ".pt", ".pth", ".safetensors", ".bin", ".pkl", ".yaml", ".yml")
+
+
 def looks_local(source: str) -> bool:
     """Whether ``source`` can only be meant as a local path: a hub id is ``org/name``, with one
-    ``/`` and no leading ``.``, ``/`` or ``~`` (nor a Windows separator)."""
+    ``/`` and no leading ``.``, ``/`` or ``~`` (nor a Windows separator), and no file suffix
+    such as ``.ckpt`` or ``.safetensors``."""
     if source.startswith((".", "/", "~")) or (os.sep != "/" and os.sep in source):
+        return True
+    if source.lower().endswith(_FILE_SUFFIXES):
         return True
     return source.count("/") != 1 or source.endswith("/")
 

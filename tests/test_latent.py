@@ -321,3 +321,13 @@ def test_hub_retry_lines_are_quiet_while_loading(caplog: pytest.LogCaptureFixtur
     logger.warning("after")
     shown = [r.getMessage() for r in caplog.records]
     assert "Retrying in 1s [Retry 1/5]." not in shown and "a real error" in shown and "after" in shown
+
+
+def test_a_file_suffix_is_never_a_hub_id() -> None:
+    """``runs/missing.ckpt`` has the shape of a hub id (one ``/``) but no repository is named so."""
+    from diffsampler.hub import looks_local
+
+    for source in ("runs/missing.ckpt", "a/b.ZIP", "x/model.safetensors", "x/config.yaml", "x/w.pth"):
+        assert looks_local(source), source
+    for source in ("stable-diffusion-v1-5/stable-diffusion-v1-5", "openai/clip-vit-base-patch32", "org/model.v2"):
+        assert not looks_local(source), source

@@ -153,7 +153,7 @@ def _one_line_error(path: Path) -> str:
     with pytest.raises(ModelLoadError) as info:
         ds.get_model("latent", path=path, config=CONFIG)
     msg = str(info.value)
-    assert "\n" not in msg and msg.startswith(f"{path.name}: "), msg
+    assert "\n" not in msg and msg.startswith(f"{path.name} "), msg  # the file named once, not "x: x is"
     return msg
 
 
@@ -298,3 +298,131 @@ def test_the_seeds_ldm_command_runs(registry: ds.Registry, tmp_path: Path) -> No
     assert done.returncode == 0, done.stderr[-2000:]
     with np.load(tmp_path / "run" / "samples.npz") as f:
         assert f["samples"].shape == (2, 3, 16, 16) and np.isfinite(f["samples"]).all()
+
+
+# -- audit a2: loader messages and where a checkpoint is looked for ------------------------------------
+def _ckpt_bytes() -> bytes:
+    with zipfile.ZipFile(ZIP) as zf:
+        return zf.read("model.ckpt")
+
+
+def test_config_given_a_binary_file_says_which_option_takes_what(registry: ds.Registry, tmp_path: Path) -> None:
+    (tmp_path / "model.ckpt").write_bytes(_ckpt_bytes())
+    with pytest.raises(ModelLoadError) as info:  # path and config swapped
+        ds.get_model("latent", path=CONFIG, config=tmp_path / "model.ckpt")
+    assert str(info.value) == (f"config {tmp_path / 'model.ckpt'}: not a YAML text file (path= takes the "
+                               ".ckpt/.zip, config= its YAML)")
+
+
+@pytest.mark.parametrize(("path", "opts"), [("runs/missing.ckpt", {}), ("missing.zip", {}), ("bad/missing.zip", {}),
+                                            ("bad/missing", {"ema": False}), ("missing", {"config": str(CONFIG)}),
+                                            ("org/missing", {"vq_path": "vq.ckpt"})])
+@pytest.mark.parametrize("offline", [False, True])
+def test_a_missing_checkpoint_is_named_missing_not_a_hub_id(registry: ds.Registry, monkeypatch: pytest.MonkeyPatch,
+                                                            path: str, opts: dict[str, object], offline: bool) -> None:
+    import huggingface_hub
+
+    def no_hub(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("the hub was asked")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_hub)
+    monkeypatch.setattr(huggingface_hub, "file_exists", no_hub)
+    if offline:
+        monkeypatch.setenv("DIFFSAMPLER_OFFLINE", "1")
+    with pytest.raises(ModelLoadError) as info:
+        ds.get_model("latent", path=path, **opts)
+    assert str(info.value) == (f"{Path(path).name}: path={path!r} does not exist (a CompVis model.ckpt / .zip "
+                               "or a diffusers folder)")
+
+
+def test_an_unused_vq_path_is_said_once(registry: ds.Registry, tmp_path: Path) -> None:
+    (tmp_path / "rand.ckpt").write_bytes(b"garbage")
+    with pytest.warns(UserWarning, match=r"^vq_path ignored: tiny_ldm_vq.zip carries its own first_stage_model\.\* "
+                                         r"\(which wins, as in the seed\)$") as record:
+        ds.get_model("latent", path=ZIP, config=CONFIG, vq_path=tmp_path / "rand.ckpt")
+    assert len(record) == 1
+
+
+def test_a_folder_holding_model_ckpt_loads_as_that_checkpoint(registry: ds.Registry, tiny_as_ffhq: None,
+                                                                reference: dict[str, np.ndarray],
+                                                                tmp_path: Path) -> None:
+    """Where the seed's download script leaves the checkpoint: ``models/ldm/<name>/model.ckpt``."""
+    folder = tmp_path / "ext"
+    folder.mkdir()
+    (folder / "model.ckpt").write_bytes(_ckpt_bytes())
+    shutil.copyfile(CONFIG, folder / "config.yaml")
+    for model in (ds.get_model("latent", path=folder, config=CONFIG), ds.get_model("ldm-ffhq256", path=folder)):
+        assert model.info["format"] == "CompVis checkpoint"
+        assert _eps_error(model, reference, "denoised_ema") < EPS_TOL
+
+
+def test_get_model_takes_a_compvis_checkpoint_file(registry: ds.Registry, reference: dict[str, np.ndarray],
+                                                   tmp_path: Path) -> None:
+    """``ds.get_model("x.ckpt", config=...)`` (and ``--model x.ckpt``) reach the latent plugin's file loader."""
+    from diffsampler.plugins.latent.factories import loads_file
+
+    ckpt = tmp_path / "model.ckpt"
+    ckpt.write_bytes(_ckpt_bytes())
+    torch.save({"state_dict": {"conv.weight": torch.zeros(2)}}, tmp_path / "other.ckpt")
+    (tmp_path / "pics.zip").write_bytes(b"")
+    with zipfile.ZipFile(tmp_path / "pics.zip", "w") as zf:
+        zf.writestr("0.png", b"")
+    assert loads_file(ckpt) and loads_file(ZIP) and loads_file(tmp_path)
+    assert not loads_file(tmp_path / "other.ckpt") and not loads_file(tmp_path / "pics.zip") and not loads_file(CONFIG)
+    for path in (ckpt, ZIP):
+        assert _eps_error(ds.get_model(path, config=CONFIG), reference, "denoised_ema") < EPS_TOL
+
+
+def test_a_truncated_zip_and_a_plain_pickle_are_named_as_such(registry: ds.Registry, tmp_path: Path) -> None:
+    (tmp_path / "part.zip").write_bytes(ZIP.read_bytes()[:200_000])
+    assert _one_line_error(tmp_path / "part.zip") == "part.zip is a damaged or truncated zip (incomplete download?)"
+    with open(tmp_path / "plain.ckpt", "wb") as f:
+        pickle.dump({"a": 1}, f, protocol=4)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch's "Detected pickle protocol 4" warning stays inside
+        assert "damaged or not a PyTorch checkpoint" in _one_line_error(tmp_path / "plain.ckpt")
+
+
+def test_a_zip_placed_in_the_cache_is_kept(registry: ds.Registry, tiny_as_ffhq: None, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The offline message suggests putting the seed's zip at the cache path: it is unpacked, not deleted."""
+    monkeypatch.setenv("DIFFSAMPLER_OFFLINE", "1")
+    placed = tmp_path / "cache" / "latent" / "ffhq.zip"
+    placed.parent.mkdir(parents=True)
+    shutil.copyfile(ZIP, placed)
+    ds.get_model("ldm-ffhq256")
+    assert placed.is_file() and (placed.parent / "ffhq" / "model.ckpt").is_file()
+
+
+def test_info_says_where_the_weights_would_come_from(registry: ds.Registry, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from diffsampler.plugins.latent import NAMED, _where
+
+    entry = NAMED["ldm-ffhq256"]
+    assert _where(entry) == "seed checkpoint not local: downloaded on first use"
+    monkeypatch.setenv("DIFFSAMPLER_OFFLINE", "1")
+    assert _where(entry) == "seed checkpoint not local: a download is refused offline (DIFFSAMPLER_OFFLINE)"
+    monkeypatch.setenv("DIFFSAMPLER_LDM_FFHQ256", str(tmp_path / "nothere.zip"))
+    assert _where(entry) == f"$DIFFSAMPLER_LDM_FFHQ256 names a missing {tmp_path / 'nothere.zip'}"
+    monkeypatch.setenv("DIFFSAMPLER_LDM_FFHQ256", str(ZIP))
+    assert _where(entry) == "local copy set"
+
+
+def test_noise_levels_past_the_training_steps_warn_at_both_ends(registry: ds.Registry) -> None:
+    """The seed extrapolates the network time at both ends (``interpolate_fn``); both are said."""
+    betas = torch.linspace(0.0015**0.5, 0.0195**0.5, 1000, dtype=torch.float64) ** 2  # the config's schedule
+    ac = torch.cumprod(1 - betas, 0)
+    top, bottom = float(((1 - ac[-1]) / ac[-1]).sqrt()), float(((1 - ac[0]) / ac[0]).sqrt())
+    assert (round(top, 2), round(bottom, 5)) == (83.82, 0.03876)
+    with pytest.warns(UserWarning, match=rf"^sigma_max 100 is above the network's last step \({top:.4g}\)"):
+        model = ds.get_model("latent", path=ZIP, config=CONFIG, sigma_max=100.0)
+    assert model.sigma_max == 100.0 and float(model.sigma_to_t(torch.tensor(100.0))) > 999
+    with pytest.warns(UserWarning, match=rf"^sigma_min 0\.001 is below the network's step 0 \({bottom:.4g}\)"):
+        ds.get_model("latent", path=ZIP, config=CONFIG, sigma_min=0.001)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ds.get_model("latent", path=ZIP, config=CONFIG)  # the model's own range: no warning

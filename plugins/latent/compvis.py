@@ -23,9 +23,11 @@ they appear in are dropped. Any other non-weight object is refused.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import re
+import warnings
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -70,7 +72,7 @@ def extract_zip(archive: Path, *, what: str, into: Path | None = None) -> Path:
         with zipfile.ZipFile(archive) as zf:
             members = [i for i in zf.infolist() if Path(i.filename).name == "model.ckpt"]
             if len(members) != 1:
-                raise ModelLoadError(f"{what}: {archive} holds no single model.ckpt (a CompVis LDM zip has one)")
+                raise ModelLoadError(f"{_about(what, archive)} holds no single model.ckpt (a CompVis LDM zip has one)")
             info = members[0]
             folder = into or cache_dir() / "latent" / "extracted" / f"{archive.stem}-{info.CRC:08x}"
             target = folder / "model.ckpt"
@@ -87,14 +89,19 @@ def extract_zip(archive: Path, *, what: str, into: Path | None = None) -> Path:
                 tmp.unlink(missing_ok=True)
             return target
     except (zipfile.BadZipFile, OSError, EOFError) as exc:
-        raise ModelLoadError(f"{what}: cannot unpack {archive}: {str(exc).splitlines()[0][:200]}") from None
+        raise ModelLoadError(f"{what}: cannot unpack {archive.name}: {str(exc).splitlines()[0][:200]}") from None
+
+
+def _about(what: str, path: Path) -> str:
+    """``what: file`` for a message, or just the file when ``what`` already names it."""
+    return path.name if what == path.name else f"{what}: {path.name}"
 
 
 def _check_inert(names: list[str], path: Path, what: str) -> _Allowed:
     unknown = [n for n in names if not n.startswith(_INERT_PREFIXES)]
     if unknown:
         raise ModelLoadError(
-            f"{what}: {path.name} is not a plain weights checkpoint: its pickle needs {', '.join(unknown[:3])}, "
+            f"{_about(what, path)} is not a plain weights checkpoint: its pickle needs {', '.join(unknown[:3])}, "
             "which diffsampler does not run (it loads weights only)"
         )
     allowed: _Allowed = [(_Inert, n) for n in names]
@@ -102,7 +109,7 @@ def _check_inert(names: list[str], path: Path, what: str) -> _Allowed:
 
 
 def _load_with(path: Path, allowed: _Allowed, mmap: bool) -> Any:
-    with torch.serialization.safe_globals(allowed):
+    with torch.serialization.safe_globals(allowed), _quiet_protocol():
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
 
 
@@ -117,14 +124,24 @@ def _load_legacy_format(path: Path, what: str) -> Any:
             if found is None or found.group(1) in names:
                 raise
             names.append(found.group(1))
-    raise ModelLoadError(f"{what}: {path.name} names too many objects outside its weights")
+    raise ModelLoadError(f"{_about(what, path)} names too many objects outside its weights")
+
+
+@contextlib.contextmanager
+def _quiet_protocol() -> Iterator[None]:
+    """torch warns about a non-default pickle protocol before refusing a plain pickle; the
+    refusal (one line) says enough."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Detected pickle protocol")
+        yield
 
 
 def _torch_load(path: Path, what: str) -> Any:
     mmap = zipfile.is_zipfile(path)  # torch.save's zip format can be memory-mapped, the legacy one not
     try:
         try:
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+            with _quiet_protocol():
+                return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
         except pickle.UnpicklingError:
             if not mmap:
                 return _load_legacy_format(path, what)
@@ -135,11 +152,13 @@ def _torch_load(path: Path, what: str) -> Any:
     except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError, KeyError, AttributeError) as exc:
         text = str(exc).strip()
         first = text.splitlines()[0].split(". ")[0][:160] if text else type(exc).__name__
-        raise ModelLoadError(f"{what}: {path.name} is damaged or not a PyTorch checkpoint ({first})") from None
+        raise ModelLoadError(f"{_about(what, path)} is damaged or not a PyTorch checkpoint ({first})") from None
 
 
 def _read_tensors(path: str | os.PathLike[str], what: str) -> tuple[Path, dict[str, Tensor] | None]:
     p = Path(path).expanduser()
+    if p.suffix.lower() == ".zip" and p.is_file() and not zipfile.is_zipfile(p):
+        raise ModelLoadError(f"{_about(what, p)} is a damaged or truncated zip (incomplete download?)")
     if zipfile.is_zipfile(p) and not _is_torch_zip(p):
         p = extract_zip(p, what=what)
     obj = _torch_load(p, what)
@@ -158,7 +177,7 @@ def read_state_dict(path: str | os.PathLike[str], *, what: str) -> dict[str, Ten
     ``model.ckpt``), read weights-only."""
     p, sd = _read_tensors(path, what)
     if sd is None or not _has(sd, "model.diffusion_model."):
-        raise ModelLoadError(f"{what}: {p.name} is not a CompVis latent-diffusion checkpoint "
+        raise ModelLoadError(f"{_about(what, p)} is not a CompVis latent-diffusion checkpoint "
                              "(no model.diffusion_model.* weights in its state_dict)")
     return sd
 
@@ -171,7 +190,7 @@ def read_first_stage(path: str | os.PathLike[str], *, what: str) -> dict[str, Te
     if sd is not None and _has(sd, "first_stage_model.decoder."):
         return {k: v for k, v in sd.items() if k.startswith("first_stage_model.")}
     if sd is None or not _has(sd, "decoder."):
-        raise ModelLoadError(f"{what}: {p.name} is not a CompVis VQ autoencoder checkpoint (no decoder.* weights)")
+        raise ModelLoadError(f"{_about(what, p)} is not a CompVis VQ autoencoder checkpoint (no decoder.* weights)")
     return {f"first_stage_model.{k}": v for k, v in sd.items() if not k.startswith("loss.")}
 
 

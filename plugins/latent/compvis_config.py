@@ -167,6 +167,9 @@ def read_config(path: str | os.PathLike[str]) -> LDMConfig:
 
     try:
         cfg = yaml.safe_load(Path(path).expanduser().read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ModelLoadError(f"config {os.fspath(path)}: not a YAML text file (path= takes the .ckpt/.zip, "
+                             "config= its YAML)") from None
     except (OSError, yaml.YAMLError) as exc:
         raise ModelLoadError(f"config {os.fspath(path)}: cannot read: {str(exc).splitlines()[0]}") from None
     if not isinstance(cfg, Mapping):

@@ -11,6 +11,7 @@ counts as 2 NFE per evaluation (``info["nfe_per_evaluation"]``).
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -30,6 +31,17 @@ _AUTOCAST = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 def cfg_combine(eps_uncond: Tensor, eps_cond: Tensor, rate: float) -> Tensor:
     """Classifier-free guidance: ``eps_u + w (eps_c - eps_u)``."""
     return eps_uncond + rate * (eps_cond - eps_uncond)
+
+
+def _warn_outside_steps(time: DiscreteVP, sigma_min: float | None, sigma_max: float | None) -> None:
+    """A noise range past the training steps ``0 .. M-1`` runs the network at extrapolated times
+    (as the seed's ``interpolate_fn`` does, so it is allowed): say so, both ends alike."""
+    if sigma_max is not None and sigma_max > time.sigma_max * (1 + 1e-9):
+        warnings.warn(f"sigma_max {sigma_max:g} is above the network's last step ({time.sigma_max:.4g}): "
+                      f"its time input is extrapolated past step {time.M - 1}", stacklevel=3)
+    if sigma_min is not None and sigma_min < time.sigma_min * (1 - 1e-9):
+        warnings.warn(f"sigma_min {sigma_min:g} is below the network's step 0 ({time.sigma_min:.4g}): its time "
+                      "input is extrapolated below 0 (the discrete schedule refuses it)", stacklevel=3)
 
 
 class LatentDenoiser(DenoiserBase):
@@ -74,6 +86,7 @@ class LatentDenoiser(DenoiserBase):
         self.guidance_rate = float(guidance_rate)
         self.precision = precision
         self.name = name
+        _warn_outside_steps(self.time, sigma_min, sigma_max)
         self._init_denoiser(
             shape,
             self.time.sigma_min if sigma_min is None else sigma_min,

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from diffsampler.errors import ModelLoadError, OptionError
 
 from .catalog import NAMED, Named
+from .download import checkpoint_in, is_compvis_checkpoint
 
 if TYPE_CHECKING:
     from .denoiser import LatentDenoiser
@@ -19,9 +20,11 @@ PAPER = "Rombach et al. 2022, High-Resolution Image Synthesis with Latent Diffus
 
 
 def loads_file(path: str | os.PathLike[str]) -> bool:
-    """Whether ``path`` is a diffusers folder with a U-Net and a scheduler."""
+    """Whether ``path`` is a diffusers folder with a U-Net and a scheduler, or a CompVis LDM
+    checkpoint (``.ckpt``, its release ``.zip``, or a folder holding ``model.ckpt``; it then
+    needs ``config=``)."""
     p = Path(path)
-    return p.is_dir() and (p / "unet").is_dir() and (p / "scheduler").is_dir()
+    return (p.is_dir() and (p / "unet").is_dir() and (p / "scheduler").is_dir()) or is_compvis_checkpoint(p)
 
 
 def latent_file(*, path: str, **opts: Any) -> LatentDenoiser:
@@ -32,7 +35,9 @@ def latent_file(*, path: str, **opts: Any) -> LatentDenoiser:
 
 
 latent_file.loads_file = loads_file  # type: ignore[attr-defined]
-latent_file.file_format = "a diffusers model folder with unet/ and scheduler/ (extra [diffusers])"  # type: ignore[attr-defined]
+latent_file.file_format = (  # type: ignore[attr-defined]
+    "a diffusers model folder with unet/ and scheduler/, or an unconditional CompVis LDM "
+    "model.ckpt / release .zip with option config=ITS.yaml (extra [diffusers])")
 latent_file.paper = PAPER  # type: ignore[attr-defined]
 
 
@@ -67,11 +72,12 @@ def _ldm_factory(entry: Named) -> Any:
         from .loader import load_latent
 
         source = resolve_ldm(entry, path=path, download=download)
-        if Path(source).is_dir() and vq_path is not None:
+        if checkpoint_in(source) is None and vq_path is not None:
             raise OptionError(f"{entry.name}: vq_path applies to CompVis checkpoints; {source} is a diffusers folder")
         model = load_latent(source, name=entry.name, default_rate=1.0, ema=ema,
                             builtin_config=SEED_CONFIGS[entry.name],
-                            first_stage=lambda: resolve_vq_f4(entry.name, path=vq_path, download=download), **opts)
+                            first_stage=lambda: resolve_vq_f4(entry.name, path=vq_path, download=download),
+                            vq_path=vq_path, **opts)
         model.info["seed_checkpoint"] = entry.seed_url
         return model
 

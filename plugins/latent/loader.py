@@ -10,6 +10,7 @@ Diffusion), ``vae/`` (``AutoencoderKL``) or ``vqvae/`` (``VQModel``), ``schedule
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from diffsampler.errors import ModelLoadError, OptionError, require
 from diffsampler.hub import OFFLINE_HINT, hub_unreachable, looks_local, quiet_hub_libraries
 
 from .denoiser import LatentDenoiser
+from .download import CHECKPOINT_SUFFIXES, _given, checkpoint_in
 
 __all__ = ["load_latent", "resolve_source"]
 
@@ -142,9 +144,11 @@ def _refuse_text_options(name: str, guidance_rate: float | None, negative_prompt
 
 
 def _compvis_networks(diffusers: Any, path: str, name: str, config: str | None, ema: bool | None,
-                      builtin: Any, first_stage: Callable[[], str] | None) -> tuple[Any, Any, Any, dict[str, Any]]:
+                      builtin: Any, first_stage: Callable[[], str] | None,
+                      vq_path: str | None = None) -> tuple[Any, Any, Any, dict[str, Any]]:
     """``(alphas_cumprod, unet, vq, info)`` from a CompVis checkpoint (see :mod:`.compvis`);
-    ``first_stage()`` names the VQ checkpoint to use when it has no ``first_stage_model.*``."""
+    ``first_stage()`` names the VQ checkpoint to use when it has no ``first_stage_model.*``
+    (``vq_path``, the explicit option, is then said to be unused when it has one)."""
     from .compvis import build_networks, has_first_stage, read_first_stage, read_state_dict
     from .compvis_config import read_config
 
@@ -157,6 +161,9 @@ def _compvis_networks(diffusers: Any, path: str, name: str, config: str | None, 
                              "(models/ldm/configs/latent-diffusion/*.yaml) for its architecture")
     sd = read_state_dict(path, what=name)
     vq_source = None
+    if has_first_stage(sd) and vq_path is not None:
+        warnings.warn(f"vq_path ignored: {Path(path).name} carries its own first_stage_model.* "
+                      "(which wins, as in the seed)", stacklevel=4)
     if not has_first_stage(sd):
         if first_stage is None:
             raise ModelLoadError(f"{name}: {Path(path).name} holds no VQ first stage (first_stage_model.*); "
@@ -167,6 +174,15 @@ def _compvis_networks(diffusers: Any, path: str, name: str, config: str | None, 
     info["scale"] = cfg.scale_factor
     info["first_stage"] = vq_source or "the checkpoint's first_stage_model.*"
     return alphas_cumprod, unet, vq, info
+
+
+def _refuse_missing_checkpoint(source: str, name: str, compvis_options: bool) -> None:
+    """A missing ``source`` with a checkpoint suffix, or given CompVis options, is a missing file:
+    no diffusers folder or hub id is tried for it."""
+    p = Path(source).expanduser()
+    if not p.exists() and (compvis_options or p.suffix.lower() in CHECKPOINT_SUFFIXES):
+        raise ModelLoadError(f"{name}: path={source!r} does not exist (a CompVis model.ckpt / .zip or a "
+                             "diffusers folder)")
 
 
 def load_latent(
@@ -182,14 +198,17 @@ def load_latent(
     diffusers = _require()
     import torch
 
-    if Path(source).expanduser().is_file():
-        if vq_path is not None:
+    checkpoint = checkpoint_in(source)
+    if checkpoint is None:
+        _refuse_missing_checkpoint(source, name, ema is not None or config is not None or vq_path is not None)
+    if checkpoint is not None:
+        if vq_path is not None and first_stage is None:
             given = vq_path
 
             def first_stage() -> str:
-                return given
+                return _given(name, given, "vq_path")
         alphas_cumprod, unet, vae, extra = _compvis_networks(
-            diffusers, os.fspath(Path(source).expanduser()), name, config, ema, builtin_config, first_stage)
+            diffusers, os.fspath(checkpoint), name, config, ema, builtin_config, first_stage, vq_path)
         texts = None
         extra["format"] = "CompVis checkpoint"
     else:
