@@ -49,7 +49,7 @@ def get_distiller(name: str, **options: Any) -> Any:
 
 
 # suffixes that make an unknown model name a missing file rather than a mistyped name
-_MODEL_FILE_SUFFIXES = (".json", ".safetensors", ".pt", ".pth", ".pkl", ".ckpt", ".bin", ".npz")
+_MODEL_FILE_SUFFIXES = (".json", ".safetensors", ".pt", ".pth", ".pkl", ".ckpt", ".bin", ".npz", ".zip")
 
 
 def file_loaders(path: Path) -> list[Component]:

@@ -54,3 +54,10 @@ def test_an_unwritable_folder_is_refused(tmp_path):
     locked.mkdir(mode=0o500)
     with pytest.raises(OptionError, match="is not writable"):
         check_output_file(locked / "out.json")
+
+
+def test_a_missing_zip_model_file_is_named(tmp_path):
+    import diffsampler as ds
+
+    with pytest.raises(ds.ModelLoadError, match=r"^model file 'missing\.zip' does not exist$"):
+        ds.get_model("missing.zip")

@@ -120,6 +120,20 @@ def test_discrete_equals_the_seed_at_rho_one():
     assert np.allclose(out.numpy(), model.t_to_sigma(torch.from_numpy(seed_t)).numpy(), rtol=1e-12)
 
 
+def test_discrete_names_the_lowest_sigma_a_model_can_reach():
+    class Extrapolating(DDPMTimes):  # times below step 0 come out negative, as the LDM maps extrapolate
+        def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
+            log = np.log(sigma.numpy())
+            slope = 1.0 / (self.log_sigmas[1] - self.log_sigmas[0])
+            inside = np.interp(log, self.log_sigmas, np.arange(1000.0))
+            return torch.from_numpy(np.where(log < self.log_sigmas[0], (log - self.log_sigmas[0]) * slope, inside))
+
+    model = Extrapolating()
+    with pytest.raises(ds.SamplingError, match=rf"its time 0 is sigma {np.exp(model.log_sigmas[0]):.4g}: keep "
+                                               r"sigma_min at or above it\)$"):
+        ds.get_schedule("discrete").sigmas(5, 0.001, 14.0, denoiser=model)
+
+
 def test_discrete_needs_a_time_mapped_model():
     with pytest.raises(ds.OptionError, match="sigma_to_t"):
         ds.get_schedule("discrete").sigmas(5, 0.01, 10.0, denoiser=gmm(shape=(2,)))

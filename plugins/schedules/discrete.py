@@ -50,9 +50,11 @@ class Discrete(ScheduleBase):
         ends = torch.tensor([sigma_max, sigma_min], dtype=torch.float64)
         t_max, t_min = (float(v) for v in denoiser.sigma_to_t(ends).double().reshape(-1).cpu())
         if not (np.isfinite(t_max) and np.isfinite(t_min) and t_max >= 0 and t_min >= 0):
+            floor = float(denoiser.t_to_sigma(torch.zeros(1, dtype=torch.float64)).double().reshape(-1)[0])
             raise SamplingError(
                 f"the model maps sigma_max, sigma_min to times {t_max!r}, {t_min!r}; the discrete "
-                "schedule needs finite, non-negative times"
+                f"schedule needs finite, non-negative times (its time 0 is sigma {floor:.4g}: keep "
+                "sigma_min at or above it)"
             )
         inv = 1.0 / self.options.rho
         frac = np.arange(num_steps, dtype=np.float64) / (num_steps - 1)
