@@ -483,6 +483,7 @@ def test_cli_train_then_sample(tmp_path):
     assert res.exit_code == 0, res.output
     summary = json.loads(res.output[res.output.index("{"):])
     assert summary["num_steps"] == 3 and summary["nfe"] == 3 and summary["solver"] == "amed-euler"
+    assert summary["command"].startswith("diffsampler sample --model digits --solver amed-euler ")
     res = run("sample", "--model", "digits", "--solver", "amed-euler", "--opt", f"predictor={out}",
               "--steps", "3", "--afs", "--seeds", "0-3", "--out", str(tmp_path / "s"))
     assert res.exit_code == 0, res.output

@@ -132,6 +132,12 @@ def test_default_is_the_seeds_seven_sigmas(tmp_path):
     summary = json.loads(res.output)
     assert summary["num_steps"] == 7 and summary["nfe"] == 6 and summary["labels"] == "none"
     assert json.loads(out.read_text())["settings"]["labels"] == "none"  # gmm: unconditional
+    command = summary["command"]  # the sample command, as printed without --json
+    assert command.startswith("diffsampler sample ") and f"file={out}" in command
+    import shlex
+
+    sampled = run(*shlex.split(command)[1:], "--seeds", "0-1", "--out", str(tmp_path / "s"))
+    assert sampled.exit_code == 0, sampled.output
     res = run("gits", "search", "--help")
     assert "default 7" in " ".join(res.output.split())
 

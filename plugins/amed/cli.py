@@ -145,15 +145,16 @@ def train(
     name = "amed" if solver == "amed" else f"amed-{solver}"
     nfe_run = 2 * (num_steps - 1) - int(afs)
     used = str(predictor.settings["labels"])
+    hint = usage_hint(model, model_options, name, out, schedule, num_steps, afs=afs, labels=used,
+                      schedule_options=predictor.settings.get("schedule_options", {}))
     summary = {"file": str(out), "solver": name, "num_steps": num_steps, "nfe": nfe_run, "afs": afs,
                "labels": used, "seconds": seconds, "iterations": predictor.settings["iterations"],
-               "last": last}
+               "last": last, "command": hint.removeprefix("use: ")}
     if as_json:
         print_json(summary)
         return
     console.print(f"wrote {out} ({seconds:.1f} s, {summary['iterations']} iterations)", highlight=False)
-    console.print(escape(usage_hint(model, model_options, name, out, schedule, num_steps, afs=afs, labels=used,
-                                    schedule_options=predictor.settings.get("schedule_options", {}))),
+    console.print(escape(hint),
                   highlight=False, soft_wrap=True)
 
 

@@ -167,6 +167,8 @@ def _search(distiller: Any, model_name: str, model_options: dict[str, Any], coef
         },
         "teacher_nfe": result.teacher_nfe * o.num_warmup,
         "labels": result.labels,
+        "command": usage_hint(model_name, model_options, o.solver, o.solver_options, paths[0],
+                              len(schedules[0].sigmas), afs=o.afs, labels=result.labels).removeprefix("use: "),
     }
     if not main:
         return
