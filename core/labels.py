@@ -69,7 +69,8 @@ def labels_cond(
     returning their labels as a tensor on ``device``) and the choice to record in the artefact.
 
     A caller's own ``cond`` wins over ``auto`` (recorded as ``cond``); with another choice it is
-    refused. The model refuses a choice it cannot take (``check_labels``) here, before any work.
+    refused. Without labels, a model's fixed ``class_label`` is what the trajectories see, and is
+    recorded. The model refuses a choice it cannot take (``check_labels``) here, before any work.
     """
     if cond is not None:
         if choice != "auto":
@@ -77,8 +78,9 @@ def labels_cond(
         return cond, "cond"
     resolved = resolve_labels(choice, model)
     labels_for(resolved, model, [first_seed], model_name=model_name)  # refuses in one line
-    if resolved is None:
-        return None, "none"
+    if resolved is None:  # the model's own default: its fixed class_label, if it has one
+        fixed = getattr(model, "class_label", None)
+        return None, "none" if fixed is None else str(int(fixed))
 
     def per_seed(seeds: Sequence[int]) -> Any:
         import torch

@@ -195,3 +195,17 @@ def test_torchrun_two_processes_equal_one(tmp_path):
     g = ds.get_distiller("gits", num_warmup=10, batch=2, teacher_steps=9, num_steps=4, dtype="float64")
     single = g.search(ds.get_model("gmm", shape=(3, 4, 4), components=4)).cost
     np.testing.assert_allclose(np.load(out), single, rtol=1e-12, atol=1e-14)
+
+
+def test_a_fixed_class_label_is_recorded_as_the_class_searched(tmp_path):
+    common = ["--model", "digits", "--model-opt", "class_label=3", "--steps", "4", "--num-warmup", "2",
+              "--teacher-steps", "7", "--device", "cpu"]
+    recorded = {}
+    for labels in ("auto", "none"):
+        out = tmp_path / f"{labels}.json"
+        assert run("gits", "search", *common, "--labels", labels, "--out", str(out)).exit_code == 0
+        data = json.loads(out.read_text())
+        recorded[labels] = (data["settings"]["labels"], data["sigmas"])
+    explicit = tmp_path / "k.json"
+    assert run("gits", "search", *common[:1], "digits", *common[4:], "--labels", "3", "--out", str(explicit)).exit_code == 0
+    assert recorded["auto"] == recorded["none"] == ("3", json.loads(explicit.read_text())["sigmas"])
