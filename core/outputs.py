@@ -24,7 +24,7 @@ import json
 import os
 import shutil
 import zipfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -145,21 +145,17 @@ class _Npz(_Format):
         return ["samples.npz"]
 
     def damaged(self, count: int) -> list[Path]:
-        path = self.root / "samples.npz"
-        if not path.exists():
-            return []
-        try:
-            with zipfile.ZipFile(path) as archive:
-                if not _members_fit(path, archive) or "samples.npy" not in archive.namelist():
-                    return [path]
-                with archive.open("samples.npy") as member:
-                    major, _ = np.lib.format.read_magic(member)
-                    read_header = (np.lib.format.read_array_header_1_0 if major == 1
-                                   else np.lib.format.read_array_header_2_0)
-                    shape, _, _ = read_header(member)
-            return [] if shape[:1] == (count,) else [path]
-        except _DAMAGED:
-            return [path]
+        def holds(archive: zipfile.ZipFile) -> bool:
+            if "samples.npy" not in archive.namelist():
+                return False
+            with archive.open("samples.npy") as member:  # the array's header only
+                major, _ = np.lib.format.read_magic(member)
+                read_header = (np.lib.format.read_array_header_1_0 if major == 1
+                               else np.lib.format.read_array_header_2_0)
+                shape, _, _ = read_header(member)
+            return bool(shape[:1] == (count,))
+
+        return _damaged_zip(self.root / "samples.npz", holds)
 
 
 class _Zip(_Format):
@@ -184,15 +180,8 @@ class _Zip(_Format):
         return ["images.zip"]
 
     def damaged(self, count: int) -> list[Path]:
-        path = self.root / "images.zip"
-        if not path.exists():
-            return []
-        try:
-            with zipfile.ZipFile(path) as archive:
-                images = sum(name.endswith(".png") for name in archive.namelist())
-                return [] if images == count and _members_fit(path, archive) else [path]
-        except _DAMAGED:
-            return [path]
+        return _damaged_zip(self.root / "images.zip",
+                            lambda archive: sum(n.endswith(".png") for n in archive.namelist()) == count)
 
 
 class _Grid(_Format):
@@ -247,6 +236,18 @@ class _Png(_Format):
             atomic_write_bytes(self.root / "dataset.json", _dataset_json(labels))
             written.append("dataset.json")
         return written
+
+
+def _damaged_zip(path: Path, holds: Callable[[zipfile.ZipFile], bool]) -> list[Path]:
+    """``[path]`` when the zip (``.npz``) at ``path`` exists but is unreadable, cut short, or does
+    not ``hold`` what it should; ``[]`` when it is fine or absent."""
+    if not path.exists():
+        return []
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return [] if _members_fit(path, archive) and holds(archive) else [path]
+    except _DAMAGED:
+        return [path]
 
 
 def _members_fit(path: Path, archive: zipfile.ZipFile) -> bool:
