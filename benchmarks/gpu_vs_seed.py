@@ -26,6 +26,7 @@ from typing import Any
 
 import attrs
 import torch
+import torch._inductor.config
 
 CONFIG = dict(img_resolution=32, img_channels=3, label_dim=0, use_fp16=False, model_type="SongUNet",
               embedding_type="positional", encoder_type="standard", decoder_type="standard",
@@ -137,8 +138,11 @@ def main() -> None:
         print("ours", json.dumps(data), flush=True)
         dump()
 
-    run_bench(model=path, solver="ipndm", nfe=5, batches=batches, device="cuda", repeat=a.repeat, warmup=2,
-              variants=[Variant.parse(v) for v in a.variants.split(",")], compile_mode=a.compile_mode, on_row=on_row)
+    result["inductor_freezing"] = bool(torch._inductor.config.freezing)  # TORCHINDUCTOR_FREEZING=1
+    if a.variants:
+        run_bench(model=path, solver="ipndm", nfe=5, batches=batches, device="cuda", repeat=a.repeat, warmup=2,
+                  variants=[Variant.parse(v) for v in a.variants.split(",")], compile_mode=a.compile_mode,
+                  on_row=on_row)
     if a.profile:
         result["profile"] = profile(path, a.profile, max(batches))
         for r in result["profile"]:

@@ -112,6 +112,30 @@ def test_attention_equals_the_explicit_softmax_formula(channels_last: bool) -> N
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_attention_inputs_have_a_contiguous_last_dimension(channels_last: bool, monkeypatch) -> None:
+    """Flash and memory-efficient attention need q, k, v with last-dimension stride 1; without it
+    PyTorch silently runs its float32 math attention. The qkv convolution's output is channels-first
+    on CUDA (group_norm returns channels-first memory there), channels-last here when x is."""
+    import diffsampler.plugins.edm.layers as layers
+
+    seen: list[tuple[int, ...]] = []
+    real = layers.F.scaled_dot_product_attention
+
+    def spy(q, k, v, *args, **kwargs):
+        seen.extend([q.stride(-1), k.stride(-1), v.stride(-1)])
+        return real(q, k, v, *args, **kwargs)
+
+    monkeypatch.setattr(layers.F, "scaled_dot_product_attention", spy)
+    block = UNetBlock(in_channels=64, out_channels=64, emb_channels=8, attention=True, num_heads=1).eval()
+    h = torch.randn(2, 64, 4, 4)
+    if channels_last:
+        h = h.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        block._attend(h)
+    assert seen == [1, 1, 1]
+
+
 @pytest.mark.parametrize("arch", ["SongUNet", "DhariwalUNet"])
 def test_bottleneck_features_are_the_last_8x8_encoder_block(arch: str) -> None:
     torch.manual_seed(0)

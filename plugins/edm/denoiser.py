@@ -149,10 +149,13 @@ class EDMDenoiser(DenoiserBase):
         ``default`` (Inductor kernels, no CUDA graphs of its own) is the mode ``bench`` uses: the
         whole sampling loop is captured in one graph by :class:`diffsampler.graphs.GraphedSampler`,
         which ``reduce-overhead``'s per-forward graphs would only duplicate, and
-        ``max-autotune`` compiles for minutes for a few percent.
+        ``max-autotune`` compiles for minutes for a few percent. Shapes are static
+        (``dynamic=False``): a run has one batch shape (and perhaps a smaller last batch, compiled
+        once more), and kernels specialised to a shape beat the symbolic-shape kernels that
+        PyTorch's automatic dynamic shapes would otherwise build at the second shape seen.
         """
         twin = copy.copy(self)
-        twin.net = torch.compile(self.net, mode=mode)  # type: ignore[assignment]
+        twin.net = torch.compile(self.net, mode=mode, dynamic=False)  # type: ignore[assignment]
         return twin
 
     def class_labels(self, cond: Any, batch: int, device: torch.device) -> Tensor | None:

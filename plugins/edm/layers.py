@@ -334,14 +334,17 @@ class UNetBlock(nn.Module):
         heads = self.num_heads
         # EDM's qkv channel index is (head * c/heads + channel) * 3 + {q, k, v}. The 1x1 weights are
         # reordered to ({q, k, v}, head, channel) (the same products): q, k and v are then blocks
-        # of channels, and in channels-last memory the attention's inputs [b, heads, h*w, c/heads]
-        # are views with a contiguous last dimension, as flash attention wants (no copies).
+        # of channels, and the attention's inputs [b, heads, h*w, c/heads] are views of the pixels-
+        # major qkv with a contiguous last dimension, as flash / memory-efficient attention need
+        # (otherwise PyTorch falls back to its float32 "math" attention).
         assert self.qkv.weight is not None  # a 1x1 convolution, never a pure resampling layer
         weight = _qkv_blocks(self.qkv.weight).to(x.dtype)
         bias = _qkv_blocks(self.qkv.bias).to(x.dtype) if self.qkv.bias is not None else None
         qkv = F.conv2d(self.norm2(x), weight, bias)  # [b, 3c, h, w]
-        qkv = qkv.flatten(2).transpose(1, 2).reshape(b, h * w, 3, heads, c // heads)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each [b, heads, h*w, c/heads]
+        # Pixels-major [b, h, w, 3c]: free when qkv is channels-last, one copy when it is not, as
+        # on CUDA, where group_norm always returns channels-first memory (eager and compiled).
+        qkv = qkv.permute(0, 2, 3, 1).contiguous().reshape(b, h * w, 3, heads, c // heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each [b, heads, h*w, c/heads], last stride 1
         out = F.scaled_dot_product_attention(q, k, v)  # [b, heads, h*w, c/heads]
         out = out.transpose(1, 2).reshape(b, h, w, c).permute(0, 3, 1, 2)  # channels-last layout
         if not x.is_contiguous(memory_format=torch.channels_last):
