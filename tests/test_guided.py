@@ -271,3 +271,62 @@ def test_missing_labels_are_refused_before_sampling(tiny: dict, registry: ds.Reg
         model.check_labels(None)
     model.check_labels("random")
     ds.get_model("adm", path=tiny["path"], class_label=2).check_labels(None)
+
+
+@pytest.mark.parametrize("order", ["legacy", "qkv_first"])
+def test_attention_equals_guided_diffusions_formula(order: str, monkeypatch) -> None:
+    """SDPA-based attention against guided-diffusion's QKVAttention(Legacy) written out: split
+    heads as the layout says, softmax(q.k / sqrt(ch)) over positions in float64, weighted v; the
+    inputs SDPA sees have a contiguous last dimension (what its fused kernels need)."""
+    import math
+
+    import diffsampler.plugins.guided.unet as unet
+
+    b, heads, ch, length = 2, 3, 8, 10
+    qkv = torch.randn(b, 3 * heads * ch, length, generator=torch.Generator().manual_seed(0))
+    strides: list[int] = []
+    real = unet.F.scaled_dot_product_attention
+
+    def spy(q, k, v, *args, **kwargs):
+        strides.extend([q.stride(-1), k.stride(-1), v.stride(-1)])
+        return real(q, k, v, *args, **kwargs)
+
+    monkeypatch.setattr(unet.F, "scaled_dot_product_attention", spy)
+    got = unet._attend(qkv, heads, order)
+    x = qkv.double()
+    if order == "legacy":
+        q, k, v = x.reshape(b * heads, 3 * ch, length).split(ch, dim=1)
+    else:
+        q, k, v = (z.reshape(b * heads, ch, length) for z in x.chunk(3, dim=1))
+    w = torch.softmax(torch.einsum("nct,ncs->nts", q, k) / math.sqrt(ch), dim=-1)
+    expected = torch.einsum("nts,ncs->nct", w, v).reshape(b, heads * ch, length)
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-6)
+    assert strides == [1, 1, 1]
+
+
+def test_channels_last_and_compiled_give_the_plain_networks_output(tiny: dict, registry: ds.Registry,
+                                                                   monkeypatch) -> None:
+    """The inference options of every neural model (docs/performance.md): channels-last memory
+    and ``compiled()`` (static shapes; the compiler is swapped for Dynamo's eager backend here, which
+    checks the tracing and the wiring in seconds, not Inductor's kernels)."""
+    torch.manual_seed(2)
+    x, sigma, labels = torch.randn(2, 3, 16, 16) * 3, torch.full((2,), 3.0), torch.tensor([1, 2])
+    plain = ds.get_model("adm", path=tiny["path"], guidance_rate=0.0)
+    reference = plain(x, sigma, labels)
+    fast = ds.get_model("adm", path=tiny["path"], guidance_rate=0.0, channels_last=True)
+    conv = next(p for p in fast.unet.parameters() if p.dim() == 4 and p.shape[-1] == 3)
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    torch.testing.assert_close(fast(x, sigma, labels), reference, rtol=1e-5, atol=1e-5)
+    calls: list[dict] = []
+    real = torch.compile
+
+    def eager_compile(fn, **kwargs):
+        calls.append(kwargs)
+        return real(fn, backend="eager", dynamic=kwargs["dynamic"])
+
+    monkeypatch.setattr(torch, "compile", eager_compile)
+    assert isinstance(fast, ds.Compilable)
+    twin = fast.compiled()
+    torch.testing.assert_close(twin(x, sigma, labels), reference, rtol=1e-5, atol=1e-5)
+    assert calls == [{"mode": "default", "dynamic": False}]
+    assert fast.unet is not twin.unet  # the original stays eager

@@ -331,3 +331,29 @@ def test_a_file_suffix_is_never_a_hub_id() -> None:
         assert looks_local(source), source
     for source in ("stable-diffusion-v1-5/stable-diffusion-v1-5", "openai/clip-vit-base-patch32", "org/model.v2"):
         assert not looks_local(source), source
+
+
+def test_channels_last_and_compiled_give_the_plain_networks_output(sd_folder: Path, registry: ds.Registry,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inference options of every neural model (docs/performance.md): channels-last U-Net and
+    ``compiled()`` with static shapes (Dynamo's eager backend here: tracing and wiring, in seconds)."""
+    opts = dict(path=sd_folder, prompt="a red cube", guidance_rate=3.0)
+    x, sigma = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(3)) * 2, torch.tensor([1.5, 0.7])
+    reference = ds.get_model("latent", **opts)(x, sigma)
+    fast = ds.get_model("latent", channels_last=True, **opts)
+    conv = next(p for p in fast.modules["unet"].parameters() if p.dim() == 4 and p.shape[-1] == 3)
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    torch.testing.assert_close(fast(x, sigma), reference, rtol=1e-5, atol=1e-5)
+    calls: list[dict] = []
+    real = torch.compile
+
+    def eager_compile(fn, **kwargs):
+        calls.append(kwargs)
+        return real(fn, backend="eager", dynamic=kwargs["dynamic"])
+
+    monkeypatch.setattr(torch, "compile", eager_compile)
+    assert isinstance(fast, ds.Compilable)
+    twin = fast.compiled()
+    torch.testing.assert_close(twin(x, sigma), reference, rtol=1e-5, atol=1e-5)
+    assert calls == [{"mode": "default", "dynamic": False}]
+    assert twin.decode(x).shape == (2, 3, 16, 16)

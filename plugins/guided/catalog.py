@@ -129,6 +129,7 @@ def _optional_path(value: object) -> str | None:
 @attrs.frozen(kw_only=True)
 class _Common:
     precision: str = option("fp32", help=_PRECISION_HELP, validator=choice("fp32", "fp16", "bf16"))
+    channels_last: bool = option(False, help="run the U-Net in channels-last memory format")
     sigma_min: float | None = option(
         None, help="lowest noise level (default: VP sigma(1e-3) ~ 0.0105, EDM 0.002)",
         converter=_optional_float, validator=attrs.validators.optional(positive),

@@ -19,6 +19,7 @@ Classifier guidance (Dhariwal & Nichol 2021, arXiv:2105.05233, Algorithm 2 / Eq.
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Sequence
 from typing import Any
 
@@ -66,6 +67,7 @@ class _ADMBase(DenoiserBase):
         class_label: int | None = None,
         clip: bool = True,
         precision: str = "fp32",
+        channels_last: bool = False,
         sigma_min: float | None = None,
         sigma_max: float | None = None,
         sigma_data: float = 0.5,
@@ -88,6 +90,9 @@ class _ADMBase(DenoiserBase):
         self.guidance_rate = float(guidance_rate)
         self.clip = bool(clip)
         self.precision = precision
+        self.channels_last = bool(channels_last)
+        if self.channels_last:
+            self.unet = self.unet.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.name = name
         self._unet_classes = int(getattr(unet, "num_classes", None) or 0)
         self.label_dim = max(self._unet_classes, self._classifier_classes)
@@ -191,9 +196,19 @@ class _ADMBase(DenoiserBase):
                 f"model {self.name!r} is class-conditional: pass cond, --labels random|K, "
                 "or the model option class_label"
             )
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         with self._autocast(x.device):
             out = self.unet(x, t, y)
         return out.float()
+
+    def compiled(self, mode: str = "default") -> _ADMBase:
+        """A copy whose U-Net runs through ``torch.compile`` with static shapes
+        (:class:`~diffsampler.Compilable`; the mode and shape choices as for EDM's networks, in
+        docs/performance.md). The classifier, differentiated for guidance, stays eager."""
+        twin = copy.copy(self)
+        twin.unet = torch.compile(self.unet, mode=mode, dynamic=False)  # type: ignore[assignment]
+        return twin
 
     def _labels(self, cond: Any, batch: int, device: torch.device) -> Tensor | None:
         classes = self.label_dim

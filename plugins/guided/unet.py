@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = ["ADMClassifier", "ADMUNet", "timestep_embedding"]
@@ -113,17 +114,22 @@ class ResBlock(nn.Module):
 
 def _attend(qkv: Tensor, heads: int, order: str) -> Tensor:
     """Softmax attention over positions; ``qkv`` is ``[b, 3 * heads * ch, T]`` laid out as
-    heads-then-qkv (``legacy``, guided-diffusion) or qkv-then-heads (``qkv_first``)."""
+    heads-then-qkv (``legacy``, guided-diffusion) or qkv-then-heads (``qkv_first``).
+
+    guided-diffusion's ``QKVAttention(Legacy)`` (``softmax(q.k / sqrt(ch)) v``, softmax in float32)
+    computed with :func:`torch.nn.functional.scaled_dot_product_attention`, whose fused kernels keep
+    the softmax in float32 too. q, k and v are views of one positions-major copy with a contiguous
+    last dimension, as flash / memory-efficient attention need (else PyTorch runs its float32 math
+    attention)."""
     b, width, length = qkv.shape
     ch = width // (3 * heads)
+    rows = qkv.transpose(1, 2).contiguous()  # [b, T, 3 * heads * ch]
     if order == "legacy":
-        q, k, v = qkv.reshape(b * heads, 3 * ch, length).split(ch, dim=1)
+        q, k, v = rows.reshape(b, length, heads, 3, ch).permute(3, 0, 2, 1, 4)
     else:
-        q, k, v = (z.reshape(b * heads, ch, length) for z in qkv.chunk(3, dim=1))
-    scale = 1 / math.sqrt(math.sqrt(ch))
-    weight = torch.einsum("bct,bcs->bts", q * scale, k * scale)
-    weight = torch.softmax(weight.float(), dim=-1).type(weight.dtype)
-    return torch.einsum("bts,bcs->bct", weight, v).reshape(b, -1, length)
+        q, k, v = rows.reshape(b, length, 3, heads, ch).permute(2, 0, 3, 1, 4)
+    out = F.scaled_dot_product_attention(q, k, v)  # [b, heads, T, ch], scale 1/sqrt(ch)
+    return out.transpose(2, 3).reshape(b, heads * ch, length)
 
 
 class AttentionBlock(nn.Module):

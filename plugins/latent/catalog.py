@@ -83,6 +83,7 @@ def _optional_float(value: object) -> float | None:
 class _Common:
     precision: str = option("fp32", help="arithmetic: fp32, fp16 or bf16 (autocast)",
                             validator=choice("fp32", "fp16", "bf16"))
+    channels_last: bool = option(False, help="run the U-Net in channels-last memory format")
     sigma_min: float | None = option(None, help="lowest noise level (default: the model's step 0)",
                                      converter=_optional_float,
                                      validator=attrs.validators.optional(positive))

@@ -11,6 +11,7 @@ counts as 2 NFE per evaluation (``info["nfe_per_evaluation"]``).
 from __future__ import annotations
 
 import contextlib
+import copy
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -69,6 +70,7 @@ class LatentDenoiser(DenoiserBase):
         negative_prompt: str = "",
         guidance_rate: float = 1.0,
         precision: str = "fp32",
+        channels_last: bool = False,
         sigma_min: float | None = None,
         sigma_max: float | None = None,
         name: str = "latent",
@@ -85,6 +87,9 @@ class LatentDenoiser(DenoiserBase):
         self.negative_prompt = negative_prompt
         self.guidance_rate = float(guidance_rate)
         self.precision = precision
+        self.channels_last = bool(channels_last)
+        if self.channels_last:
+            modules["unet"].to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # in place
         self.name = name
         _warn_outside_steps(self.time, sigma_min, sigma_max)
         self._init_denoiser(
@@ -180,8 +185,18 @@ class LatentDenoiser(DenoiserBase):
         return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
 
     def _eval(self, z: Tensor, k: Tensor, context: Tensor | None) -> Tensor:
+        if self.channels_last:
+            z = z.contiguous(memory_format=torch.channels_last)
         with self._autocast(z.device):
             return self._unet(z, k, context).float()
+
+    def compiled(self, mode: str = "default") -> LatentDenoiser:
+        """A copy whose U-Net runs through ``torch.compile`` with static shapes
+        (:class:`~diffsampler.Compilable`; the choices as for EDM's networks, docs/performance.md).
+        The autoencoder and the text encoder, run once per batch or prompt, stay eager."""
+        twin = copy.copy(self)
+        twin._unet = torch.compile(self._unet, mode=mode, dynamic=False)
+        return twin
 
     def _embed(self, prompts: list[str], device: torch.device) -> Tensor:
         assert self.encode_text is not None

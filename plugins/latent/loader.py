@@ -188,7 +188,7 @@ def _refuse_missing_checkpoint(source: str, name: str, compvis_options: bool) ->
 def load_latent(
     source: str, *, name: str, guidance_rate: float | None = None, prompt: str | None = None,
     prompts_file: str | None = None, negative_prompt: str = "", precision: str = "fp32",
-    sigma_min: float | None = None, sigma_max: float | None = None, device: str = "cpu",
+    channels_last: bool = False, sigma_min: float | None = None, sigma_max: float | None = None, device: str = "cpu",
     default_rate: float = 7.5, ema: bool | None = None, config: str | None = None, builtin_config: Any = None,
     vq_path: str | None = None, first_stage: Callable[[], str] | None = None,
 ) -> LatentDenoiser:
@@ -261,6 +261,6 @@ def load_latent(
         unet=run_unet, modules=modules, decoder=decode, shape=(unet.config.in_channels, size, size),
         alphas_cumprod=alphas_cumprod, encode_text=encode_text, prompts=prompts,
         negative_prompt=negative_prompt, guidance_rate=rate, precision=precision,
-        sigma_min=sigma_min, sigma_max=sigma_max, name=name, info=info,
+        channels_last=channels_last, sigma_min=sigma_min, sigma_max=sigma_max, name=name, info=info,
     )
     return model.to(device)
