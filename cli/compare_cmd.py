@@ -88,6 +88,7 @@ def compare(
             metrics=tuple(metric or ()), afs=afs, dtype=dtype, batch=batch, labels=labels, **kwargs,
         )
     _prepare(out)
+    finished, higher = _interrupted_cells(out, cfg)
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), console=err_console, transient=True,
                         disable=not err_console.is_terminal)  # a transient bar in a log is one stray newline
@@ -98,12 +99,14 @@ def compare(
                 cfg,
                 on_start=lambda n: progress.update(task, total=n, description="cells"),
                 on_cell=lambda cell: progress.advance(task),
+                finished=finished, finished_higher=higher,
             )
     except CompareInterrupted as stop:
         done = sum(c.values is not None for c in stop.partial.cells)
         _write(out, stop.partial)
         err_console.print(escape(
-            f"interrupted: the {done} finished cells are in {out / 'results.json'} (marked incomplete)"
+            f"interrupted: the {done} finished cells are in {out / 'results.json'} (marked incomplete); "
+            "the same command resumes from them"
         ))
         raise typer.Exit(exit_status(stop)) from None
     except KeyboardInterrupt as stop:  # while loading the model or computing the ground truth
@@ -123,6 +126,25 @@ def compare(
             f"'exact' row = the metric of the exact endpoints themselves"
         )
     err_console.print(escape(f"{result.seconds:.1f} s; wrote {', '.join(files)} in {out}"))
+
+
+def _interrupted_cells(out: Path, cfg: Any) -> tuple[list[Any], list[str]]:
+    """The finished cells of an interrupted run of the same comparison in ``out`` (kept, not
+    measured again) and its higher-is-better keys; none for any other results.json."""
+    from diffsampler.compare import finished_cells
+
+    try:
+        saved = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return [], []
+    if not isinstance(saved, dict):
+        return [], []
+    cells = finished_cells(saved, cfg)
+    if cells:
+        err_console.print(escape(f"resuming the interrupted comparison in {out}: {len(cells)} finished "
+                                 "cells kept from results.json"))
+    higher = saved.get("higher_is_better")
+    return cells, [str(k) for k in higher] if cells and isinstance(higher, list) else []
 
 
 def _read_config(path: Path) -> dict[str, Any]:

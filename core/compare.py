@@ -247,13 +247,28 @@ def _warn_other_labels(label: str, parts: Sequence[Any], chosen: str | None) -> 
             return
 
 
+def finished_cells(saved: Mapping[str, Any], config: CompareConfig) -> list[Cell]:
+    """The measured cells of an interrupted comparison's ``results.json`` data when it was made
+    with exactly ``config`` (else none): what a rerun into the same folder keeps."""
+    try:
+        same = not saved.get("complete", True) and CompareConfig.from_dict(saved["config"]).to_dict() == config.to_dict()
+        cells = [Cell(**cell) for cell in saved.get("cells", ())] if same else []
+    except (OptionError, KeyError, TypeError, ValueError):  # another version's file, edited by hand
+        return []
+    return [cell for cell in cells if cell.values is not None]
+
+
 def run_compare(
     config: CompareConfig,
     *,
     on_cell: Callable[[Cell], None] | None = None,
     on_start: Callable[[int], None] | None = None,
+    finished: Sequence[Cell] = (),
+    finished_higher: Sequence[str] = (),
 ) -> CompareResult:
-    """Evaluate every (row, NFE) cell of ``config``; ``on_cell`` reports progress."""
+    """Evaluate every (row, NFE) cell of ``config``; ``on_cell`` reports progress. Cells in
+    ``finished`` (:func:`finished_cells` of an interrupted run; ``finished_higher``: its
+    higher-is-better keys) are kept as they are instead of being measured again."""
     import torch
 
     started = time.perf_counter()
@@ -322,8 +337,10 @@ def run_compare(
     for k, nfe in enumerate(config.nfes):
         if all(p[2][k] is None for p in plans):
             raise OptionError(f"NFE {nfe} is not reachable by any solver in the comparison")
+    kept = {(cell.row, cell.nfe): cell for cell in finished}
     if on_start is not None:
-        on_start(sum(1 for p in plans for s in p[2] if s is not None))
+        on_start(sum(1 for p in plans for nfe, s in zip(config.nfes, p[2], strict=True)
+                     if s is not None and (p[0], nfe) not in kept))
 
     batches = plan_batches(config.seeds, config.batch)
     noise = [seed_noise(b.seeds, model.shape, dtype=dtype) for b in batches]
@@ -332,7 +349,7 @@ def run_compare(
         by_seed = dict(zip(config.seeds, classes, strict=True))
         conds = [torch.tensor([by_seed[s] for s in b.seeds]) for b in batches]
 
-    higher: dict[str, None] = {}  # ordered set of keys where higher is better
+    higher: dict[str, None] = dict.fromkeys(finished_higher)  # ordered set: keys where higher is better
 
     def measure(samples: list[Any]) -> dict[str, float]:
         values: dict[str, float] = {}
@@ -366,6 +383,9 @@ def run_compare(
             for nfe, sigmas in zip(config.nfes, row_sigmas, strict=True):
                 if sigmas is None:
                     cells.append(Cell(row=row, nfe=nfe, num_steps=None, values=None, seconds=0.0))
+                    continue
+                if (row, nfe) in kept:
+                    cells.append(kept[(row, nfe)])
                     continue
                 t0 = time.perf_counter()
                 first = float(sigmas[0])

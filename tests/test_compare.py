@@ -317,3 +317,38 @@ def test_sigterm_and_an_interruption_before_any_cell_keep_what_there_is(tmp_path
     assert _write(tmp_path, empty) == ["results.json", "results.csv"]  # no plot of nothing, no stale one
     assert not (tmp_path / "plot.png").exists()
     assert json.loads((tmp_path / "results.json").read_text())["complete"] is False
+
+
+def test_a_rerun_of_an_interrupted_comparison_keeps_its_finished_cells(tmp_path):
+    """The same comparison into the same --out measures only the cells it had not finished; another
+    comparison, or a complete one, starts afresh."""
+    args = ["compare", "--solver", "euler", "--solver", "heun", "--nfe", "4,6", "--seeds", "0-1",
+            "--metric", "l2-exact", "--out", str(tmp_path), "--json"]
+    proc = cli(*args)
+    assert proc.returncode == 0 and "resuming" not in proc.stderr
+    full = json.loads(proc.stdout)
+    fresh = {(c["row"], c["nfe"]): c["values"]["l2"] for c in full["cells"]}
+    # as an interruption after two cells leaves it (one value marked: was it kept or measured?)
+    partial = dict(full, complete=False, cells=full["cells"][:2])
+    partial["cells"][0] = dict(partial["cells"][0], values={"l2": 123.0})
+    marked = (partial["cells"][0]["row"], partial["cells"][0]["nfe"])
+    (tmp_path / "results.json").write_text(json.dumps(partial))
+    proc = cli(*args)
+    assert proc.returncode == 0, proc.stderr
+    said = " ".join(proc.stderr.split())
+    assert "resuming the interrupted comparison" in said and "2 finished cells kept" in said
+    result = json.loads(proc.stdout)
+    assert result["complete"] is True and len(result["cells"]) == 4
+    by_cell = {(c["row"], c["nfe"]): c["values"]["l2"] for c in result["cells"]}
+    assert by_cell.pop(marked) == 123.0
+    assert by_cell == {key: pytest.approx(value) for key, value in fresh.items() if key != marked}
+    # complete now: a rerun measures everything again
+    proc = cli(*args)
+    assert "resuming" not in proc.stderr
+    assert {(c["row"], c["nfe"]): c["values"]["l2"] for c in json.loads(proc.stdout)["cells"]}[marked] != 123.0
+    # another comparison into the folder does not reuse an interrupted one's cells
+    (tmp_path / "results.json").write_text(json.dumps(partial))
+    other = [a if a != "0-1" else "0-2" for a in args]
+    proc = cli(*other)
+    assert proc.returncode == 0 and "resuming" not in proc.stderr
+    assert 123.0 not in [c["values"]["l2"] for c in json.loads(proc.stdout)["cells"]]
