@@ -357,3 +357,16 @@ def test_channels_last_and_compiled_give_the_plain_networks_output(sd_folder: Pa
     torch.testing.assert_close(twin(x, sigma), reference, rtol=1e-5, atol=1e-5)
     assert calls == [{"mode": "default", "dynamic": False}]
     assert twin.decode(x).shape == (2, 3, 16, 16)
+
+
+def test_every_cpu_inference_variant_is_finite_and_close_to_fp32(sd_folder: Path, registry: ds.Registry) -> None:
+    """`bench` variants on a guided text-to-image model (iPNDM, NFE 5, final latents against fp32
+    eager), with the tolerances stated for the EDM networks in tests/test_bench.py."""
+    from diffsampler.bench import Variant, run_bench
+
+    tolerance = {"fp32": 1e-5, "fp16": 3e-2, "bf16": 1.5e-1}
+    variants = [Variant.parse(t) for t in ("fp32", "fp32+cl", "bf16", "bf16+cl", "fp16", "fp16+cl")]
+    rows = run_bench(model="latent", model_options={"path": str(sd_folder), "prompt": "a red cube"},
+                     solver="ipndm", nfe=5, batches=(2,), variants=variants, device="cpu", repeat=1, warmup=0)
+    for row in rows:
+        assert math.isfinite(row.rel_l2_deviation) and row.rel_l2_deviation < tolerance[row.variant.split("+")[0]], row
