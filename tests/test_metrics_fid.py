@@ -381,3 +381,53 @@ def _stats_of(weights_file, images):
     moments = FeatureMoments()
     moments.add(f)
     return moments.stats()
+
+
+def test_an_interrupted_reference_continues_where_it_stopped(weights_file, tmp_path, monkeypatch):
+    """Ctrl-C during `fid ref` keeps the moments (and features) of the images measured so far in
+    OUT.partial; the same command continues after them and ends with the statistics (and features)
+    of an uninterrupted run; other settings start afresh."""
+    from typer.testing import CliRunner
+
+    import diffsampler.plugins.metrics.fid as fid_module
+    from diffsampler.cli import build_app
+
+    images = np.random.default_rng(7).integers(0, 256, (7, 12, 12, 3), dtype=np.uint8)
+    np.savez(tmp_path / "imgs.npz", arr_0=images)
+    monkeypatch.setenv("DIFFSAMPLER_FID_WEIGHTS", str(weights_file))
+    args = ["fid", "ref", "--data", str(tmp_path / "imgs.npz"), "--device", "cpu", "--batch", "2", "--features"]
+    runner, app = CliRunner(), build_app()
+    whole = runner.invoke(app, [*args, "--out", str(tmp_path / "whole.npz")])
+    assert whole.exit_code == 0, whole.output
+    real_add, calls = fid_module.FeatureMoments.add, []
+
+    def add_then_stop(self, features):
+        calls.append(len(features))
+        if len(calls) == 3:  # the third chunk: interrupted before its moments are added
+            raise KeyboardInterrupt
+        real_add(self, features)
+
+    monkeypatch.setattr(fid_module.FeatureMoments, "add", add_then_stop)
+    out = tmp_path / "ref.npz"
+    stopped = runner.invoke(app, [*args, "--out", str(out)])
+    assert stopped.exit_code == 130 and not out.exists()
+    assert "interrupted after 4 of 7 images" in " ".join(stopped.stderr.split())
+    with np.load(tmp_path / "ref.npz.partial") as state:
+        assert int(state["count"]) == 4 and state["features"].shape == (4, 2048)
+    monkeypatch.setattr(fid_module.FeatureMoments, "add", real_add)
+    resumed = runner.invoke(app, [*args, "--out", str(out)])
+    assert resumed.exit_code == 0, resumed.output
+    assert "the last 3 of 7" in " ".join(resumed.stderr.split()) and not (tmp_path / "ref.npz.partial").exists()
+    with np.load(out) as got, np.load(tmp_path / "whole.npz") as expected:
+        assert int(got["count"]) == 7
+        for key in ("mu", "sigma", "features"):
+            np.testing.assert_allclose(got[key], expected[key], rtol=1e-6, atol=1e-9)
+    # a saved state of another image set is not used
+    monkeypatch.setattr(fid_module.FeatureMoments, "add", add_then_stop)
+    calls.clear()
+    runner.invoke(app, [*args, "--out", str(tmp_path / "other.npz")])
+    monkeypatch.setattr(fid_module.FeatureMoments, "add", real_add)
+    np.savez(tmp_path / "imgs.npz", arr_0=images[:5])  # the same path, another set
+    again = runner.invoke(app, [*args, "--out", str(tmp_path / "other.npz")])
+    assert again.exit_code == 0 and "other settings: starting afresh" in " ".join(again.stderr.split())
+    assert int(np.load(tmp_path / "other.npz")["count"]) == 5

@@ -58,9 +58,9 @@ def _warn(message: str) -> None:
 
 
 def _embedded(path: Path, *, weights: str | None, device: str, batch: int, what: str,
-              keep: np.ndarray | None = None, resize: str = "tf") -> Iterator[np.ndarray]:
+              keep: np.ndarray | None = None, resize: str = "tf", skip: int = 0) -> Iterator[np.ndarray]:
     """Inception features of the image set at ``path`` (of the images ``keep`` picks, sorted
-    indices), batch by batch, with a progress bar."""
+    indices; or all after the first ``skip``), batch by batch, with a progress bar."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from diffsampler.imagesets import iter_images
@@ -69,10 +69,14 @@ def _embedded(path: Path, *, weights: str | None, device: str, batch: int, what:
     from .prdc import set_size, take_rows
 
     count = set_size(path)
+    if skip:
+        keep = np.arange(skip, count)
     total = count if keep is None else len(keep)
     device = _device(device)  # a missing GPU is refused before the weights are fetched
     net = load_inception(weights, device=device, resize=resize)
     chosen = "" if keep is None else f" (a random {total} of {count})"
+    if skip:
+        chosen = f" (the last {total} of {count}: {skip} were measured before the interruption)"
     _err().print(f"{what}: {total} image{'' if total == 1 else 's'}{chosen} from {path}", highlight=False,
                  soft_wrap=True)
     progress = Progress(TextColumn(what), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -94,25 +98,49 @@ def fid_ref(
 ) -> None:
     """Reference statistics of an image set (EDM's .npz format, plus the image count and the resize)."""
     import attrs
+    from rich.markup import escape
 
+    from diffsampler.cli._common import exit_status, sigterm_interrupts
     from diffsampler.outputs import check_output_file
 
-    from .fid import STANDARD_COUNT, FeatureMoments, save_stats
+    from .fid import STANDARD_COUNT, save_stats
+    from .partial import ReferenceState, partial_path
+    from .prdc import set_size
 
     _check_resize(resize)
     check_output_file(out)
-    moments, kept = FeatureMoments(), []
-    for chunk in _embedded(data, weights=weights, device=device, batch=batch, what="reference", resize=resize):
-        moments.add(chunk)
-        if features:
-            kept.append(chunk.astype(np.float32))
-    stats = attrs.evolve(moments.stats(), resize=resize)
+    saved = partial_path(out)
+    settings = ReferenceState.settings_of(data, set_size(data), resize, weights, features)
+    state, why = ReferenceState.resume(saved, settings)
+    if why:
+        _warn(why)
+    done = state.count
+    try:
+        with sigterm_interrupts():
+            for chunk in _embedded(data, weights=weights, device=device, batch=batch, what="reference",
+                                   resize=resize, skip=done):
+                if features:
+                    state.features.append(chunk.astype(np.float32))
+                state.moments.add(chunk)
+    except KeyboardInterrupt as stop:
+        if state.features:  # appended before the moments: at most one chunk more than they hold
+            state.features[:] = [np.concatenate(state.features)[: state.count]]
+        if state.count > done:
+            state.save(saved)
+            _err().print(escape(f"interrupted after {state.count} of {settings['images']} images: saved in "
+                                f"{saved}; the same command continues from there"), highlight=False,
+                         soft_wrap=True)
+        else:
+            _err().print("interrupted: no new image measured, nothing written", highlight=False)
+        raise typer.Exit(exit_status(stop)) from None
+    stats = attrs.evolve(state.moments.stats(), resize=resize)
     if not features:
         save_stats(out, stats)
     else:
         with open(out, "wb") as f:
             np.savez(f, mu=stats.mu, sigma=stats.sigma, count=np.int64(stats.count or 0),
-                     features=np.concatenate(kept), resize=np.array(resize))
+                     features=np.concatenate(state.features), resize=np.array(resize))
+    saved.unlink(missing_ok=True)
     if (stats.count or 0) < STANDARD_COUNT:
         _warn(f"reference of {stats.count} images; published FIDs use {STANDARD_COUNT}-image references")
     _console().print(f"wrote {out} ({stats.count} images, resize {resize})", highlight=False, soft_wrap=True)

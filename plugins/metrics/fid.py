@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -101,12 +101,25 @@ class FeatureMoments:
 
     def add(self, features: np.ndarray) -> None:
         f = np.asarray(features, np.float64)
-        if self._sum is None:
-            self._sum = np.zeros(f.shape[1])
-            self._outer = np.zeros((f.shape[1], f.shape[1]))
-        self._sum += f.sum(0)
-        self._outer += f.T @ f  # type: ignore[operator]
-        self.count += len(f)
+        total = f.sum(0) if self._sum is None else self._sum + f.sum(0)
+        outer = f.T @ f if self._outer is None else self._outer + f.T @ f
+        # one assignment after the arithmetic: a Ctrl-C in between leaves the moments consistent
+        self._sum, self._outer, self.count = total, outer, self.count + len(f)
+
+    def state(self) -> dict[str, np.ndarray]:
+        """The running sums (for an interrupted reference); :meth:`from_state` restores them."""
+        if self._sum is None or self._outer is None:
+            return {"count": np.int64(0)}  # type: ignore[dict-item]
+        return {"count": np.int64(self.count), "sum": self._sum, "outer": self._outer}  # type: ignore[dict-item]
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, np.ndarray]) -> FeatureMoments:
+        moments = cls()
+        moments.count = int(state["count"])
+        if moments.count:
+            moments._sum = np.asarray(state["sum"], np.float64)
+            moments._outer = np.asarray(state["outer"], np.float64)
+        return moments
 
     def stats(self) -> Stats:
         if self.count < 2 or self._sum is None or self._outer is None:
