@@ -370,3 +370,33 @@ def test_every_cpu_inference_variant_is_finite_and_close_to_fp32(sd_folder: Path
                      solver="ipndm", nfe=5, batches=(2,), variants=variants, device="cpu", repeat=1, warmup=0)
     for row in rows:
         assert math.isfinite(row.rel_l2_deviation) and row.rel_l2_deviation < tolerance[row.variant.split("+")[0]], row
+
+
+def test_an_evaluation_needs_no_host_sync_and_gathers_prompts_by_index(sd_folder: Path, registry: ds.Registry,
+                                                                       tmp_path: Path, monkeypatch) -> None:
+    """What a CUDA-graph capture (and a sync-free loop) needs: with prompt indices as a tensor, an
+    evaluation reads no tensor value on the host (the time map and the prompt gather run where
+    the tensors are); a replay with other indices then picks other prompts."""
+    import diffsampler.plugins.latent.denoiser as latent_denoiser
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red cube\nblur\na dog\n")
+    model = ds.get_model("latent", path=sd_folder, prompts_file=str(prompts), guidance_rate=2.0)
+    x = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(4))
+    sigma = torch.full((3,), 1.2)
+    expected = model(x, sigma, cond=["a dog", "a red cube", "a dog"])
+    index = torch.tensor([2, 0, 2])
+    model(x, sigma, cond=index)  # warm-up, as before a capture: embeddings made once
+
+    def host_read(*_args, **_kwargs):
+        raise AssertionError("a tensor value was read on the host")
+
+    monkeypatch.setattr(latent_denoiser, "capturing", lambda: True)
+    for name in ("item", "tolist", "numpy", "__bool__", "__float__", "__int__"):
+        monkeypatch.setattr(torch.Tensor, name, host_read)
+    got = model(x, sigma, cond=index)
+    index.copy_(torch.tensor([1, 1, 0]))
+    other = model(x, sigma, cond=index)
+    monkeypatch.undo()
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(other, model(x, sigma, cond=["blur", "blur", "a red cube"]), rtol=1e-5, atol=1e-5)

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from diffsampler.denoiser import DenoiserBase
 from diffsampler.errors import OptionError, SamplingError
+from diffsampler.graphs import capturing
 
 from .timemap import DiscreteVP
 
@@ -104,6 +105,7 @@ class LatentDenoiser(DenoiserBase):
             self.info["guidance"] = {"type": "classifier-free", "rate": self.guidance_rate,
                                      "negative_prompt": negative_prompt}
         self._cache: dict[str, Tensor] = {}
+        self._tables: dict[torch.device, Tensor] = {}
 
     @property
     def guided(self) -> bool:
@@ -153,7 +155,7 @@ class LatentDenoiser(DenoiserBase):
         s = torch.as_tensor(sigma, device=x.device, dtype=torch.float64).reshape(-1)
         if s.numel() == 1:
             s = s.expand(batch)
-        k = self.time.sigma_to_t(s.cpu()).to(x.device, torch.float32)
+        k = self.time.sigma_to_t(s).to(torch.float32)  # on x's device: no host sync per step
         sb = s.to(torch.float32).reshape(-1, *([1] * (x.dim() - 1)))
         xf = x.to(torch.float32)
         z = xf / torch.sqrt(1 + sb**2)
@@ -205,7 +207,16 @@ class LatentDenoiser(DenoiserBase):
             with torch.no_grad():
                 for p, e in zip(missing, self.encode_text(missing), strict=True):
                     self._cache[p] = e.float()
-        return torch.stack([self._cache[p] for p in prompts]).to(device)
+        for p in prompts:  # kept on the device they are used on (no copy per call)
+            if self._cache[p].device != device:
+                self._cache[p] = self._cache[p].to(device)
+        return torch.stack([self._cache[p] for p in prompts])
+
+    def _prompt_table(self, device: torch.device) -> Tensor:
+        """Every prompt's embedding ``[prompts, tokens, width]`` on ``device``, made once."""
+        if device not in self._tables:
+            self._tables[device] = self._embed(self.prompts, device)
+        return self._tables[device]
 
     def _context(self, cond: Any, batch: int, device: torch.device) -> Tensor:
         if cond is None:
@@ -219,13 +230,17 @@ class LatentDenoiser(DenoiserBase):
             prompts = [cond] * batch
         elif isinstance(cond, Sequence) and cond and all(isinstance(c, str) for c in cond):
             prompts = list(cond)
-        else:
-            index = torch.as_tensor(cond).reshape(-1).long().tolist()
-            if any(not 0 <= i < len(self.prompts) for i in index):
+        else:  # prompt indices: gathered on the device (a CUDA graph's static input, no host sync)
+            if not self.prompts:
+                raise SamplingError(self._no_prompt())
+            index = torch.as_tensor(cond, device=device).reshape(-1).long()
+            if not capturing() and bool(((index < 0) | (index >= len(self.prompts))).any()):
                 raise SamplingError(f"prompt indices must be in 0..{len(self.prompts) - 1}, got {cond!r:.60}")
-            prompts = [self.prompts[i] for i in index]
-            if len(prompts) == 1:
-                prompts = prompts * batch
+            if index.numel() == 1:
+                index = index.expand(batch)
+            if index.numel() != batch:
+                raise SamplingError(f"got {index.numel()} prompts for a batch of {batch}")
+            return self._prompt_table(device)[index]
         if len(prompts) != batch:
             raise SamplingError(f"got {len(prompts)} prompts for a batch of {batch}")
         return self._embed(prompts, device)

@@ -34,16 +34,28 @@ class DiscreteVP:
         self.M = ac.numel()
         self.steps = torch.arange(self.M, dtype=torch.float64)
         self.log_alpha = 0.5 * torch.log(ac)
+        self._on_device: dict[torch.device, tuple[Tensor, Tensor]] = {}
+
+    def _grid(self, device: torch.device) -> tuple[Tensor, Tensor]:
+        """``(steps, log_alpha)`` on ``device``, copied once: the maps then run where their input
+        is, with no host-device transfer inside a sampling loop (or a CUDA-graph capture)."""
+        if device.type == "cpu":
+            return self.steps, self.log_alpha
+        if device not in self._on_device:
+            self._on_device[device] = (self.steps.to(device), self.log_alpha.to(device))
+        return self._on_device[device]
 
     def t_to_sigma(self, t: Tensor) -> Tensor:
         t = torch.as_tensor(t, dtype=torch.float64)
-        la = _interp(t.reshape(-1), self.steps, self.log_alpha).reshape(t.shape)
+        steps, log_alpha = self._grid(t.device)
+        la = _interp(t.reshape(-1), steps, log_alpha).reshape(t.shape)
         return torch.sqrt(torch.expm1(-2 * la))
 
     def sigma_to_t(self, sigma: Tensor) -> Tensor:
         sigma = torch.as_tensor(sigma, dtype=torch.float64)
+        steps, log_alpha = self._grid(sigma.device)
         la = -0.5 * torch.log1p(sigma.reshape(-1) ** 2)
-        t = _interp(la, self.log_alpha.flip(0), self.steps.flip(0))
+        t = _interp(la, log_alpha.flip(0), steps.flip(0))
         # sigma_min = sigma(0) maps back to 0 only up to rounding (e.g. -2e-16), which the
         # discrete schedule's t >= 0 check (and rho-th roots) would refuse
         t = torch.where((t < 0) & (t > -1e-9), torch.zeros_like(t), t)
