@@ -343,3 +343,41 @@ def test_every_cpu_inference_variant_is_finite_and_close_to_fp32(tiny: dict, reg
                      nfe=5, batches=(4,), variants=variants, device="cpu", repeat=1, warmup=0)
     for row in rows:
         assert math.isfinite(row.rel_l2_deviation) and row.rel_l2_deviation < tolerance[row.variant.split("+")[0]], row
+
+
+@pytest.mark.parametrize("dims, order", [(1, "legacy"), (2, "qkv_first")])
+def test_attention_block_equals_guided_diffusions(dims: int, order: str) -> None:
+    """The block as guided-diffusion writes it (GroupNorm, 1x1 Conv1d over the flattened pixels
+    or Conv2d, attention, residual), against ours, which keeps the image 4-D throughout."""
+    from diffsampler.plugins.guided.unet import AttentionBlock, _attend
+
+    torch.manual_seed(5)
+    block = AttentionBlock(32, heads=2, head_channels=-1, dims=dims, order=order).eval()
+    with torch.no_grad():
+        for p in block.parameters():
+            p.copy_(torch.randn_like(p) * 0.2)
+        x = torch.randn(2, 32, 4, 4)
+        flat = x.reshape(2, 32, -1)
+        if dims == 1:
+            expected = (flat + block.proj_out(_attend(block.qkv(block.norm(flat)), 2, order))).reshape(x.shape)
+        else:
+            h = _attend(block.qkv(block.norm(x)).reshape(2, 96, -1), 2, order).reshape(x.shape)
+            expected = x + block.proj_out(h)
+        torch.testing.assert_close(block(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_compiled_residual_and_attention_block_stays_finite_in_bf16_on_the_cpu() -> None:
+    """Inductor's CPU kernels (PyTorch 2.13) turned a ResBlock + legacy AttentionBlock to NaN in
+    bf16 when the attention flattened the pixels to 3-D (a channels-last 4-D tensor reshaped);
+    the block now stays 4-D. Compiles one small block (some seconds)."""
+    from diffsampler.plugins.guided.unet import AttentionBlock, EmbedSequential, ResBlock
+
+    torch.manual_seed(6)
+    seq = EmbedSequential(ResBlock(32, 16, 64, scale_shift=True),
+                          AttentionBlock(64, heads=2, head_channels=-1, dims=1, order="legacy")).eval()
+    x, emb = torch.randn(2, 32, 8, 8), torch.randn(2, 16)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = seq(x, emb).float()
+        got = torch.compile(seq, dynamic=False)(x, emb).float()
+    assert torch.isfinite(got).all()
+    assert float((got - expected).norm() / expected.norm()) < 0.05

@@ -147,13 +147,18 @@ class AttentionBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         b, c, *spatial = x.shape
-        if self.dims == 1:
-            flat = x.reshape(b, c, -1)
-            h = self.proj_out(_attend(self.qkv(self.norm(flat)), self.heads, self.order))
-            return (flat + h).reshape(b, c, *spatial)
-        qkv = self.qkv(self.norm(x)).reshape(b, 3 * c, -1)
+        qkv = _pointwise(self.qkv, self.norm(x)).reshape(b, 3 * c, -1)
         h = _attend(qkv, self.heads, self.order).reshape(b, c, *spatial)
-        return x + self.proj_out(h)
+        return x + _pointwise(self.proj_out, h)
+
+
+def _pointwise(conv: nn.Module, x: Tensor) -> Tensor:
+    """A 1x1 convolution (guided-diffusion's Conv1d over flattened pixels, or Conv2d) applied to
+    ``[b, c, h, w]`` as the same Conv2d: the image keeps its shape and memory layout (GroupNorm
+    over the flattened pixels equals GroupNorm over the image)."""
+    assert isinstance(conv, nn.Conv1d | nn.Conv2d)
+    weight = conv.weight if conv.weight.dim() == 4 else conv.weight.unsqueeze(-1)
+    return F.conv2d(x, weight, conv.bias)
 
 
 class EmbedSequential(nn.Sequential):
