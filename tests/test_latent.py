@@ -400,3 +400,20 @@ def test_an_evaluation_needs_no_host_sync_and_gathers_prompts_by_index(sd_folder
     monkeypatch.undo()
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(other, model(x, sigma, cond=["blur", "blur", "a red cube"]), rtol=1e-5, atol=1e-5)
+
+
+def test_sampling_reads_no_device_value_on_the_host(sd_folder: Path, registry: ds.Registry, tmp_path: Path,
+                                                    monkeypatch) -> None:
+    """A guided text-to-image run with prompt indices on the meta device (tensors without values:
+    any host read raises), as tests/test_no_host_sync.py does for the other families."""
+    import diffsampler.plugins.latent.denoiser as latent_denoiser
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red cube\nblur\n")
+    model = ds.get_model("latent", path=sd_folder, prompts_file=str(prompts), guidance_rate=2.0).to("meta")
+    monkeypatch.setattr(latent_denoiser, "capturing", lambda: True)
+    x = torch.empty(2, *model.shape, device="meta")
+    sigmas = ds.get_schedule("polynomial", rho=7.0).sigmas(4, model.sigma_min, model.sigma_max)
+    index = torch.empty(2, dtype=torch.long, device="meta")
+    out = ds.get_solver("dpmpp").sample(model, x, sigmas, cond=index, check_finite=False)
+    assert out.x.device.type == "meta"
