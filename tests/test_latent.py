@@ -14,6 +14,7 @@ import attrs
 import numpy as np
 import pytest
 import torch
+from _inference import check_cpu_variants, eager_compiler
 
 import diffsampler as ds
 import diffsampler.plugins.latent as latent_plugin
@@ -344,14 +345,7 @@ def test_channels_last_and_compiled_give_the_plain_networks_output(sd_folder: Pa
     conv = next(p for p in fast.modules["unet"].parameters() if p.dim() == 4 and p.shape[-1] == 3)
     assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
     torch.testing.assert_close(fast(x, sigma), reference, rtol=1e-5, atol=1e-5)
-    calls: list[dict] = []
-    real = torch.compile
-
-    def eager_compile(fn, **kwargs):
-        calls.append(kwargs)
-        return real(fn, backend="eager", dynamic=kwargs["dynamic"])
-
-    monkeypatch.setattr(torch, "compile", eager_compile)
+    calls = eager_compiler(monkeypatch)
     assert isinstance(fast, ds.Compilable)
     twin = fast.compiled()
     torch.testing.assert_close(twin(x, sigma), reference, rtol=1e-5, atol=1e-5)
@@ -362,14 +356,7 @@ def test_channels_last_and_compiled_give_the_plain_networks_output(sd_folder: Pa
 def test_every_cpu_inference_variant_is_finite_and_close_to_fp32(sd_folder: Path, registry: ds.Registry) -> None:
     """`bench` variants on a guided text-to-image model (iPNDM, NFE 5, final latents against fp32
     eager), with the tolerances stated for the EDM networks in tests/test_bench.py."""
-    from diffsampler.bench import Variant, run_bench
-
-    tolerance = {"fp32": 1e-5, "fp16": 3e-2, "bf16": 1.5e-1}
-    variants = [Variant.parse(t) for t in ("fp32", "fp32+cl", "bf16", "bf16+cl", "fp16", "fp16+cl")]
-    rows = run_bench(model="latent", model_options={"path": str(sd_folder), "prompt": "a red cube"},
-                     solver="ipndm", nfe=5, batches=(2,), variants=variants, device="cpu", repeat=1, warmup=0)
-    for row in rows:
-        assert math.isfinite(row.rel_l2_deviation) and row.rel_l2_deviation < tolerance[row.variant.split("+")[0]], row
+    check_cpu_variants("latent", {"path": str(sd_folder), "prompt": "a red cube"}, batch=2)
 
 
 def test_an_evaluation_needs_no_host_sync_and_gathers_prompts_by_index(sd_folder: Path, registry: ds.Registry,
