@@ -253,9 +253,21 @@ def finished_cells(saved: Mapping[str, Any], config: CompareConfig) -> list[Cell
     try:
         same = not saved.get("complete", True) and CompareConfig.from_dict(saved["config"]).to_dict() == config.to_dict()
         cells = [Cell(**cell) for cell in saved.get("cells", ())] if same else []
-    except (OptionError, KeyError, TypeError, ValueError):  # another version's file, edited by hand
+    except (OptionError, KeyError, TypeError, ValueError, AttributeError):  # another version's, edited by hand
+        return []
+    if not all(_well_formed(cell) for cell in cells):
         return []
     return [cell for cell in cells if cell.values is not None]
+
+
+def _well_formed(cell: Cell) -> bool:
+    def number(v: Any) -> bool:
+        return isinstance(v, int | float) and not isinstance(v, bool)
+
+    return (isinstance(cell.row, str) and isinstance(cell.nfe, int) and not isinstance(cell.nfe, bool)
+            and (cell.values is None or (isinstance(cell.values, dict)
+                                         and all(isinstance(k, str) and number(v) for k, v in cell.values.items())))
+            and number(cell.seconds))
 
 
 def run_compare(

@@ -18,7 +18,16 @@ from .protocols import Denoiser, Solver
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["GraphedSampler", "capturing"]
+__all__ = ["GraphedSampler", "capturing", "in_graph_run"]
+
+_preparing = 0  # GraphedSampler warm-ups and captures in progress
+
+
+def in_graph_run() -> bool:
+    """Whether the current sampling run is a CUDA graph's warm-up or capture: a model whose
+    conditioning needs a different, device-side path in a graph (one that must exist before the
+    capture, e.g. a table to gather from) takes it whenever this is True."""
+    return _preparing > 0 or capturing()
 
 
 def capturing() -> bool:
@@ -64,16 +73,21 @@ class GraphedSampler:
                 model, self._static_in, sigmas, cond=static_cond, afs=afs, denoise_to_zero=denoise_to_zero, **extra
             ).x
 
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):  # warm-up outside the graph (cuDNN plans, compile, ...)
-            for _ in range(warmup):
-                run()
-        torch.cuda.current_stream().wait_stream(stream)
-        self.nfe = solver.nfe(len(sigmas), afs=afs, denoise_to_zero=denoise_to_zero)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self._static_out = run()
+        global _preparing
+        _preparing += 1
+        try:
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):  # warm-up outside the graph (cuDNN plans, compile, ...)
+                for _ in range(warmup):
+                    run()
+            torch.cuda.current_stream().wait_stream(stream)
+            self.nfe = solver.nfe(len(sigmas), afs=afs, denoise_to_zero=denoise_to_zero)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self._static_out = run()
+        finally:
+            _preparing -= 1
 
     def __call__(self, x: torch.Tensor, *, cond: Any = None, check_finite: bool = True) -> torch.Tensor:
         if x.shape != self.shape or x.dtype != self.dtype or x.device != self.device:

@@ -352,3 +352,17 @@ def test_a_rerun_of_an_interrupted_comparison_keeps_its_finished_cells(tmp_path)
     proc = cli(*other)
     assert proc.returncode == 0 and "resuming" not in proc.stderr
     assert 123.0 not in [c["values"]["l2"] for c in json.loads(proc.stdout)["cells"]]
+
+
+def test_a_hand_edited_interrupted_results_file_is_measured_afresh():
+    from diffsampler.compare import finished_cells
+
+    config = CompareConfig(model_options={"shape": (2,)}, solvers=("euler",), nfes=(4,), seeds=(0,),
+                           metrics=("l2-exact",))
+    good = {"row": "euler @ polynomial[rho=7]", "nfe": 4, "num_steps": 5, "values": {"l2": 0.1}, "seconds": 0.1}
+    saved = {"config": config.to_dict(), "complete": False, "cells": [good]}
+    assert [c.values for c in finished_cells(saved, config)] == [{"l2": 0.1}]
+    for bad in ({"values": "abc"}, {"nfe": [4]}, {"values": {"l2": "x"}}, {"nfe": True}, {"row": 3}):
+        assert finished_cells(dict(saved, cells=[{**good, **bad}]), config) == []
+    assert finished_cells(dict(saved, cells="oops"), config) == []
+    assert finished_cells(dict(saved, complete=True), config) == []

@@ -379,6 +379,7 @@ def test_an_evaluation_needs_no_host_sync_and_gathers_prompts_by_index(sd_folder
         raise AssertionError("a tensor value was read on the host")
 
     monkeypatch.setattr(latent_denoiser, "capturing", lambda: True)
+    monkeypatch.setattr(latent_denoiser, "in_graph_run", lambda: True)
     for name in ("item", "tolist", "numpy", "__bool__", "__float__", "__int__"):
         monkeypatch.setattr(torch.Tensor, name, host_read)
     got = model(x, sigma, cond=index)
@@ -399,8 +400,38 @@ def test_sampling_reads_no_device_value_on_the_host(sd_folder: Path, registry: d
     prompts.write_text("a red cube\nblur\n")
     model = ds.get_model("latent", path=sd_folder, prompts_file=str(prompts), guidance_rate=2.0).to("meta")
     monkeypatch.setattr(latent_denoiser, "capturing", lambda: True)
+    monkeypatch.setattr(latent_denoiser, "in_graph_run", lambda: True)
     x = torch.empty(2, *model.shape, device="meta")
     sigmas = ds.get_schedule("polynomial", rho=7.0).sigmas(4, model.sigma_min, model.sigma_max)
     index = torch.empty(2, dtype=torch.long, device="meta")
     out = ds.get_solver("dpmpp").sample(model, x, sigmas, cond=index, check_finite=False)
     assert out.x.device.type == "meta"
+
+
+def test_a_large_prompts_file_encodes_each_batch_once_with_bounded_caches(sd_folder: Path, registry: ds.Registry,
+                                                                          tmp_path: Path) -> None:
+    """Outside a CUDA graph a batch's prompts are encoded once per batch (the same index tensor at
+    every step reuses them), never the whole file; at most 64 embeddings stay cached, the negative
+    prompt among them; prompt indices must be integers."""
+    from diffsampler.plugins.latent.denoiser import _KEPT_PROMPTS
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("".join(f"prompt number {i}\n" for i in range(300)))
+    model = ds.get_model("latent", path=sd_folder, prompts_file=str(prompts), guidance_rate=2.0)
+    calls: list[int] = []
+    encode = model.encode_text
+    model.encode_text = lambda batch: (calls.append(len(batch)), encode(batch))[1]
+    sigmas = ds.get_schedule("polynomial", rho=7.0).sigmas(4, model.sigma_min, model.sigma_max)
+    solver = ds.get_solver("euler")
+    for first in range(0, 200, 2):  # 100 batches of 2 prompts, 4 steps each
+        x = torch.randn(2, *model.shape) * model.sigma_max
+        solver.sample(model, x, sigmas, cond=torch.tensor([first, first + 1]))
+    assert max(calls) == 2 and len(calls) == 101  # the negative prompt once, then each batch once
+    assert len(model._cache) <= _KEPT_PROMPTS + 1
+    assert ("", torch.device("cpu")) in model._cache and not model._tables
+    x = torch.randn(2, *model.shape)
+    for bad in (1.5, True, torch.tensor([0.5, 1.0]), [[0, 1]]):
+        with pytest.raises(SamplingError, match=r"integers|prompt indices|cond must be"):
+            model(x, torch.full((2,), 1.0), cond=bad)
+    model.to("meta")
+    assert not model._cache

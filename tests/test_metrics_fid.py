@@ -427,7 +427,14 @@ def test_an_interrupted_reference_continues_where_it_stopped(weights_file, tmp_p
     calls.clear()
     runner.invoke(app, [*args, "--out", str(tmp_path / "other.npz")])
     monkeypatch.setattr(fid_module.FeatureMoments, "add", real_add)
-    np.savez(tmp_path / "imgs.npz", arr_0=images[:5])  # the same path, another set
+    np.savez(tmp_path / "imgs.npz", arr_0=images[::-1])  # the same path and count, another set
     again = runner.invoke(app, [*args, "--out", str(tmp_path / "other.npz")])
     assert again.exit_code == 0 and "other settings: starting afresh" in " ".join(again.stderr.split())
-    assert int(np.load(tmp_path / "other.npz")["count"]) == 5
+    with np.load(tmp_path / "other.npz") as got, np.load(tmp_path / "whole.npz") as expected:
+        np.testing.assert_allclose(got["features"], expected["features"][::-1], rtol=1e-6, atol=1e-9)
+    # an unreadable state (a crash while writing it, another file) is replaced, not a crash
+    for junk in (b"", b"PK\x03\x04garbage"):
+        (tmp_path / "third.npz.partial").write_bytes(junk)
+        third = runner.invoke(app, [*args, "--out", str(tmp_path / "third.npz")])
+        assert third.exit_code == 0 and "not a readable interrupted reference" in " ".join(third.stderr.split())
+        (tmp_path / "third.npz").unlink()

@@ -21,13 +21,15 @@ from torch import Tensor
 
 from diffsampler.denoiser import DenoiserBase
 from diffsampler.errors import OptionError, SamplingError
-from diffsampler.graphs import capturing
+from diffsampler.graphs import capturing, in_graph_run
 
 from .timemap import DiscreteVP
 
 __all__ = ["LatentDenoiser", "cfg_combine"]
 
 _AUTOCAST = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+_ENCODE_CHUNK = 64  # prompts per text-encoder call
+_KEPT_PROMPTS = 64  # distinct (prompt, device) embeddings kept between calls
 
 
 def cfg_combine(eps_uncond: Tensor, eps_cond: Tensor, rate: float) -> Tensor:
@@ -104,8 +106,9 @@ class LatentDenoiser(DenoiserBase):
         if self.guided:
             self.info["guidance"] = {"type": "classifier-free", "rate": self.guidance_rate,
                                      "negative_prompt": negative_prompt}
-        self._cache: dict[str, Tensor] = {}
+        self._cache: dict[tuple[str, torch.device], Tensor] = {}
         self._tables: dict[torch.device, Tensor] = {}
+        self._last_context: tuple[Tensor, tuple[int, int, torch.device], Tensor] | None = None
 
     @property
     def guided(self) -> bool:
@@ -166,7 +169,7 @@ class LatentDenoiser(DenoiserBase):
         else:
             context = self._context(cond, batch, x.device)
             if self.guided:
-                uncond = self._embed([self.negative_prompt], x.device).expand_as(context)
+                uncond = self._embed([self.negative_prompt], x.device, keep=True).expand_as(context)
                 out = self._eval(torch.cat([z, z]), torch.cat([k, k]), torch.cat([uncond, context]))
                 eps_u, eps_c = out.chunk(2)
                 eps = cfg_combine(eps_u, eps_c, self.guidance_rate)
@@ -200,25 +203,46 @@ class LatentDenoiser(DenoiserBase):
         twin._unet = torch.compile(self._unet, mode=mode, dynamic=False)
         return twin
 
-    def _embed(self, prompts: list[str], device: torch.device) -> Tensor:
+    def _embed(self, prompts: list[str], device: torch.device, *, keep: bool = False) -> Tensor:
+        """Text embeddings ``[len(prompts), tokens, width]`` on ``device``, encoded in chunks; the
+        first :data:`_KEPT_PROMPTS` distinct prompts stay cached on the device (the negative
+        prompt, a model's own prompts), others are encoded when a batch needs them; ``keep``:
+        cache these whatever the count (the negative prompt, used at every step)."""
         assert self.encode_text is not None
-        missing = [p for p in dict.fromkeys(prompts) if p not in self._cache]
-        if missing:
-            with torch.no_grad():
-                for p, e in zip(missing, self.encode_text(missing), strict=True):
-                    self._cache[p] = e.float()
-        for p in prompts:  # kept on the device they are used on (no copy per call)
-            if self._cache[p].device != device:
-                self._cache[p] = self._cache[p].to(device)
-        return torch.stack([self._cache[p] for p in prompts])
+        fresh: dict[str, Tensor] = {}
+        missing = [p for p in dict.fromkeys(prompts) if (p, device) not in self._cache]
+        with torch.no_grad():
+            for start in range(0, len(missing), _ENCODE_CHUNK):
+                chunk = missing[start : start + _ENCODE_CHUNK]
+                for p, e in zip(chunk, self.encode_text(chunk), strict=True):
+                    fresh[p] = e.float().to(device)
+                    if keep or len(self._cache) < _KEPT_PROMPTS:
+                        self._cache[(p, device)] = fresh[p]
+        return torch.stack([self._cache.get((p, device), fresh.get(p)) for p in prompts])  # type: ignore[misc]
 
     def _prompt_table(self, device: torch.device) -> Tensor:
-        """Every prompt's embedding ``[prompts, tokens, width]`` on ``device``, made once."""
+        """Every prompt's embedding ``[prompts, tokens, width]`` on ``device``, made once: what a
+        CUDA graph gathers from by prompt index (its memory grows with the prompts file)."""
         if device not in self._tables:
             self._tables[device] = self._embed(self.prompts, device)
         return self._tables[device]
 
     def _context(self, cond: Any, batch: int, device: torch.device) -> Tensor:
+        """The text embeddings of a batch's prompts. Prompt indices as a tensor are read on the host
+        once per batch (the same tensor at every step reuses the context), except in a CUDA graph's
+        warm-up and capture, where they are gathered on the device from :meth:`_prompt_table`."""
+        if isinstance(cond, Tensor) and in_graph_run():
+            return self._gathered(cond, batch, device)
+        if isinstance(cond, Tensor):
+            last = self._last_context
+            if last is not None and last[0] is cond and last[1] == (cond._version, batch, device):
+                return last[2]
+        context = self._embed(self._prompts_of(cond, batch), device)
+        if isinstance(cond, Tensor):
+            self._last_context = (cond, (cond._version, batch, device), context)
+        return context
+
+    def _prompts_of(self, cond: Any, batch: int) -> list[str]:
         if cond is None:
             if len(self.prompts) > 1:
                 raise SamplingError(f"model {self.name!r} holds {len(self.prompts)} prompts: choose one "
@@ -230,20 +254,37 @@ class LatentDenoiser(DenoiserBase):
             prompts = [cond] * batch
         elif isinstance(cond, Sequence) and cond and all(isinstance(c, str) for c in cond):
             prompts = list(cond)
-        else:  # prompt indices: gathered on the device (a CUDA graph's static input, no host sync)
-            if not self.prompts:
-                raise SamplingError(self._no_prompt())
-            index = torch.as_tensor(cond, device=device).reshape(-1).long()
-            if not capturing() and bool(((index < 0) | (index >= len(self.prompts))).any()):
+        else:
+            index = self._indices(cond).tolist()
+            if any(not 0 <= i < len(self.prompts) for i in index):
                 raise SamplingError(f"prompt indices must be in 0..{len(self.prompts) - 1}, got {cond!r:.60}")
-            if index.numel() == 1:
-                index = index.expand(batch)
-            if index.numel() != batch:
-                raise SamplingError(f"got {index.numel()} prompts for a batch of {batch}")
-            return self._prompt_table(device)[index]
+            prompts = [self.prompts[i] for i in index]
+            if len(prompts) == 1:
+                prompts = prompts * batch
         if len(prompts) != batch:
             raise SamplingError(f"got {len(prompts)} prompts for a batch of {batch}")
-        return self._embed(prompts, device)
+        return prompts
+
+    def _indices(self, cond: Any, device: torch.device | None = None) -> Tensor:
+        """Prompt indices as a long tensor; floats and booleans are refused (as class labels are)."""
+        if not self.prompts:
+            raise SamplingError(self._no_prompt())
+        if isinstance(cond, bool) or not isinstance(cond, int | Sequence | Tensor):
+            raise SamplingError(f"cond must be prompts or prompt indices for model {self.name!r}, got {cond!r:.60}")
+        index = torch.as_tensor(cond, device=device)
+        if index.is_floating_point() or index.dtype == torch.bool or index.dim() > 1:
+            raise SamplingError(f"prompt indices must be integers, got {cond!r:.60}")
+        return index.reshape(-1).long()
+
+    def _gathered(self, cond: Tensor, batch: int, device: torch.device) -> Tensor:
+        index = self._indices(cond, device)
+        if not capturing() and bool(((index < 0) | (index >= len(self.prompts))).any()):
+            raise SamplingError(f"prompt indices must be in 0..{len(self.prompts) - 1}, got {cond!r:.60}")
+        if index.numel() == 1:
+            index = index.expand(batch)
+        if index.numel() != batch:
+            raise SamplingError(f"got {index.numel()} prompts for a batch of {batch}")
+        return self._prompt_table(device)[index]
 
     def _follow(self, device: torch.device) -> None:
         for key, module in self.modules.items():
@@ -251,7 +292,13 @@ class LatentDenoiser(DenoiserBase):
                 self.modules[key] = module.to(device)
 
     def to(self, device: str | torch.device) -> LatentDenoiser:
-        self._follow(torch.device(device))
+        """Move the networks; embeddings and tables kept for another device are dropped."""
+        target = torch.device(device)
+        self._follow(target)
+        self._cache = {key: e for key, e in self._cache.items() if key[1] == target}
+        self._tables = {d: t for d, t in self._tables.items() if d == target}
+        self._last_context = None
+        self.time.forget_devices(keep=target)
         return self
 
     def __repr__(self) -> str:

@@ -45,6 +45,10 @@ class DiscreteVP:
             self._on_device[device] = (self.steps.to(device), self.log_alpha.to(device))
         return self._on_device[device]
 
+    def forget_devices(self, keep: torch.device) -> None:
+        """Drop the grids copied to devices other than ``keep`` (a model moved away from them)."""
+        self._on_device = {d: g for d, g in self._on_device.items() if d == keep}
+
     def t_to_sigma(self, t: Tensor) -> Tensor:
         t = torch.as_tensor(t, dtype=torch.float64)
         steps, log_alpha = self._grid(t.device)

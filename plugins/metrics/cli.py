@@ -106,11 +106,12 @@ def fid_ref(
     from .fid import STANDARD_COUNT, save_stats
     from .partial import ReferenceState, partial_path
     from .prdc import set_size
+    from .weights import resolve_fid_weights
 
     _check_resize(resize)
     check_output_file(out)
     saved = partial_path(out)
-    settings = ReferenceState.settings_of(data, set_size(data), resize, weights, features)
+    settings = ReferenceState.settings_of(data, set_size(data), resize, resolve_fid_weights(weights), features)
     state, why = ReferenceState.resume(saved, settings)
     if why:
         _warn(why)

@@ -7,9 +7,11 @@ after the last measured image; a state of other settings is ignored and replaced
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +48,7 @@ class ReferenceState:
                     return cls(settings), f"{path} holds an interrupted reference of other settings: starting afresh"
                 moments = FeatureMoments.from_state({k: data[k] for k in ("count", "sum", "outer") if k in data})
                 features = [data["features"]] if "features" in data else []
-        except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
+        except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as exc:
             return cls(settings), f"{path} is not a readable interrupted reference ({exc}): starting afresh"
         return cls(settings, moments, features), None
 
@@ -66,6 +68,24 @@ class ReferenceState:
         atomic_write_bytes(path, buf.getvalue())
 
     @staticmethod
-    def settings_of(data: Path, images: int, resize: str, weights: str | None, features: bool) -> dict[str, Any]:
-        return {"data": os.fspath(data.resolve()), "images": images, "resize": resize,
-                "weights": os.fspath(Path(weights).resolve()) if weights else None, "features": features}
+    def settings_of(data: Path, images: int, resize: str, weights: Path, features: bool) -> dict[str, Any]:
+        """What the measured moments depend on: the image set (path, count, and its files' sizes and
+        modification times), the resize, the Inception weights file, whether features are kept."""
+        return {"data": os.fspath(data.resolve()), "images": images, "data_files": _fingerprint(data),
+                "resize": resize, "weights": [os.fspath(weights.resolve()), *_stamp(weights)],
+                "features": features}
+
+
+def _stamp(path: Path) -> list[int]:
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns]
+
+
+def _fingerprint(path: Path) -> str:
+    """A digest of the sizes and modification times of an image set's files (a folder's PNGs, or
+    the one .zip/.npz file): another set under the same name gives another digest."""
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        digest.update(f"{file.relative_to(path) if path.is_dir() else file.name}:{_stamp(file)}\n".encode())
+    return digest.hexdigest()
