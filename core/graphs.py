@@ -18,7 +18,7 @@ from .protocols import Denoiser, Solver
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["GraphedSampler", "capturing", "in_graph_run"]
+__all__ = ["GraphedSampler", "PerBatch", "capturing", "in_graph_run"]
 
 _preparing = 0  # GraphedSampler warm-ups and captures in progress
 
@@ -28,6 +28,39 @@ def in_graph_run() -> bool:
     conditioning needs a different, device-side path in a graph (one that must exist before the
     capture, e.g. a table to gather from) takes it whenever this is True."""
     return _preparing > 0 or capturing()
+
+
+class PerBatch:
+    """The last value a model derived from a conditioning tensor (class labels checked and made
+    one-hot, prompts looked up), reused while that same, unmodified tensor comes back: a solver
+    passes one ``cond`` to every step of a batch, so a check that reads the labels on the host
+    costs one synchronisation per batch, not one per step. Never used in a CUDA graph's warm-up or
+    capture, where the graph must compute it from its static input at every replay."""
+
+    def __init__(self) -> None:
+        self._last: tuple[Any, tuple[Any, ...], Any] | None = None
+
+    def get(self, cond: Any, *key: Any) -> Any:
+        """The value stored for ``cond`` (the same object, same version) and ``key``, else None."""
+        if self._last is None or self._last[0] is not cond or in_graph_run():
+            return None
+        return self._last[2] if self._last[1] == (_version(cond), *key) else None
+
+    def put(self, cond: Any, value: Any, *key: Any) -> Any:
+        version = _version(cond)
+        if version is not None and not in_graph_run():
+            self._last = (cond, (version, *key), value)
+        return value
+
+    def clear(self) -> None:
+        self._last = None
+
+
+def _version(cond: Any) -> int | None:
+    try:
+        return int(cond._version)  # bumped by every in-place change of the tensor
+    except (AttributeError, RuntimeError):  # not a tensor, or an inference-mode tensor
+        return None
 
 
 def capturing() -> bool:

@@ -109,3 +109,33 @@ def test_adm_with_classifier_guidance_samples_without_reading_device_values(tmp_
     labels = torch.empty(2, dtype=torch.long, device="meta")
     out = ds.get_solver("dpmpp").sample(model, x, _sigmas(model), cond=labels, check_finite=False)
     assert out.x.device.type == "meta"
+
+
+def test_label_checks_run_once_per_batch_not_per_step(monkeypatch):
+    """EDM's and ADM's class-label range check reads the labels on the host; a solver passes the
+    same tensor at every step, so it runs once per batch (again after an in-place change)."""
+    from diffsampler.graphs import PerBatch
+
+    model = ds.get_model("digits")
+    calls = []
+    real = type(model).class_labels
+
+    def counted(self, cond, batch, device):
+        calls.append(1)
+        return real(self, cond, batch, device)
+
+    monkeypatch.setattr(type(model), "class_labels", counted)
+    labels = torch.tensor([1, 2, 3])
+    x = ds.seed_noise(range(3), model.shape) * model.sigma_max
+    first = ds.get_solver("heun").sample(model, x, _sigmas(model), cond=labels).x  # 10 evaluations
+    assert len(calls) == 1
+    labels.copy_(torch.tensor([4, 5, 6]))
+    second = ds.get_solver("heun").sample(model, x, _sigmas(model), cond=labels).x
+    assert len(calls) == 2 and not torch.equal(first, second)
+    fresh = ds.get_solver("heun").sample(ds.get_model("digits"), x, _sigmas(model), cond=torch.tensor([4, 5, 6])).x
+    torch.testing.assert_close(second, fresh)
+    cache = PerBatch()
+    assert cache.put(labels, "v", 3) == "v" and cache.get(labels, 3) == "v" and cache.get(labels, 4) is None
+    with torch.inference_mode():
+        frozen = torch.tensor([1])
+    assert cache.put(frozen, "w") == "w" and cache.get(frozen) is None  # no version counter: not kept

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from diffsampler import DenoiserBase
 from diffsampler.errors import OptionError, SamplingError
-from diffsampler.graphs import capturing
+from diffsampler.graphs import PerBatch, capturing
 
 __all__ = ["ADMDenoiser", "CMDenoiser", "VPParams", "make_denoiser"]
 
@@ -137,7 +137,7 @@ class _ADMBase(DenoiserBase):
         device = x.device
         if next(self.unet.parameters()).device != device:
             self.to(device)
-        labels = self._labels(cond, x.shape[0], device)
+        labels = self._labels_once_per_batch(cond, x.shape[0], device)
         s = torch.as_tensor(sigma, device=device, dtype=torch.float32).reshape(-1)
         if s.numel() == 1:
             s = s.expand(x.shape[0])
@@ -209,6 +209,15 @@ class _ADMBase(DenoiserBase):
         twin = copy.copy(self)
         twin.unet = torch.compile(self.unet, mode=mode, dynamic=False)  # type: ignore[assignment]
         return twin
+
+    def _labels_once_per_batch(self, cond: Any, batch: int, device: torch.device) -> Tensor | None:
+        """:meth:`_labels`, computed once for the tensor a solver passes at every step (its range
+        check reads the labels on the host: one synchronisation per batch, not per step)."""
+        if not isinstance(cond, Tensor):
+            return self._labels(cond, batch, device)
+        cache = self.__dict__.setdefault("_per_batch", PerBatch())
+        labels = cache.get(cond, batch, device)
+        return labels if labels is not None else cache.put(cond, self._labels(cond, batch, device), batch, device)
 
     def _labels(self, cond: Any, batch: int, device: torch.device) -> Tensor | None:
         classes = self.label_dim

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from diffsampler.denoiser import DenoiserBase
 from diffsampler.errors import OptionError, SamplingError
-from diffsampler.graphs import capturing, in_graph_run
+from diffsampler.graphs import PerBatch, capturing, in_graph_run
 
 from .timemap import DiscreteVP
 
@@ -108,7 +108,7 @@ class LatentDenoiser(DenoiserBase):
                                      "negative_prompt": negative_prompt}
         self._cache: dict[tuple[str, torch.device], Tensor] = {}
         self._tables: dict[torch.device, Tensor] = {}
-        self._last_context: tuple[Tensor, tuple[int, int, torch.device], Tensor] | None = None
+        self._per_batch = PerBatch()  # a batch's context, reused at every step
 
     @property
     def guided(self) -> bool:
@@ -233,13 +233,11 @@ class LatentDenoiser(DenoiserBase):
         warm-up and capture, where they are gathered on the device from :meth:`_prompt_table`."""
         if isinstance(cond, Tensor) and in_graph_run():
             return self._gathered(cond, batch, device)
-        if isinstance(cond, Tensor):
-            last = self._last_context
-            if last is not None and last[0] is cond and last[1] == (cond._version, batch, device):
-                return last[2]
-        context = self._embed(self._prompts_of(cond, batch), device)
-        if isinstance(cond, Tensor):
-            self._last_context = (cond, (cond._version, batch, device), context)
+        if not isinstance(cond, Tensor):
+            return self._embed(self._prompts_of(cond, batch), device)
+        context = self._per_batch.get(cond, batch, device)
+        if context is None:
+            context = self._per_batch.put(cond, self._embed(self._prompts_of(cond, batch), device), batch, device)
         return context
 
     def _prompts_of(self, cond: Any, batch: int) -> list[str]:
@@ -297,7 +295,7 @@ class LatentDenoiser(DenoiserBase):
         self._follow(target)
         self._cache = {key: e for key, e in self._cache.items() if key[1] == target}
         self._tables = {d: t for d, t in self._tables.items() if d == target}
-        self._last_context = None
+        self._per_batch.clear()
         self.time.forget_devices(keep=target)
         return self
 
