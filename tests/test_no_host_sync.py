@@ -14,7 +14,7 @@ import torch
 
 import diffsampler as ds
 
-ODE_SOLVERS = ["euler", "heun", "dpm", "midpoint", "ipndm", "ipndm_v", "deis", "dpmpp", "unipc"]
+ODE_SOLVERS = ["euler", "heun", "dpm", "ipndm", "ipndm_v", "deis", "dpmpp", "unipc"]  # the built-in ones
 
 
 @pytest.fixture(scope="module")
@@ -139,3 +139,9 @@ def test_label_checks_run_once_per_batch_not_per_step(monkeypatch):
     with torch.inference_mode():
         frozen = torch.tensor([1])
     assert cache.put(frozen, "w") == "w" and cache.get(frozen) is None  # no version counter: not kept
+
+
+def test_the_list_above_is_every_built_in_training_free_solver():
+    own = [c for c in ds.get_registry().components("solver") if c.distribution == "diffsampler"]
+    learned = {"amed", "sfd"}  # plugins whose solvers need a trained file (tested above / in their suites)
+    assert sorted(c.name for c in own if c.plugin not in learned) == sorted(ODE_SOLVERS)
