@@ -9,7 +9,7 @@ launch overhead, no allocator traffic between steps (NVIDIA CUDA Graphs; ``torch
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .errors import OptionError, SamplingError
@@ -40,17 +40,18 @@ class PerBatch:
     def __init__(self) -> None:
         self._last: tuple[Any, tuple[Any, ...], Any] | None = None
 
-    def get(self, cond: Any, *key: Any) -> Any:
-        """The value stored for ``cond`` (the same object, same version) and ``key``, else None."""
-        if self._last is None or self._last[0] is not cond or in_graph_run():
-            return None
-        return self._last[2] if self._last[1] == (_version(cond), *key) else None
-
-    def put(self, cond: Any, value: Any, *key: Any) -> Any:
+    def value(self, cond: Any, compute: Callable[[], Any], *key: Any) -> Any:
+        """``compute()`` for ``cond`` and ``key``, or what it returned last time for the same
+        tensor (the same object, unchanged since) and the same ``key``."""
         version = _version(cond)
-        if version is not None and not in_graph_run():
-            self._last = (cond, (version, *key), value)
-        return value
+        if version is None or in_graph_run():
+            return compute()
+        last = self._last
+        if last is not None and last[0] is cond and last[1] == (version, *key):
+            return last[2]
+        result = compute()
+        self._last = (cond, (version, *key), result)
+        return result
 
     def clear(self) -> None:
         self._last = None

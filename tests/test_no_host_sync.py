@@ -134,11 +134,20 @@ def test_label_checks_run_once_per_batch_not_per_step(monkeypatch):
     assert len(calls) == 2 and not torch.equal(first, second)
     fresh = ds.get_solver("heun").sample(ds.get_model("digits"), x, _sigmas(model), cond=torch.tensor([4, 5, 6])).x
     torch.testing.assert_close(second, fresh)
-    cache = PerBatch()
-    assert cache.put(labels, "v", 3) == "v" and cache.get(labels, 3) == "v" and cache.get(labels, 4) is None
+    cache, made = PerBatch(), []
+
+    def make(value):
+        made.append(value)
+        return value
+
+    assert cache.value(labels, lambda: make("a"), 3) == "a" and cache.value(labels, lambda: make("b"), 3) == "a"
+    assert cache.value(labels, lambda: make("c"), 4) == "c"  # another key
+    labels.add_(1)
+    assert cache.value(labels, lambda: make("d"), 4) == "d"  # changed in place
     with torch.inference_mode():
         frozen = torch.tensor([1])
-    assert cache.put(frozen, "w") == "w" and cache.get(frozen) is None  # no version counter: not kept
+    assert cache.value(frozen, lambda: make("e")) == "e" and cache.value(frozen, lambda: make("f")) == "f"  # not kept
+    assert made == list("acdef")
 
 
 def test_the_list_above_is_every_built_in_training_free_solver():

@@ -98,6 +98,7 @@ class EDMDenoiser(DenoiserBase):
             )
         self.class_label = class_label
         self.step_condition: int | None = None  # SFD-v students: the number of sampling steps
+        self._per_batch = PerBatch()  # a batch's one-hot labels, checked once, reused at every step
         if self.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         if device is not None:
@@ -189,19 +190,11 @@ class EDMDenoiser(DenoiserBase):
             raise SamplingError(f"class labels must be in 0..{self.label_dim - 1}, got {_short(cond)}")
         return torch.nn.functional.one_hot(index, self.label_dim).to(torch.float32)
 
-    def _labels_once_per_batch(self, cond: Any, batch: int, device: torch.device) -> Tensor | None:
-        """:meth:`class_labels`, computed once for the tensor a solver passes at every step (its
-        range check reads the labels on the host: one synchronisation per batch, not per step)."""
-        if not isinstance(cond, Tensor):
-            return self.class_labels(cond, batch, device)
-        cache = self.__dict__.setdefault("_per_batch", PerBatch())
-        labels = cache.get(cond, batch, device)
-        return labels if labels is not None else cache.put(cond, self.class_labels(cond, batch, device), batch, device)
-
     def _run(self, x: Tensor, sigma: Tensor, cond: Any, *, features: bool) -> Tensor | tuple[Tensor, Tensor]:
         if self.device != x.device:
             self.net = self.net.to(x.device)
-        labels = self._labels_once_per_batch(cond, x.shape[0], x.device)
+        batch = x.shape[0]
+        labels = self._per_batch.value(cond, lambda: self.class_labels(cond, batch, x.device), batch, x.device)
         sigma = torch.as_tensor(sigma, device=x.device).reshape(-1)
         if sigma.numel() == 1 and x.shape[0] != 1:
             sigma = sigma.expand(x.shape[0])

@@ -95,6 +95,7 @@ class _ADMBase(DenoiserBase):
             self.unet = self.unet.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.name = name
         self._unet_classes = int(getattr(unet, "num_classes", None) or 0)
+        self._per_batch = PerBatch()  # a batch's labels, checked once, reused at every step
         self.label_dim = max(self._unet_classes, self._classifier_classes)
         if class_label is not None and not 0 <= class_label < self.label_dim:
             raise OptionError(f"class_label {class_label} is out of range for model {name!r}")
@@ -137,7 +138,8 @@ class _ADMBase(DenoiserBase):
         device = x.device
         if next(self.unet.parameters()).device != device:
             self.to(device)
-        labels = self._labels_once_per_batch(cond, x.shape[0], device)
+        batch = x.shape[0]
+        labels = self._per_batch.value(cond, lambda: self._labels(cond, batch, device), batch, device)
         s = torch.as_tensor(sigma, device=device, dtype=torch.float32).reshape(-1)
         if s.numel() == 1:
             s = s.expand(x.shape[0])
@@ -209,15 +211,6 @@ class _ADMBase(DenoiserBase):
         twin = copy.copy(self)
         twin.unet = torch.compile(self.unet, mode=mode, dynamic=False)  # type: ignore[assignment]
         return twin
-
-    def _labels_once_per_batch(self, cond: Any, batch: int, device: torch.device) -> Tensor | None:
-        """:meth:`_labels`, computed once for the tensor a solver passes at every step (its range
-        check reads the labels on the host: one synchronisation per batch, not per step)."""
-        if not isinstance(cond, Tensor):
-            return self._labels(cond, batch, device)
-        cache = self.__dict__.setdefault("_per_batch", PerBatch())
-        labels = cache.get(cond, batch, device)
-        return labels if labels is not None else cache.put(cond, self._labels(cond, batch, device), batch, device)
 
     def _labels(self, cond: Any, batch: int, device: torch.device) -> Tensor | None:
         classes = self.label_dim

@@ -233,12 +233,7 @@ class LatentDenoiser(DenoiserBase):
         warm-up and capture, where they are gathered on the device from :meth:`_prompt_table`."""
         if isinstance(cond, Tensor) and in_graph_run():
             return self._gathered(cond, batch, device)
-        if not isinstance(cond, Tensor):
-            return self._embed(self._prompts_of(cond, batch), device)
-        context = self._per_batch.get(cond, batch, device)
-        if context is None:
-            context = self._per_batch.put(cond, self._embed(self._prompts_of(cond, batch), device), batch, device)
-        return context
+        return self._per_batch.value(cond, lambda: self._embed(self._prompts_of(cond, batch), device), batch, device)
 
     def _prompts_of(self, cond: Any, batch: int) -> list[str]:
         if cond is None:
